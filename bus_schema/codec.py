@@ -1,0 +1,27 @@
+"""One reusable JSON encoder and one typed decoder per message family."""
+
+from typing import Any
+
+import msgspec
+
+from bus_schema.commands import Command, Reply
+from bus_schema.control import EdgeControl
+from bus_schema.events import Event
+from bus_schema.state import RoomMeta, RoomState
+
+DecodeError = msgspec.DecodeError
+"""Raised by every decoder here for malformed or wrongly shaped input."""
+
+_encoder = msgspec.json.Encoder()
+
+commands: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+replies: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
+events: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+control: msgspec.json.Decoder[EdgeControl] = msgspec.json.Decoder(EdgeControl)
+room_meta = msgspec.json.Decoder(RoomMeta)
+room_state = msgspec.json.Decoder(RoomState)
+
+
+def encode(value: Any) -> bytes:
+    """Encode any bus message or KV value to compact JSON."""
+    return _encoder.encode(value)

@@ -1,0 +1,98 @@
+"""Commands (edge -> owning actor, request/reply) and their replies.
+
+Every command carries ``cmd_id``; the actor remembers the ids it applied
+recently, so an edge may retry a command after a timeout and it is applied once.
+"""
+
+from typing import Any
+
+import msgspec
+
+from bus_schema.state import Participant
+
+
+class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    cmd_id: str
+    room_id: str
+
+
+class CreateRoom(_Command, frozen=True, tag="create_room"):
+    name: str
+    created_by: str
+    created_at: str
+    max_participants: int
+
+
+class Join(_Command, frozen=True, tag="join"):
+    """A WebSocket connected with a valid token. Rejoining with the same
+    participant id replaces the older connection (no leave/join for others)."""
+
+    participant_id: str
+    name: str
+    edge_id: str
+    conn_id: str
+
+
+class Leave(_Command, frozen=True, tag="leave"):
+    """The connection ``conn_id`` of the participant is gone. A no-op when the
+    participant has a newer connection, or is not in the room."""
+
+    participant_id: str
+    conn_id: str
+    reason: str = "closed"
+
+
+class _FromParticipant(_Command, frozen=True):
+    participant_id: str
+    conn_id: str
+    frame: msgspec.Raw
+    """The client's message as other clients will see it: identity fields
+    stamped, ``room_seq`` removed. Relayed untouched."""
+
+
+class PublishSession(_FromParticipant, frozen=True, tag="publish_session"):
+    session_id: str
+    tracks: list[dict[str, Any]]
+
+
+class SetTrackState(_FromParticipant, frozen=True, tag="set_track_state"):
+    kind: str
+    enabled: bool
+
+
+class Broadcast(_FromParticipant, frozen=True, tag="broadcast"):
+    """Any other client message addressed ``"to": "all"``."""
+
+
+class GetSnapshot(_Command, frozen=True, tag="get_snapshot"):
+    """Read-only: the room's current state (an edge resynchronising)."""
+
+
+Command = CreateRoom | Join | Leave | PublishSession | SetTrackState | Broadcast | GetSnapshot
+
+
+class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    pass
+
+
+class Ack(_Reply, frozen=True, tag="ack"):
+    seq: int
+    """The room's sequence number after the command."""
+
+
+class Snapshot(_Reply, frozen=True, tag="snapshot"):
+    room_id: str
+    seq: int
+    max_participants: int
+    participants: list[Participant]
+    resumed: bool = False
+    """For a Join: the participant was already in the room (a reconnect)."""
+
+
+class Rejected(_Reply, frozen=True, tag="rejected"):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+Reply = Ack | Snapshot | Rejected

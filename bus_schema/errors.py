@@ -1,0 +1,19 @@
+"""Machine-readable error codes shared by actors (in replies) and edges (to clients)."""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    ROOM_NOT_FOUND = "room_not_found"
+    ROOM_FULL = "room_full"
+    ROOM_EXISTS = "room_exists"
+    NOT_IN_ROOM = "not_in_room"
+    NOT_OWNER = "not_owner"
+    """The worker does not (or no longer) own the room: retry, another worker will."""
+    BAD_COMMAND = "bad_command"
+    UNAVAILABLE = "unavailable"
+    """No actor answered before the deadline."""
+    INTERNAL = "internal"
+
+
+RETRYABLE = frozenset({ErrorCode.NOT_OWNER})

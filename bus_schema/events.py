@@ -1,0 +1,40 @@
+"""Room events (owning actor -> edges, core pub/sub on ``signal.room.<room>.evt``).
+
+Each event carries the room's ``seq``, one more than the previous event of the
+room. Events are published only after the state they describe is saved.
+"""
+
+import msgspec
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    room_id: str
+    seq: int
+    participant_id: str
+    """Who the event is about; clients never receive events about themselves."""
+
+
+class ParticipantJoined(_Event, frozen=True, tag="joined"):
+    name: str
+
+
+class ParticipantLeft(_Event, frozen=True, tag="left"):
+    reason: str
+
+
+class SessionPublished(_Event, frozen=True, tag="session"):
+    session_id: str
+    frame: msgspec.Raw
+
+
+class TrackStateChanged(_Event, frozen=True, tag="track_state"):
+    kind: str
+    enabled: bool
+    frame: msgspec.Raw
+
+
+class Broadcasted(_Event, frozen=True, tag="broadcast"):
+    frame: msgspec.Raw
+
+
+Event = ParticipantJoined | ParticipantLeft | SessionPublished | TrackStateChanged | Broadcasted

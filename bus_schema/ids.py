@@ -1,0 +1,28 @@
+"""Identifier formats. Every id that becomes a subject token or KV key is checked here."""
+
+import re
+import secrets
+import uuid
+
+_UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_TOKEN = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+
+
+def new_id() -> str:
+    """A room or participant id: a lowercase UUID4 string."""
+    return str(uuid.uuid4())
+
+
+def new_token_id() -> str:
+    """An edge, worker, connection or command id: 16 hex characters."""
+    return secrets.token_hex(8)
+
+
+def is_uuid(value: str) -> bool:
+    """True for a canonical lowercase UUID, the only form room and participant ids take."""
+    return _UUID.match(value) is not None
+
+
+def is_token_id(value: str) -> bool:
+    """True for a value that is safe as one NATS subject token or KV key."""
+    return _TOKEN.match(value) is not None

@@ -1,0 +1,80 @@
+"""Every NATS subject the service uses, built here and nowhere else.
+
+Delivery guarantees, by subject:
+
+- ``signal.room.<room>.cmd.<partition>``: request/reply, edge -> the actor owning
+  the partition. The edge retries until a reply arrives (commands carry an id and
+  are applied once), so a command is never lost silently.
+- ``signal.room.<room>.evt``: core pub/sub, at most once, in order per room. Each
+  event carries the room's sequence number; a receiver that sees a gap resyncs.
+- ``signal.room.<room>.peer.<participant>``: core pub/sub, at most once, edge ->
+  edge: a targeted client message (``"to": "<participant>"``), already stamped.
+- ``signal.edge.<edge>.ctl``: core pub/sub, actor -> one edge: close a connection.
+
+``nats sub 'signal.room.<room>.>'`` shows everything that happens in one room.
+"""
+
+from bus_schema.ids import is_token_id, is_uuid
+
+PREFIX = "signal"
+PARTITIONS = 32
+"""Rooms are spread over this many partitions. Changing it re-shards every room."""
+
+ALL = f"{PREFIX}.>"
+
+
+class InvalidSubjectToken(ValueError):
+    """An id that would change the shape of a subject (a dot, a wildcard, a space...)."""
+
+
+def _uuid(value: str) -> str:
+    if not is_uuid(value):
+        raise InvalidSubjectToken(f"not a valid id: {value!r}")
+    return value
+
+
+def _token(value: str) -> str:
+    if not is_token_id(value):
+        raise InvalidSubjectToken(f"not a valid subject token: {value!r}")
+    return value
+
+
+def fnv1a32(data: bytes) -> int:
+    """FNV-1a, 32 bit: the same hash nats-server's ``partition()`` mapping uses."""
+    h = 0x811C9DC5
+    for byte in data:
+        h ^= byte
+        h = (h * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def partition_of(room_id: str) -> int:
+    """The partition that owns a room: stable, shared by edges and actors."""
+    return fnv1a32(room_id.encode()) % PARTITIONS
+
+
+def room_command(room_id: str) -> str:
+    """Where an edge sends a command for a room (request/reply)."""
+    return f"{PREFIX}.room.{_uuid(room_id)}.cmd.{partition_of(room_id)}"
+
+
+def partition_commands(partition: int) -> str:
+    """What the owner of one partition subscribes to."""
+    if not 0 <= partition < PARTITIONS:
+        raise InvalidSubjectToken(f"partition out of range: {partition}")
+    return f"{PREFIX}.room.*.cmd.{partition}"
+
+
+def room_events(room_id: str) -> str:
+    """Ordered room events, actor -> edges with clients in the room."""
+    return f"{PREFIX}.room.{_uuid(room_id)}.evt"
+
+
+def peer(room_id: str, participant_id: str) -> str:
+    """Targeted client messages for one participant, edge -> edge."""
+    return f"{PREFIX}.room.{_uuid(room_id)}.peer.{_uuid(participant_id)}"
+
+
+def edge_control(edge_id: str) -> str:
+    """Control messages for one edge (close a connection)."""
+    return f"{PREFIX}.edge.{_token(edge_id)}.ctl"

@@ -1,0 +1,73 @@
+"""The edge application: ``create_app(settings) -> Litestar``."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, WebSocket, get, websocket
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+
+from edge import rooms
+from edge import socket as client_socket
+from edge.auth import TokenService
+from edge.bus import EdgeBus, open_bus
+from edge.calls_proxy import calls_proxy
+from edge.errors import ApiError, http_error, internal_error
+from edge.settings import EdgeSettings
+
+
+@websocket("/ws")
+async def ws_endpoint(
+    socket: WebSocket[Any, Any, Any], bus: EdgeBus, tokens: TokenService, settings: EdgeSettings
+) -> None:
+    await client_socket.serve(socket, bus, tokens, settings)
+
+
+@get("/ws", sync_to_thread=False)
+def ws_without_upgrade() -> None:
+    raise ApiError(426, "Expected a WebSocket[Any, Any, Any] upgrade", "upgrade_required")
+
+
+def create_app(settings: EdgeSettings) -> Litestar:
+    tokens = TokenService(settings.jwt_secret, ttl=settings.token_ttl)
+
+    @contextlib.asynccontextmanager
+    async def nats_lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_bus(settings) as bus:
+            app.state.bus = bus
+            yield
+
+    def provide_bus(state: State) -> EdgeBus:
+        bus: EdgeBus = state.bus
+        return bus
+
+    return Litestar(
+        route_handlers=[
+            rooms.health,
+            rooms.ready,
+            rooms.create_room,
+            rooms.get_room,
+            rooms.join_room,
+            ws_endpoint,
+            ws_without_upgrade,
+            calls_proxy,
+        ],
+        lifespan=[nats_lifespan],
+        dependencies={
+            "bus": Provide(provide_bus, sync_to_thread=False),
+            "tokens": Provide(lambda: tokens, sync_to_thread=False, use_cache=True),
+            "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
+        },
+        cors_config=CORSConfig(
+            allow_origins=[settings.cors_origin],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization"],
+            max_age=86400,
+        ),
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+    )

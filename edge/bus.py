@@ -1,0 +1,94 @@
+"""The edge's side of NATS: one connection, the room command client, the fan-out
+and read-only access to the KV buckets. Owned by the app's lifespan."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from bus_schema import buckets, codec
+from bus_schema.state import RoomMeta, RoomState
+from edge.commands import RoomCommands
+from edge.fanout import Fanout
+from edge.settings import EdgeSettings
+from signaling.natsconn import connect
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """NATS or the KV buckets are not reachable (yet)."""
+
+
+class EdgeBus:
+    def __init__(self, nc: Client, settings: EdgeSettings) -> None:
+        self.nc = nc
+        self.commands = RoomCommands(
+            nc,
+            attempt_timeout=settings.command_attempt_timeout,
+            deadline=settings.command_deadline,
+        )
+        self.fanout = Fanout(nc, self.commands, settings.edge_id)
+        self._js = nc.jetstream()
+        self._kv: dict[str, KeyValue] = {}
+
+    async def _bucket(self, name: str) -> KeyValue:
+        kv = self._kv.get(name)
+        if kv is None:
+            try:
+                kv = await self._js.key_value(name)
+            except (BucketNotFoundError, TimeoutError) as e:
+                raise NotReady(f"bucket {name} unavailable") from e
+            self._kv[name] = kv
+        return kv
+
+    async def _get(self, bucket: str, room_id: str) -> bytes | None:
+        kv = await self._bucket(bucket)
+        try:
+            entry = await kv.get(buckets.room_key(room_id))
+        except KeyNotFoundError:
+            return None
+        return entry.value or None
+
+    async def room_meta(self, room_id: str) -> RoomMeta | None:
+        value = await self._get(buckets.ROOMS, room_id)
+        return None if value is None else codec.room_meta.decode(value)
+
+    async def room_state(self, room_id: str) -> RoomState | None:
+        value = await self._get(buckets.ROOM_STATE, room_id)
+        return None if value is None else codec.room_state.decode(value)
+
+    async def check_ready(self) -> None:
+        if not self.nc.is_connected:
+            raise NotReady("NATS is not connected")
+        for name in (buckets.ROOMS, buckets.ROOM_STATE):
+            kv = await self._bucket(name)
+            try:
+                await asyncio.wait_for(kv.status(), timeout=1.0)
+            except Exception as e:
+                raise NotReady(f"bucket {name} unavailable") from e
+
+
+@contextlib.asynccontextmanager
+async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
+    bus: EdgeBus | None = None
+
+    async def on_reconnected() -> None:
+        if bus is not None:
+            bus.fanout.resync_all()
+
+    nc = await connect(
+        list(settings.nats_servers), name=f"edge-{settings.edge_id}", on_reconnected=on_reconnected
+    )
+    bus = EdgeBus(nc, settings)
+    try:
+        await bus.fanout.start()
+        yield bus
+    finally:
+        await bus.fanout.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()

@@ -1,0 +1,343 @@
+"""Room subscriptions and per-connection output queues.
+
+An edge subscribes to a room's events only while one of its clients is in the
+room (reference counted: subscribe on the first, unsubscribe after the last).
+Each `RoomFeed` applies the room's events in sequence order, renders each event
+once and hands the text to every local connection that should see it. A feed
+that sees a gap in the sequence (core NATS is at most once) resynchronises from
+the actor's snapshot and sends its clients a fresh ``welcome`` instead of
+delivering a wrong view.
+
+Each `Connection` has a bounded output queue: a client that does not read and
+lets its pending output pass the bound is disconnected (close code 4008); it
+never delays the others.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus_schema import codec, ids, subjects
+from bus_schema.closecodes import CloseCode
+from bus_schema.commands import GetSnapshot, Snapshot
+from bus_schema.control import CloseConnection
+from bus_schema.events import (
+    Broadcasted,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    SessionPublished,
+    TrackStateChanged,
+)
+from edge import protocol
+from edge.commands import CommandFailed, RoomCommands
+
+log = logging.getLogger(__name__)
+
+RECENT_EVENTS = 256
+"""Rendered events each feed keeps, to catch up a client that joined behind it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+class Connection:
+    """A client socket as the fan-out sees it."""
+
+    def __init__(self, identity: protocol.Identity, *, limit_bytes: int) -> None:
+        self.conn_id = ids.new_token_id()
+        self.identity = identity
+        self.start_seq = 0
+        """Room events with a higher seq than this are delivered; the rest are in
+        the client's ``welcome`` already."""
+        self._limit = limit_bytes
+        self._queue: asyncio.Queue[str | Close] = asyncio.Queue()
+        self._pending = 0
+        self._held: list[str] | None = []
+        self.closing: Close | None = None
+
+    @property
+    def participant_id(self) -> str:
+        return self.identity.participant_id
+
+    def send(self, text: str) -> None:
+        """Queue a frame; disconnect the client if its unsent output passes the bound."""
+        if self.closing is not None:
+            return
+        self._pending += len(text)
+        if self._pending > self._limit:
+            log.info("conn %s: slow consumer, disconnecting", self.conn_id)
+            self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full")
+            return
+        self._queue.put_nowait(text)
+
+    def send_direct(self, text: str) -> None:
+        """A targeted frame from a peer; held until the ``welcome`` went out."""
+        if self._held is not None:
+            self._held.append(text)
+        else:
+            self.send(text)
+
+    def go_live(self) -> None:
+        held, self._held = self._held or [], None
+        for text in held:
+            self.send(text)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = Close(code, reason)
+            self._queue.put_nowait(self.closing)
+
+    async def next_output(self) -> str | Close:
+        item = await self._queue.get()
+        if isinstance(item, str):
+            self._pending -= len(item)
+        return item
+
+
+class RoomFeed:
+    """One room's event subscription on this edge, shared by its local clients."""
+
+    def __init__(self, room_id: str, *, request_resync: Callable[["RoomFeed"], None]) -> None:
+        self.room_id = room_id
+        self.refs = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.subscription: Subscription | None = None
+        self.seq: int | None = None
+        """The last event applied; ``None`` until the first snapshot arrives."""
+        self.members: set[str] = set()
+        self.connections: dict[str, Connection] = {}
+        self._recent: deque[tuple[int, str, str]] = deque(maxlen=RECENT_EVENTS)
+        self._buffer: list[Event] = []
+        self._request_resync = request_resync
+        self.resyncing = False
+
+    def on_event(self, event: Event) -> None:
+        if self.seq is None or self.resyncing:
+            self._buffer.append(event)
+            return
+        if event.seq <= self.seq:
+            return
+        if event.seq > self.seq + 1:
+            log.info("room %s: gap (%d after %d), resyncing", self.room_id, event.seq, self.seq)
+            self._buffer.append(event)
+            self._request_resync(self)
+            return
+        self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        self.seq = event.seq
+        text = _render(event)
+        match event:
+            case ParticipantJoined():
+                self.members.add(event.participant_id)
+            case ParticipantLeft():
+                self.members.discard(event.participant_id)
+        self._recent.append((event.seq, event.participant_id, text))
+        for connection in self.connections.values():
+            if (
+                event.seq > connection.start_seq
+                and event.participant_id != connection.participant_id
+            ):
+                connection.send(text)
+
+    def add(self, connection: Connection, snapshot: Snapshot) -> None:
+        """Start delivering to a connection whose Join returned ``snapshot``:
+        its ``welcome``, then exactly the events after the snapshot."""
+        connection.start_seq = snapshot.seq
+        _send_welcome(connection, snapshot, replays=True)
+        connection.go_live()
+        self.connections[connection.conn_id] = connection
+        if self.seq is None:
+            self._adopt(snapshot)
+            return
+        if self.seq > snapshot.seq:
+            missed = [r for r in self._recent if r[0] > snapshot.seq]
+            if not missed or missed[0][0] != snapshot.seq + 1:
+                self._request_resync(self)
+                return
+            for _seq, about, text in missed:
+                if about != connection.participant_id:
+                    connection.send(text)
+            connection.start_seq = self.seq
+
+    def remove(self, connection: Connection) -> None:
+        self.connections.pop(connection.conn_id, None)
+
+    def resynced(self, snapshot: Snapshot) -> None:
+        """A fresh snapshot after a gap: every client gets a new ``welcome``."""
+        self.resyncing = False
+        if self.seq is not None and snapshot.seq < self.seq:
+            # An older view than what the clients already have: wait for events.
+            self._drain_buffer()
+            return
+        for connection in self.connections.values():
+            connection.start_seq = snapshot.seq
+            _send_welcome(connection, snapshot, replays=False)
+        self._adopt(snapshot)
+
+    def _adopt(self, snapshot: Snapshot) -> None:
+        self.seq = snapshot.seq
+        self.members = {p.id for p in snapshot.participants}
+        self._recent.clear()
+        self._drain_buffer()
+
+    def _drain_buffer(self) -> None:
+        buffered = sorted(self._buffer, key=lambda e: e.seq)
+        self._buffer = []
+        for event in buffered:
+            self.on_event(event)
+
+
+def _send_welcome(connection: Connection, snapshot: Snapshot, *, replays: bool) -> None:
+    connection.send(protocol.welcome(connection.participant_id, snapshot))
+    if replays:
+        for text in protocol.session_replays(connection.participant_id, snapshot):
+            connection.send(text)
+
+
+def _render(event: Event) -> str:
+    match event:
+        case ParticipantJoined():
+            return protocol.joined(event)
+        case ParticipantLeft():
+            return protocol.left(event)
+        case SessionPublished() | TrackStateChanged() | Broadcasted():
+            return protocol.relayed(event.frame, event.seq)
+
+
+class Fanout:
+    """All room feeds and connections of this edge."""
+
+    def __init__(self, nc: Client, commands: RoomCommands, edge_id: str) -> None:
+        self._nc = nc
+        self._commands = commands
+        self.edge_id = edge_id
+        self._feeds: dict[str, RoomFeed] = {}
+        self._connections: dict[str, Connection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._control: Subscription | None = None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def room_count(self) -> int:
+        return len(self._feeds)
+
+    async def start(self) -> None:
+        self._control = await self._nc.subscribe(
+            subjects.edge_control(self.edge_id), cb=self._on_control
+        )
+
+    async def acquire(self, room_id: str) -> RoomFeed:
+        """The room's feed, subscribed before this returns."""
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            feed = RoomFeed(room_id, request_resync=self._request_resync)
+            self._feeds[room_id] = feed
+            feed.refs += 1
+            try:
+                feed.subscription = await self._nc.subscribe(
+                    subjects.room_events(room_id), cb=self._on_event
+                )
+            except BaseException as e:
+                feed.ready.set_exception(e)
+                await self.release(feed)
+                raise
+            feed.ready.set_result(None)
+            return feed
+        feed.refs += 1
+        try:
+            await asyncio.shield(feed.ready)
+        except BaseException:
+            await self.release(feed)
+            raise
+        return feed
+
+    async def release(self, feed: RoomFeed) -> None:
+        feed.refs -= 1
+        if feed.refs > 0:
+            return
+        if self._feeds.get(feed.room_id) is feed:
+            del self._feeds[feed.room_id]
+        if feed.subscription is not None:
+            with contextlib.suppress(Exception):
+                await feed.subscription.unsubscribe()
+
+    def feed(self, room_id: str) -> RoomFeed | None:
+        return self._feeds.get(room_id)
+
+    def register(self, connection: Connection) -> None:
+        self._connections[connection.conn_id] = connection
+
+    def unregister(self, connection: Connection) -> None:
+        self._connections.pop(connection.conn_id, None)
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = codec.events.decode(msg.data)
+        except codec.DecodeError:
+            log.warning("dropped an undecodable event on %s", msg.subject)
+            return
+        feed = self._feeds.get(event.room_id)
+        if feed is not None:
+            feed.on_event(event)
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            message = codec.control.decode(msg.data)
+        except codec.DecodeError:
+            log.warning("dropped an undecodable control message")
+            return
+        if isinstance(message, CloseConnection):
+            connection = self._connections.get(message.conn_id)
+            if connection is not None:
+                connection.close(message.code, message.reason)
+
+    def resync_all(self) -> None:
+        """After a NATS reconnect events may have been lost: resync every feed."""
+        for feed in list(self._feeds.values()):
+            if feed.seq is not None:
+                self._request_resync(feed)
+
+    def _request_resync(self, feed: RoomFeed) -> None:
+        if feed.resyncing:
+            return
+        feed.resyncing = True
+        task = asyncio.create_task(self._resync(feed), name=f"resync-{feed.room_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, feed: RoomFeed) -> None:
+        command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=feed.room_id)
+        try:
+            reply = await self._commands.send(command)
+        except CommandFailed:
+            reply = None
+        if not isinstance(reply, Snapshot):
+            log.warning("room %s: resync failed, closing its connections", feed.room_id)
+            feed.resyncing = False
+            for connection in list(feed.connections.values()):
+                connection.close(CloseCode.TRY_AGAIN_LATER, "Room state unavailable, reconnect")
+            return
+        feed.resynced(reply)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                await self._control.unsubscribe()

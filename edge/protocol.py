@@ -1,0 +1,251 @@
+"""The client-facing WebSocket protocol (PROTOCOL.md): parsing client frames and
+rendering server frames.
+
+Client frames are JSON objects. Identity fields are stamped from the verified
+token (``from``; and ``roomId``/``participantId``/``participantName`` on
+``cloudflare-session``), ``room_seq`` is removed (the server sets it), and every
+other field is relayed untouched.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from bus_schema.commands import Snapshot
+from bus_schema.events import ParticipantJoined, ParticipantLeft
+from bus_schema.state import Participant
+
+SESSION = "cloudflare-session"
+TRACK_STATE = "track-state"
+RESERVED_TYPES = frozenset({"welcome", "join", "leave", "error"})
+"""Types only the server sends: a client cannot forge a join or a welcome."""
+ALL = "all"
+
+_T = TypeVar("_T")
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class ProtocolError(Exception):
+    """A client frame the server refuses; ``code`` and ``message`` go back in an ``error``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Route(Enum):
+    SESSION = "session"
+    TRACK_STATE = "track-state"
+    BROADCAST = "broadcast"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A client frame, validated and stamped, ready to be relayed."""
+
+    route: Route
+    frame: bytes
+    to: str | None = None
+    session_id: str = ""
+    tracks: list[dict[str, Any]] | None = None
+    kind: str = ""
+    enabled: bool = False
+
+
+class _Track(msgspec.Struct):
+    trackName: str
+    kind: str | None = None
+
+
+class _SessionFields(msgspec.Struct):
+    sessionId: str
+    tracks: list[_Track] = []
+
+
+class _TrackStateFields(msgspec.Struct):
+    kind: Literal["audio", "video"]
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    room_id: str
+    participant_id: str
+    participant_name: str
+
+
+def parse(data: str | bytes, who: Identity, *, max_string: int = 256) -> Inbound:
+    """Validate one client frame and stamp it with the sender's identity."""
+    try:
+        message = _decoder.decode(data)
+    except msgspec.DecodeError:
+        raise ProtocolError("invalid_json", "Message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("invalid_message", "Message must be a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind or len(kind) > max_string:
+        raise ProtocolError("invalid_message", "Message needs a string `type`")
+    if kind in RESERVED_TYPES:
+        raise ProtocolError("reserved_type", f"Clients cannot send `{kind}` messages")
+    message.pop("room_seq", None)
+    message["from"] = who.participant_id
+    if kind == SESSION:
+        fields = _convert(message, _SessionFields)
+        if not fields.sessionId or len(fields.sessionId) > max_string:
+            raise ProtocolError("invalid_message", "`sessionId` must be a non-empty string")
+        message["roomId"] = who.room_id
+        message["participantId"] = who.participant_id
+        message["participantName"] = who.participant_name
+        tracks = message.get("tracks", [])
+        return Inbound(
+            Route.SESSION, _encoder.encode(message), session_id=fields.sessionId, tracks=tracks
+        )
+    if kind == TRACK_STATE:
+        state = _convert(message, _TrackStateFields)
+        return Inbound(
+            Route.TRACK_STATE, _encoder.encode(message), kind=state.kind, enabled=state.enabled
+        )
+    to = message.get("to", ALL)
+    if not isinstance(to, str):
+        raise ProtocolError("invalid_message", '`to` must be a participant id or "all"')
+    if to == ALL:
+        return Inbound(Route.BROADCAST, _encoder.encode(message))
+    return Inbound(Route.DIRECT, _encoder.encode(message), to=to)
+
+
+def _convert(message: dict[str, Any], shape: type[_T]) -> _T:
+    try:
+        return msgspec.convert(message, shape)
+    except msgspec.ValidationError as e:
+        raise ProtocolError("invalid_message", str(e)) from None
+
+
+# --- server -> client ---------------------------------------------------------
+
+
+class _WelcomeParticipant(msgspec.Struct, omit_defaults=True):
+    id: str
+    name: str
+    session: str | None = None
+    tracks: list[dict[str, Any]] | None = None
+    audio: bool | None = None
+    video: bool | None = None
+
+
+class _Welcome(msgspec.Struct, tag_field="type", tag="welcome"):
+    participant_id: str
+    room_id: str
+    participants: list[_WelcomeParticipant]
+    room_seq: int
+
+
+class _SessionReplay(msgspec.Struct, tag_field="type", tag=SESSION):
+    from_: str = msgspec.field(name="from")
+    roomId: str
+    participantId: str
+    participantName: str
+    sessionId: str
+    tracks: list[dict[str, Any]]
+
+
+class _JoinData(msgspec.Struct):
+    participant_id: str
+    participant_name: str
+
+
+class _LeaveData(msgspec.Struct):
+    participant_id: str
+
+
+class _Join(msgspec.Struct, tag_field="type", tag="join"):
+    from_: str = msgspec.field(name="from")
+    to: str
+    data: _JoinData
+    room_seq: int
+
+
+class _Leave(msgspec.Struct, tag_field="type", tag="leave"):
+    from_: str = msgspec.field(name="from")
+    to: str
+    data: _LeaveData
+    room_seq: int
+
+
+class _Error(msgspec.Struct, tag_field="type", tag="error"):
+    code: str
+    message: str
+
+
+def _text(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+def welcome(participant_id: str, snapshot: Snapshot) -> str:
+    participants = [
+        _WelcomeParticipant(
+            id=p.id,
+            name=p.name,
+            session=p.session_id,
+            tracks=p.tracks if p.session_id is not None else None,
+            audio=p.audio,
+            video=p.video,
+        )
+        for p in snapshot.participants
+    ]
+    return _text(
+        _Welcome(
+            participant_id=participant_id,
+            room_id=snapshot.room_id,
+            participants=participants,
+            room_seq=snapshot.seq,
+        )
+    )
+
+
+def session_replays(participant_id: str, snapshot: Snapshot) -> list[str]:
+    """One old-format ``cloudflare-session`` per other participant with a session."""
+    return [
+        _text(
+            _SessionReplay(
+                from_=p.id,
+                roomId=snapshot.room_id,
+                participantId=p.id,
+                participantName=p.name,
+                sessionId=p.session_id,
+                tracks=p.tracks,
+            )
+        )
+        for p in snapshot.participants
+        if p.session_id is not None and p.id != participant_id
+    ]
+
+
+def joined(event: ParticipantJoined) -> str:
+    data = _JoinData(participant_id=event.participant_id, participant_name=event.name)
+    return _text(_Join(from_=event.participant_id, to=ALL, data=data, room_seq=event.seq))
+
+
+def left(event: ParticipantLeft) -> str:
+    data = _LeaveData(participant_id=event.participant_id)
+    return _text(_Leave(from_=event.participant_id, to=ALL, data=data, room_seq=event.seq))
+
+
+def relayed(frame: msgspec.Raw, seq: int) -> str:
+    """A stamped client frame with ``room_seq`` added. The frame is a JSON object
+    we encoded ourselves (compact, ``room_seq`` removed), so appending the field
+    before its closing brace yields valid JSON without decoding it again."""
+    text = bytes(frame).decode()
+    return f'{text[:-1]},"room_seq":{seq}}}'
+
+
+def error(code: str, message: str) -> str:
+    return _text(_Error(code=code, message=message))
+
+
+def participants_by_id(snapshot: Snapshot) -> dict[str, Participant]:
+    return {p.id: p for p in snapshot.participants}

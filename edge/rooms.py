@@ -1,0 +1,149 @@
+"""HTTP: health, readiness and the room endpoints of PROTOCOL.md."""
+
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, get, post
+
+from bus_schema import ids
+from bus_schema.commands import Ack, CreateRoom
+from bus_schema.errors import ErrorCode
+from edge.auth import TokenService
+from edge.bus import EdgeBus, NotReady
+from edge.commands import CommandFailed
+from edge.errors import ApiError
+from edge.settings import EdgeSettings
+
+
+def iso_now() -> str:
+    """ISO 8601 in UTC with milliseconds, as JavaScript's ``toISOString`` writes it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+_T = TypeVar("_T")
+
+
+class CreateRoomBody(msgspec.Struct):
+    name: str | None = None
+    max_participants: int | None = None
+    maxParticipants: int | None = None
+    created_by: str | None = None
+    createdBy: str | None = None
+
+
+class JoinBody(msgspec.Struct):
+    participant_name: str | None = None
+    participantName: str | None = None
+
+
+async def _decode(request: Request[Any, Any, Any], shape: type[_T]) -> _T:
+    body = await request.body()
+    if not body.strip():
+        body = b"{}"
+    try:
+        return msgspec.json.decode(body, type=shape)
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"Invalid request body: {e}", "invalid_body") from None
+
+
+def _name(value: str, field: str, settings: EdgeSettings) -> str:
+    value = value.strip()
+    if not value or len(value) > settings.max_name_length:
+        raise ApiError(
+            400,
+            f"{field} must be 1 to {settings.max_name_length} characters",
+            "invalid_body",
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ApiError(400, f"{field} must not contain control characters", "invalid_body")
+    return value
+
+
+def _room_id(room_id: str) -> str:
+    if not ids.is_uuid(room_id):
+        raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
+    return room_id
+
+
+@get("/health", sync_to_thread=False)
+def health() -> dict[str, str]:
+    return {"status": "ok", "timestamp": iso_now()}
+
+
+@get("/ready")
+async def ready(bus: EdgeBus) -> Response[dict[str, str]]:
+    try:
+        await bus.check_ready()
+    except NotReady as e:
+        return Response({"error": "Not ready", "detail": str(e)}, status_code=503)
+    return Response({"status": "ready"}, status_code=200)
+
+
+@post("/api/rooms", status_code=200)
+async def create_room(
+    request: Request[Any, Any, Any], bus: EdgeBus, settings: EdgeSettings
+) -> dict[str, str]:
+    body = await _decode(request, CreateRoomBody)
+    if body.name is None:
+        raise ApiError(400, "name is required", "invalid_body")
+    name = _name(body.name, "name", settings)
+    created_by = _name(body.created_by or body.createdBy or "anonymous", "created_by", settings)
+    maximum = body.max_participants or body.maxParticipants or settings.default_max_participants
+    if not 1 <= maximum <= settings.max_participants_limit:
+        raise ApiError(
+            400,
+            f"max_participants must be between 1 and {settings.max_participants_limit}",
+            "invalid_body",
+        )
+    room_id = ids.new_id()
+    created_at = iso_now()
+    command = CreateRoom(
+        cmd_id=ids.new_token_id(),
+        room_id=room_id,
+        name=name,
+        created_by=created_by,
+        created_at=created_at,
+        max_participants=maximum,
+    )
+    try:
+        reply = await bus.commands.send(command)
+    except CommandFailed as e:
+        raise ApiError(503, e.message, e.code) from None
+    if not isinstance(reply, Ack):
+        raise ApiError(503, "Room service unavailable, try again", ErrorCode.UNAVAILABLE)
+    return {"room_id": room_id, "created_at": created_at}
+
+
+@get("/api/rooms/{room_id:str}")
+async def get_room(room_id: str, bus: EdgeBus) -> Response[bytes]:
+    meta = await bus.room_meta(_room_id(room_id))
+    if meta is None:
+        raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
+    return Response(msgspec.json.encode(meta), media_type="application/json")
+
+
+@post("/api/rooms/{room_id:str}/join", status_code=200)
+async def join_room(
+    room_id: str,
+    request: Request[Any, Any, Any],
+    bus: EdgeBus,
+    tokens: TokenService,
+    settings: EdgeSettings,
+) -> dict[str, Any]:
+    room_id = _room_id(room_id)
+    body = await _decode(request, JoinBody)
+    name = _name(
+        body.participant_name or body.participantName or "Guest", "participant_name", settings
+    )
+    state = await bus.room_state(room_id)
+    if state is None or await bus.room_meta(room_id) is None:
+        raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
+    if len(state.participants) >= state.meta.max_participants:
+        raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
+    participant_id = ids.new_id()
+    token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
+    urls: str | list[str] = list(settings.stun_urls)
+    if len(urls) == 1:
+        urls = urls[0]
+    return {"token": token, "participant_id": participant_id, "ice_servers": [{"urls": urls}]}

@@ -1,0 +1,81 @@
+"""Settings of an edge process, read once from the environment."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bus_schema.ids import is_token_id, new_token_id
+from signaling.config import ConfigError, Env, nats_servers
+
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    jwt_secret: str
+    nats_servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    host: str = "127.0.0.1"
+    port: int = 8787
+    edge_id: str = ""
+    cors_origin: str = "*"
+    calls_app_id: str | None = None
+    calls_app_secret: str | None = None
+    calls_api_url: str = "https://rtc.live.cloudflare.com/v1"
+    token_ttl: int = 24 * 3600
+    default_max_participants: int = 10
+    max_participants_limit: int = 200
+    max_frame_bytes: int = 64 * 1024
+    max_body_bytes: int = 64 * 1024
+    max_name_length: int = 100
+    send_queue_bytes: int = 1024 * 1024
+    """A client whose unsent output passes this is disconnected (slow consumer)."""
+    command_attempt_timeout: float = 2.0
+    command_deadline: float = 10.0
+    stun_urls: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
+    log_level: str = "INFO"
+
+    @property
+    def calls_configured(self) -> bool:
+        return bool(self.calls_app_id and self.calls_app_secret)
+
+    def __repr__(self) -> str:
+        # Never print secrets, not even by accident in a traceback.
+        return f"EdgeSettings(edge_id={self.edge_id!r}, host={self.host!r}, port={self.port})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "EdgeSettings":
+        env = Env(environ)
+        secret = env.optional("JWT_SECRET")
+        if secret is None:
+            raise ConfigError(
+                "JWT_SECRET must be set (signaling dev generates one for development)"
+            )
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
+        edge_id = env.text("EDGE_ID", new_token_id())
+        if not is_token_id(edge_id):
+            raise ConfigError("EDGE_ID may contain only letters, digits, '-' and '_' (max 64)")
+        default_max = env.integer("DEFAULT_MAX_PARTICIPANTS", 10, minimum=1)
+        limit = env.integer("MAX_PARTICIPANTS_LIMIT", 200, minimum=1)
+        if default_max > limit:
+            raise ConfigError("DEFAULT_MAX_PARTICIPANTS must not exceed MAX_PARTICIPANTS_LIMIT")
+        return cls(
+            jwt_secret=secret,
+            nats_servers=tuple(nats_servers(env.text("NATS_URL", "nats://127.0.0.1:4222"))),
+            host=env.text("EDGE_HOST", "127.0.0.1"),
+            port=env.integer("EDGE_PORT", 8787, minimum=0, maximum=65535),
+            edge_id=edge_id,
+            cors_origin=env.text("CORS_ORIGIN", "*"),
+            calls_app_id=env.optional("CLOUDFLARE_APP_ID"),
+            calls_app_secret=env.optional("CLOUDFLARE_APP_SECRET"),
+            calls_api_url=env.text("CALLS_API_URL", "https://rtc.live.cloudflare.com/v1"),
+            token_ttl=env.integer("TOKEN_TTL", 24 * 3600, minimum=60),
+            default_max_participants=default_max,
+            max_participants_limit=limit,
+            max_frame_bytes=env.integer("MAX_FRAME_BYTES", 64 * 1024, minimum=1024),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            max_name_length=env.integer("MAX_NAME_LENGTH", 100, minimum=1, maximum=1000),
+            send_queue_bytes=env.integer("SEND_QUEUE_BYTES", 1024 * 1024, minimum=64 * 1024),
+            command_attempt_timeout=env.number("COMMAND_ATTEMPT_TIMEOUT", 2.0, minimum=0.05),
+            command_deadline=env.number("COMMAND_DEADLINE", 10.0, minimum=0.1),
+            log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )

@@ -1,0 +1,275 @@
+"""The WebSocket endpoint ``/ws``: authenticate before the upgrade, join the room,
+then relay client frames while the fan-out writes server frames."""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, TypedDict
+from urllib.parse import parse_qs
+
+import msgspec
+from litestar import WebSocket
+from litestar.types.asgi_types import WebSocketSendEvent
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus_schema import ids, subjects
+from bus_schema.closecodes import CloseCode
+from bus_schema.commands import (
+    Broadcast,
+    Join,
+    Leave,
+    PublishSession,
+    Rejected,
+    Reply,
+    SetTrackState,
+    Snapshot,
+)
+from bus_schema.errors import ErrorCode
+from edge import protocol
+from edge.auth import Claims, InvalidToken, TokenService
+from edge.bus import EdgeBus
+from edge.commands import CommandFailed
+from edge.fanout import Close, Connection, RoomFeed
+from edge.settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+_SETTLE_SECONDS = 2.0
+
+_REJECTION_CLOSE = {
+    ErrorCode.ROOM_NOT_FOUND: CloseCode.ROOM_NOT_FOUND,
+    ErrorCode.ROOM_FULL: CloseCode.ROOM_FULL,
+    ErrorCode.NOT_IN_ROOM: CloseCode.NOT_IN_ROOM,
+}
+
+
+def token_from(scope: dict[str, object]) -> tuple[str | None, str | None]:
+    """The token from ``?token=`` or, failing that, offered as the WebSocket
+    subprotocol. Returns (token, subprotocol to select in the answer)."""
+    query = scope.get("query_string", b"")
+    if isinstance(query, bytes) and query:
+        values = parse_qs(query.decode("latin-1")).get("token")
+        if values and values[0]:
+            return values[0], None
+    offered = scope.get("subprotocols")
+    if isinstance(offered, list):
+        for candidate in offered:
+            if isinstance(candidate, str) and candidate.count(".") == 2:
+                return candidate, candidate
+    return None, None
+
+
+async def deny(socket: WebSocket[Any, Any, Any], status: int, message: str) -> None:
+    """Refuse the upgrade with a real HTTP response (ASGI websocket denial)."""
+    await socket.receive()
+    body = msgspec.json.encode({"error": message})
+    await socket.send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await socket.send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+
+
+async def serve(
+    socket: WebSocket[Any, Any, Any], bus: EdgeBus, tokens: TokenService, settings: EdgeSettings
+) -> None:
+    token, subprotocol = token_from(socket.scope)  # type: ignore[arg-type]
+    if token is None:
+        await deny(socket, 401, "Missing token")
+        return
+    try:
+        claims = tokens.verify(token)
+    except InvalidToken:
+        await deny(socket, 401, "Invalid token")
+        return
+    await socket.accept(subprotocols=subprotocol)
+    await ClientSession(socket, bus, claims, settings).run()
+
+
+class ClientSession:
+    """One accepted WebSocket for its whole life."""
+
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], bus: EdgeBus, claims: Claims, settings: EdgeSettings
+    ) -> None:
+        self._socket = socket
+        self._bus = bus
+        self._settings = settings
+        self._identity = protocol.Identity(
+            room_id=claims.room_id,
+            participant_id=claims.participant_id,
+            participant_name=claims.participant_name,
+        )
+        self._conn = Connection(self._identity, limit_bytes=settings.send_queue_bytes)
+
+    async def run(self) -> None:
+        conn, fanout = self._conn, self._bus.fanout
+        fanout.register(conn)
+        writer = asyncio.create_task(self._write(), name=f"ws-write-{conn.conn_id}")
+        feed: RoomFeed | None = None
+        peer: Subscription | None = None
+        joined = False
+        try:
+            feed = await fanout.acquire(self._identity.room_id)
+            peer = await self._bus.nc.subscribe(
+                subjects.peer(self._identity.room_id, self._identity.participant_id),
+                cb=self._on_peer,
+            )
+            reply = await self._join()
+            if isinstance(reply, Snapshot):
+                feed.add(conn, reply)
+                joined = True
+                reader = asyncio.create_task(self._read(feed), name=f"ws-read-{conn.conn_id}")
+                await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                await _cancel(reader)
+            else:
+                await _settle(writer)
+        finally:
+            await _cancel(writer)
+            if feed is not None:
+                feed.remove(conn)
+                await fanout.release(feed)
+            fanout.unregister(conn)
+            if peer is not None:
+                with contextlib.suppress(Exception):
+                    await peer.unsubscribe()
+            if joined:
+                await self._leave()
+
+    async def _join(self) -> Reply | None:
+        identity = self._identity
+        command = Join(
+            cmd_id=ids.new_token_id(),
+            room_id=identity.room_id,
+            participant_id=identity.participant_id,
+            name=identity.participant_name,
+            edge_id=self._bus.fanout.edge_id,
+            conn_id=self._conn.conn_id,
+        )
+        try:
+            reply = await self._bus.commands.send(command)
+        except CommandFailed as e:
+            self._conn.send(protocol.error(e.code, e.message))
+            self._conn.close(CloseCode.TRY_AGAIN_LATER, e.message)
+            return None
+        if isinstance(reply, Rejected):
+            self._conn.send(protocol.error(reply.code, reply.message))
+            code = _REJECTION_CLOSE.get(ErrorCode(reply.code), CloseCode.POLICY_VIOLATION)
+            self._conn.close(code, reply.message)
+            return None
+        return reply
+
+    async def _leave(self) -> None:
+        command = Leave(
+            cmd_id=ids.new_token_id(),
+            room_id=self._identity.room_id,
+            participant_id=self._identity.participant_id,
+            conn_id=self._conn.conn_id,
+        )
+        try:
+            await self._bus.commands.send(command)
+        except CommandFailed:
+            log.warning("conn %s: leave not acknowledged", self._conn.conn_id)
+
+    def _relay_fields(self, inbound: protocol.Inbound) -> "_RelayFields":
+        return {
+            "cmd_id": ids.new_token_id(),
+            "room_id": self._identity.room_id,
+            "participant_id": self._identity.participant_id,
+            "conn_id": self._conn.conn_id,
+            "frame": msgspec.Raw(inbound.frame),
+        }
+
+    async def _on_peer(self, msg: Msg) -> None:
+        self._conn.send_direct(msg.data.decode())
+
+    async def _write(self) -> None:
+        conn, socket = self._conn, self._socket
+        while True:
+            item = await conn.next_output()
+            if conn.closing is not None:
+                item = conn.closing
+            if isinstance(item, Close):
+                with contextlib.suppress(Exception):
+                    await socket.close(code=item.code, reason=item.reason)
+                return
+            event: WebSocketSendEvent = {"type": "websocket.send", "text": item, "bytes": None}
+            await socket.send(event)
+
+    async def _read(self, feed: RoomFeed) -> None:
+        socket = self._socket
+        while True:
+            message = await socket.receive()
+            if message["type"] != "websocket.receive":
+                return
+            data = message.get("text") or message.get("bytes") or b""
+            await self._handle(data, feed)
+
+    async def _handle(self, data: str | bytes, feed: RoomFeed) -> None:
+        conn, identity = self._conn, self._identity
+        try:
+            inbound = protocol.parse(data, identity)
+        except protocol.ProtocolError as e:
+            conn.send(protocol.error(e.code, e.message))
+            return
+        match inbound.route:
+            case protocol.Route.DIRECT:
+                assert inbound.to is not None
+                if inbound.to == identity.participant_id or inbound.to not in feed.members:
+                    conn.send(
+                        protocol.error("unknown_participant", "`to` names no one else in this room")
+                    )
+                    return
+                await self._bus.nc.publish(
+                    subjects.peer(identity.room_id, inbound.to), inbound.frame
+                )
+                return
+            case protocol.Route.SESSION:
+                command: PublishSession | SetTrackState | Broadcast = PublishSession(
+                    **self._relay_fields(inbound),
+                    session_id=inbound.session_id,
+                    tracks=inbound.tracks or [],
+                )
+            case protocol.Route.TRACK_STATE:
+                command = SetTrackState(
+                    **self._relay_fields(inbound), kind=inbound.kind, enabled=inbound.enabled
+                )
+            case protocol.Route.BROADCAST:
+                command = Broadcast(**self._relay_fields(inbound))
+        try:
+            reply = await self._bus.commands.send(command)
+        except CommandFailed as e:
+            conn.send(protocol.error(e.code, e.message))
+            return
+        if isinstance(reply, Rejected):
+            conn.send(protocol.error(reply.code, reply.message))
+            if reply.code == ErrorCode.NOT_IN_ROOM:
+                conn.close(CloseCode.NOT_IN_ROOM, reply.message)
+
+
+class _RelayFields(TypedDict):
+    cmd_id: str
+    room_id: str
+    participant_id: str
+    conn_id: str
+    frame: msgspec.Raw
+
+
+async def _cancel(task: "asyncio.Task[None]") -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _settle(task: "asyncio.Task[None]") -> None:
+    """Give the writer a moment to flush a final error and close frame."""
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+        await asyncio.wait_for(asyncio.shield(task), _SETTLE_SECONDS)

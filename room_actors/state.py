@@ -1,0 +1,207 @@
+"""Pure decisions: (room state, command) -> (new state, events, reply).
+
+Nothing here does I/O. `decide` never mutates its input; an unchanged state is
+returned as the same object, so the caller knows whether to save.
+"""
+
+from dataclasses import dataclass
+
+from msgspec.structs import replace
+
+from bus_schema.closecodes import CloseCode
+from bus_schema.commands import (
+    Ack,
+    Broadcast,
+    Command,
+    CreateRoom,
+    GetSnapshot,
+    Join,
+    Leave,
+    PublishSession,
+    Rejected,
+    Reply,
+    SetTrackState,
+    Snapshot,
+)
+from bus_schema.control import CloseConnection
+from bus_schema.errors import ErrorCode
+from bus_schema.events import (
+    Broadcasted,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    SessionPublished,
+    TrackStateChanged,
+)
+from bus_schema.state import Participant, RoomMeta, RoomState
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: RoomState | None
+    reply: Reply
+    events: tuple[Event, ...] = ()
+    control: tuple[tuple[str, CloseConnection], ...] = ()
+    """(edge id, message) pairs to send once the state is saved."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    recent_commands: int = 64
+
+
+ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")
+NOT_IN_ROOM = Rejected(code=ErrorCode.NOT_IN_ROOM, message="Not in this room")
+
+
+def snapshot(state: RoomState, *, resumed: bool = False) -> Snapshot:
+    return Snapshot(
+        room_id=state.room_id,
+        seq=state.seq,
+        max_participants=state.meta.max_participants,
+        participants=list(state.participants.values()),
+        resumed=resumed,
+    )
+
+
+def decide(state: RoomState | None, command: Command, now: str, limits: Limits) -> Outcome:
+    """Apply one command to a room's state."""
+    if isinstance(command, CreateRoom):
+        return _create(state, command, limits)
+    if state is None:
+        return Outcome(state, ROOM_NOT_FOUND)
+    if isinstance(command, GetSnapshot):
+        return Outcome(state, snapshot(state))
+    if command.cmd_id in state.recent_commands:
+        return Outcome(state, _replay_reply(state, command))
+    match command:
+        case Join():
+            outcome = _join(state, command, now)
+        case Leave():
+            outcome = _leave(state, command)
+        case PublishSession() | SetTrackState() | Broadcast():
+            outcome = _relay(state, command)
+    if outcome.state is state or outcome.state is None:
+        return outcome
+    return Outcome(
+        _remember(outcome.state, command.cmd_id, limits),
+        outcome.reply,
+        outcome.events,
+        outcome.control,
+    )
+
+
+def _replay_reply(state: RoomState, command: Command) -> Reply:
+    """The reply to a command that was already applied (an edge retried it)."""
+    if isinstance(command, Join):
+        return snapshot(state, resumed=True)
+    return Ack(seq=state.seq)
+
+
+def _remember(state: RoomState, cmd_id: str, limits: Limits) -> RoomState:
+    recent = [*state.recent_commands[-(limits.recent_commands - 1) :], cmd_id]
+    return replace(state, recent_commands=recent)
+
+
+def _create(state: RoomState | None, command: CreateRoom, limits: Limits) -> Outcome:
+    if state is not None:
+        if command.cmd_id in state.recent_commands:
+            return Outcome(state, Ack(seq=state.seq))
+        return Outcome(state, Rejected(code=ErrorCode.ROOM_EXISTS, message="Room already exists"))
+    meta = RoomMeta(
+        id=command.room_id,
+        name=command.name,
+        created_by=command.created_by,
+        created_at=command.created_at,
+        max_participants=command.max_participants,
+    )
+    created = _remember(RoomState(meta=meta), command.cmd_id, limits)
+    return Outcome(created, Ack(seq=0))
+
+
+def _join(state: RoomState, command: Join, now: str) -> Outcome:
+    present = state.participants.get(command.participant_id)
+    if present is not None:
+        # The same token connected again: the newer connection takes over, the
+        # others see no leave/join, and the older socket is closed.
+        moved = replace(present, edge_id=command.edge_id, conn_id=command.conn_id)
+        participants = {**state.participants, command.participant_id: moved}
+        resumed = replace(state, participants=participants)
+        control: tuple[tuple[str, CloseConnection], ...] = ()
+        if present.conn_id != command.conn_id:
+            close = CloseConnection(
+                conn_id=present.conn_id,
+                code=CloseCode.REPLACED,
+                reason="Replaced by a newer connection",
+            )
+            control = ((present.edge_id, close),)
+        return Outcome(resumed, snapshot(resumed, resumed=True), control=control)
+    if len(state.participants) >= state.meta.max_participants:
+        return Outcome(state, Rejected(code=ErrorCode.ROOM_FULL, message="Room is full"))
+    seq = state.seq + 1
+    joined = Participant(
+        id=command.participant_id,
+        name=command.name,
+        joined_at=now,
+        edge_id=command.edge_id,
+        conn_id=command.conn_id,
+    )
+    event = ParticipantJoined(
+        room_id=state.room_id, seq=seq, participant_id=joined.id, name=joined.name
+    )
+    new_state = replace(state, seq=seq, participants={**state.participants, joined.id: joined})
+    return Outcome(new_state, snapshot(new_state), (event,))
+
+
+def _leave(state: RoomState, command: Leave) -> Outcome:
+    present = state.participants.get(command.participant_id)
+    if present is None or present.conn_id != command.conn_id:
+        return Outcome(state, Ack(seq=state.seq))
+    seq = state.seq + 1
+    participants = {k: v for k, v in state.participants.items() if k != command.participant_id}
+    event = ParticipantLeft(
+        room_id=state.room_id, seq=seq, participant_id=present.id, reason=command.reason
+    )
+    new_state = replace(state, seq=seq, participants=participants)
+    return Outcome(new_state, Ack(seq=seq), (event,))
+
+
+def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast) -> Outcome:
+    sender = state.participants.get(command.participant_id)
+    if sender is None or sender.conn_id != command.conn_id:
+        return Outcome(state, NOT_IN_ROOM)
+    seq = state.seq + 1
+    event: Event
+    updated = sender
+    match command:
+        case PublishSession():
+            updated = replace(sender, session_id=command.session_id, tracks=command.tracks)
+            event = SessionPublished(
+                room_id=state.room_id,
+                seq=seq,
+                participant_id=sender.id,
+                session_id=command.session_id,
+                frame=command.frame,
+            )
+        case SetTrackState():
+            if command.kind not in ("audio", "video"):
+                bad = Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
+                return Outcome(state, bad)
+            updated = replace(sender, **{command.kind: command.enabled})
+            event = TrackStateChanged(
+                room_id=state.room_id,
+                seq=seq,
+                participant_id=sender.id,
+                kind=command.kind,
+                enabled=command.enabled,
+                frame=command.frame,
+            )
+        case Broadcast():
+            event = Broadcasted(
+                room_id=state.room_id, seq=seq, participant_id=sender.id, frame=command.frame
+            )
+    participants = state.participants
+    if updated is not sender:
+        participants = {**participants, sender.id: updated}
+    new_state = replace(state, seq=seq, participants=participants)
+    return Outcome(new_state, Ack(seq=seq), (event,))

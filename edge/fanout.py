@@ -49,6 +49,9 @@ RECENT_EVENTS = 256
 class Close:
     code: int
     reason: str
+    discard_pending: bool = False
+    """Close at once, dropping queued frames (a slow consumer); otherwise the
+    frames queued before the close (an ``error``, say) go out first."""
 
 
 class Connection:
@@ -77,7 +80,7 @@ class Connection:
         self._pending += len(text)
         if self._pending > self._limit:
             log.info("conn %s: slow consumer, disconnecting", self.conn_id)
-            self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full")
+            self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full", discard=True)
             return
         self._queue.put_nowait(text)
 
@@ -93,9 +96,9 @@ class Connection:
         for text in held:
             self.send(text)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, discard: bool = False) -> None:
         if self.closing is None:
-            self.closing = Close(code, reason)
+            self.closing = Close(code, reason, discard)
             self._queue.put_nowait(self.closing)
 
     async def next_output(self) -> str | Close:

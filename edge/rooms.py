@@ -22,6 +22,7 @@ def iso_now() -> str:
 
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 class CreateRoomBody(msgspec.Struct):
@@ -60,6 +61,14 @@ def _name(value: str, field: str, settings: EdgeSettings) -> str:
     return value
 
 
+def _first(*values: _V | None) -> _V:
+    """The first value that is present (the old service accepted two spellings)."""
+    for value in values:
+        if value is not None:
+            return value
+    raise AssertionError("the last value is a default")
+
+
 def _room_id(room_id: str) -> str:
     if not ids.is_uuid(room_id):
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
@@ -88,8 +97,8 @@ async def create_room(
     if body.name is None:
         raise ApiError(400, "name is required", "invalid_body")
     name = _name(body.name, "name", settings)
-    created_by = _name(body.created_by or body.createdBy or "anonymous", "created_by", settings)
-    maximum = body.max_participants or body.maxParticipants or settings.default_max_participants
+    created_by = _name(_first(body.created_by, body.createdBy, "anonymous"), "created_by", settings)
+    maximum = _first(body.max_participants, body.maxParticipants, settings.default_max_participants)
     if not 1 <= maximum <= settings.max_participants_limit:
         raise ApiError(
             400,

@@ -194,7 +194,7 @@ class ClientSession:
         conn, socket = self._conn, self._socket
         while True:
             item = await conn.next_output()
-            if conn.closing is not None:
+            if conn.closing is not None and conn.closing.discard_pending:
                 item = conn.closing
             if isinstance(item, Close):
                 with contextlib.suppress(Exception):

@@ -3,14 +3,28 @@
 Used by ``signaling dev`` (the embedded default) and by the test fixtures.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def _output(log_file: Path | None) -> Iterator[IO[bytes] | None]:
+    """The child's stdout/stderr: a log file (closed in this process once the
+    child has its copy) or, without one, ours."""
+    if log_file is None:
+        yield None
+        return
+    with open(log_file, "ab") as out:
+        yield out
 
 
 def binary() -> Path:
@@ -68,8 +82,8 @@ class NatsServer:
         self._ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in self._ports_dir.glob("*.ports"):
             stale.unlink()
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=out)
+        with _output(self.log_file) as out:
+            self.process = subprocess.Popen(self.command(), stdout=out, stderr=out)
         ports_file = self._ports_dir / f"nats-server_{self.process.pid}.ports"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -108,13 +122,13 @@ def python_module(
     module: str, env: dict[str, str], log_file: Path | None = None
 ) -> "subprocess.Popen[bytes]":
     """Start ``python -m module`` with this interpreter, ``env`` added to ours."""
-    out = open(log_file, "ab") if log_file else None  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", module],
-        env={**os.environ, **env},
-        stdout=out,
-        stderr=subprocess.STDOUT if out else None,
-    )
+    with _output(log_file) as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT if log_file else None,
+        )
 
 
 def terminate(process: "subprocess.Popen[bytes]", timeout: float = 10.0) -> int:

@@ -6,7 +6,6 @@ import re
 import signal
 from collections.abc import Awaitable, Callable
 
-
 _SECRETS = re.compile(
     r"(?P<key>token=|Bearer\s+)[^\s&\"']+"  # query parameters and bearer headers
     r"|eyJ[\w-]+\.[\w-]+\.[\w-]+"  # anything shaped like a JWT

@@ -1,0 +1,15 @@
+# One image for both roles: `signaling edge` or `signaling actors`.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY bus_schema ./bus_schema
+COPY edge ./edge
+COPY room_actors ./room_actors
+COPY signaling ./signaling
+RUN pip install --no-cache-dir --no-deps .
+USER nobody
+EXPOSE 8787
+CMD ["signaling", "edge"]

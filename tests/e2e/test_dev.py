@@ -1,0 +1,63 @@
+"""``signaling dev`` (what ``make run`` starts): the whole system in one command."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.harness import free_port
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "old_client_call.py"
+
+
+def test_dev_runs_a_call_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port, nats_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "signaling", "dev",
+            "--port", str(port), "--nats-port", str(nats_port), "--data-dir", str(tmp_path),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, "signaling dev exited:\n" + "".join(lines)
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        output = "".join(lines)
+        assert "JWT_SECRET is not set" in output
+        assert f"http://127.0.0.1:{port}" in output
+        assert (tmp_path / "dev-jwt-secret").stat().st_mode & 0o077 == 0
+        assert httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200
+        call = subprocess.run(
+            [sys.executable, str(EXAMPLE), "--url", f"http://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert call.returncode == 0, call.stdout + call.stderr
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        with_port = subprocess.run(["ss", "-ltn"], capture_output=True, text=True, check=False)
+        assert f":{port} " not in with_port.stdout
+        assert f":{nats_port} " not in with_port.stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -1,0 +1,319 @@
+"""Real processes for tests: nats-server, room actor workers and edges, each on
+free loopback ports, and small clients to drive them."""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from bus_schema import codec, ids, subjects
+from bus_schema.commands import GetSnapshot
+from signaling.natsserver import NatsServer, python_module, terminate
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
+RECV_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    """A ``python -m <module>`` child process with its log file."""
+
+    module: str
+    env: dict[str, str]
+    log_file: Path
+    process: "subprocess.Popen[bytes] | None" = None
+
+    def start(self) -> "Proc":
+        self.process = python_module(self.module, self.env, self.log_file)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        return terminate(self.process, timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@dataclass
+class Edge(Proc):
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@dataclass
+class System:
+    """One nats-server, actor workers and edges, all real processes."""
+
+    root: Path
+    nats: NatsServer = field(init=False)
+    actors: list[Proc] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _counter: int = 0
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.nats = NatsServer(data_dir=self.root / "nats", log_file=self.root / "nats.log")
+
+    def _next(self, kind: str) -> str:
+        self._counter += 1
+        return f"{kind}-{self._counter}"
+
+    def base_env(self) -> dict[str, str]:
+        return {
+            "NATS_URL": self.nats.url,
+            "JWT_SECRET": JWT_SECRET,
+            "LOG_LEVEL": "INFO",
+            **self.extra_env,
+        }
+
+    def start_nats(self, port: int = -1) -> None:
+        self.nats.port = port
+        self.nats.start()
+
+    def start_actor(self, **env: str) -> Proc:
+        name = self._next("actors")
+        proc = Proc(
+            "room_actors",
+            {**self.base_env(), "WORKER_ID": name, **env},
+            self.root / f"{name}.log",
+        ).start()
+        self.actors.append(proc)
+        return proc
+
+    def start_edge(self, **env: str) -> Edge:
+        name = self._next("edge")
+        port = free_port()
+        edge = Edge(
+            "edge",
+            {**self.base_env(), "EDGE_PORT": str(port), "EDGE_ID": name, **env},
+            self.root / f"{name}.log",
+            port=port,
+        )
+        edge.start()
+        self.edges.append(edge)
+        return edge
+
+    def wait_edge_ready(self, edge: Edge, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not edge.alive():
+                raise RuntimeError(f"edge exited:\n{edge.log()}")
+            try:
+                if httpx.get(f"{edge.url}/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"edge not ready:\n{edge.log()}")
+
+    async def wait_actors_ready(self, timeout: float = 30.0) -> None:
+        """Until every partition answers a command (an unknown room is fine)."""
+        nc = await nats.connect(self.nats.url)
+        try:
+            pending = set(range(subjects.PARTITIONS))
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                for room_id in _rooms_covering(pending):
+                    command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=room_id)
+                    try:
+                        await nc.request(
+                            subjects.room_command(room_id), codec.encode(command), timeout=0.5
+                        )
+                        pending.discard(subjects.partition_of(room_id))
+                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                        await asyncio.sleep(0.05)
+            if pending:
+                logs = "\n".join(a.log() for a in self.actors)
+                raise TimeoutError(f"partitions without an owner: {sorted(pending)}\n{logs}")
+        finally:
+            await nc.close()
+
+    async def start(self, *, actors: int = 1, edges: int = 1) -> "System":
+        self.start_nats()
+        for _ in range(actors):
+            self.start_actor()
+        new_edges = [self.start_edge() for _ in range(edges)]
+        await self.wait_actors_ready()
+        for edge in new_edges:
+            await asyncio.to_thread(self.wait_edge_ready, edge)
+        return self
+
+    async def restart(self, *, actors: int = 1, edges: int = 1) -> "System":
+        """Start everything again on the same JetStream folder (after stop or kills)."""
+        self.stop()
+        self.edges.clear()
+        self.actors.clear()
+        return await self.start(actors=actors, edges=edges)
+
+    def stop(self) -> None:
+        for edge in self.edges:
+            if edge.alive():
+                edge.stop()
+        for actor in self.actors:
+            if actor.alive():
+                actor.stop()
+        self.nats.stop()
+
+    def logs(self) -> str:
+        parts = [f"--- {p.log_file.name}\n{p.log()}" for p in [*self.actors, *self.edges]]
+        return "\n".join(parts)
+
+
+def _rooms_covering(partitions: set[int]) -> list[str]:
+    """One random room id per wanted partition."""
+    found: dict[int, str] = {}
+    while len(found) < len(partitions):
+        room_id = ids.new_id()
+        partition = subjects.partition_of(room_id)
+        if partition in partitions:
+            found.setdefault(partition, room_id)
+    return list(found.values())
+
+
+# --- clients ------------------------------------------------------------------
+
+
+class Api:
+    """The HTTP API of one edge."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=10.0)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def create_room(self, name: str = "room", **extra: Any) -> str:
+        response = await self.http.post("/api/rooms", json={"name": name, **extra})
+        assert response.status_code == 200, response.text
+        room_id: str = response.json()["room_id"]
+        return room_id
+
+    async def join(self, room_id: str, name: str = "Guest") -> dict[str, Any]:
+        response = await self.http.post(
+            f"/api/rooms/{room_id}/join", json={"participant_name": name}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+class WsClient:
+    """A real WebSocket client speaking JSON text frames."""
+
+    def __init__(self, ws: ClientConnection, participant_id: str = "") -> None:
+        self.ws = ws
+        self.participant_id = participant_id
+
+    @classmethod
+    async def connect(
+        cls, ws_url: str, token: str, *, participant_id: str = "", subprotocol: bool = False
+    ) -> "WsClient":
+        if subprotocol:
+            ws = await websockets.connect(ws_url, subprotocols=[token], open_timeout=10)  # type: ignore[list-item]
+        else:
+            ws = await websockets.connect(f"{ws_url}?token={token}", open_timeout=10)
+        return cls(ws, participant_id)
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        message: dict[str, Any] = json.loads(raw)
+        return message
+
+    async def recv_type(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        message = await self.recv(timeout)
+        assert message.get("type") == kind, message
+        return message
+
+    async def closed(self, timeout: float = RECV_TIMEOUT) -> tuple[int | None, str | None]:
+        """Wait until the server closes the socket; drain whatever comes before."""
+
+        async def drain() -> None:
+            try:
+                while True:
+                    await self.ws.recv()
+            except websockets.ConnectionClosed:
+                return
+
+        await asyncio.wait_for(drain(), timeout)
+        return self.ws.close_code, self.ws.close_reason
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@dataclass
+class Member:
+    """A participant: its join answer and its open socket."""
+
+    token: str
+    participant_id: str
+    name: str
+    client: WsClient
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        return await self.client.recv(timeout)
+
+    async def recv_type(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        return await self.client.recv_type(kind, timeout)
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.client.send(message)
+
+
+async def enter(api: Api, ws_url: str, room_id: str, name: str) -> Member:
+    """Join over HTTP, connect the WebSocket, consume the ``welcome``."""
+    joined = await api.join(room_id, name)
+    client = await WsClient.connect(
+        ws_url, joined["token"], participant_id=joined["participant_id"]
+    )
+    member = Member(joined["token"], joined["participant_id"], name, client)
+    welcome = await member.recv_type("welcome")
+    assert welcome["participant_id"] == member.participant_id
+    return member
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")

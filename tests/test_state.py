@@ -1,0 +1,240 @@
+"""room_actors.state: pure decisions, no I/O."""
+
+import msgspec
+import pytest
+
+from bus_schema.commands import (
+    Ack,
+    Broadcast,
+    CreateRoom,
+    GetSnapshot,
+    Join,
+    Leave,
+    PublishSession,
+    Rejected,
+    SetTrackState,
+    Snapshot,
+)
+from bus_schema.events import (
+    Broadcasted,
+    ParticipantJoined,
+    ParticipantLeft,
+    SessionPublished,
+    TrackStateChanged,
+)
+from bus_schema.state import RoomState
+from room_actors.state import Limits, decide
+
+ROOM = "11111111-1111-4111-8111-111111111111"
+ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+BEN = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+NOW = "2026-01-01T00:00:00.000Z"
+LIMITS = Limits(recent_commands=4)
+FRAME = msgspec.Raw(b'{"type":"x"}')
+
+
+def created(max_participants: int = 10) -> RoomState:
+    command = CreateRoom(
+        cmd_id="c0",
+        room_id=ROOM,
+        name="r",
+        created_by="me",
+        created_at=NOW,
+        max_participants=max_participants,
+    )
+    outcome = decide(None, command, NOW, LIMITS)
+    assert outcome.reply == Ack(seq=0)
+    assert outcome.state is not None
+    return outcome.state
+
+
+def join(state: RoomState, who: str, cmd_id: str, conn: str = "conn") -> RoomState:
+    outcome = decide(
+        state,
+        Join(
+            cmd_id=cmd_id,
+            room_id=ROOM,
+            participant_id=who,
+            name=who[:3],
+            edge_id="e1",
+            conn_id=conn,
+        ),
+        NOW,
+        LIMITS,
+    )
+    assert outcome.state is not None
+    return outcome.state
+
+
+def test_commands_on_a_missing_room_are_rejected() -> None:
+    outcome = decide(None, GetSnapshot(cmd_id="x", room_id=ROOM), NOW, LIMITS)
+    assert isinstance(outcome.reply, Rejected)
+    assert outcome.reply.code == "room_not_found"
+
+
+def test_create_twice_is_rejected_but_a_retry_is_acknowledged() -> None:
+    state = created()
+    retry = CreateRoom(
+        cmd_id="c0", room_id=ROOM, name="r", created_by="me", created_at=NOW, max_participants=10
+    )
+    assert decide(state, retry, NOW, LIMITS).reply == Ack(seq=0)
+    other = msgspec.structs.replace(retry, cmd_id="c1")
+    reply = decide(state, other, NOW, LIMITS).reply
+    assert isinstance(reply, Rejected)
+    assert reply.code == "room_exists"
+
+
+def test_join_adds_participant_and_numbers_the_event() -> None:
+    state = created()
+    outcome = decide(
+        state,
+        Join(cmd_id="j1", room_id=ROOM, participant_id=ANN, name="Ann", edge_id="e1", conn_id="c"),
+        NOW,
+        LIMITS,
+    )
+    assert outcome.state is not None
+    assert outcome.state.seq == 1
+    assert outcome.events == (
+        ParticipantJoined(room_id=ROOM, seq=1, participant_id=ANN, name="Ann"),
+    )
+    assert isinstance(outcome.reply, Snapshot)
+    assert [p.id for p in outcome.reply.participants] == [ANN]
+    assert state.participants == {}  # the input is untouched
+
+
+def test_room_full_is_enforced() -> None:
+    state = join(created(max_participants=1), ANN, "j1")
+    outcome = decide(
+        state,
+        Join(cmd_id="j2", room_id=ROOM, participant_id=BEN, name="Ben", edge_id="e1", conn_id="c"),
+        NOW,
+        LIMITS,
+    )
+    assert outcome.state is state
+    assert isinstance(outcome.reply, Rejected)
+    assert outcome.reply.code == "room_full"
+
+
+def test_a_retried_join_is_applied_once() -> None:
+    state = join(created(), ANN, "j1")
+    again = decide(
+        state,
+        Join(
+            cmd_id="j1", room_id=ROOM, participant_id=ANN, name="Ann", edge_id="e1", conn_id="conn"
+        ),
+        NOW,
+        LIMITS,
+    )
+    assert again.state is state
+    assert again.events == ()
+    assert isinstance(again.reply, Snapshot)
+
+
+def test_rejoin_with_new_connection_closes_the_old_one_without_events() -> None:
+    state = join(created(), ANN, "j1", conn="old")
+    outcome = decide(
+        state,
+        Join(
+            cmd_id="j2", room_id=ROOM, participant_id=ANN, name="Ann", edge_id="e2", conn_id="new"
+        ),
+        NOW,
+        LIMITS,
+    )
+    assert outcome.events == ()
+    assert outcome.state is not None
+    assert outcome.state.seq == state.seq
+    assert outcome.state.participants[ANN].conn_id == "new"
+    assert [(edge, close.conn_id, close.code) for edge, close in outcome.control] == [
+        ("e1", "old", 4000)
+    ]
+    # A leave from the old connection no longer removes the participant.
+    stale = decide(
+        outcome.state,
+        Leave(cmd_id="l1", room_id=ROOM, participant_id=ANN, conn_id="old"),
+        NOW,
+        LIMITS,
+    )
+    assert stale.state is outcome.state
+    assert stale.events == ()
+
+
+def test_leave_removes_and_announces() -> None:
+    state = join(join(created(), ANN, "j1"), BEN, "j2")
+    outcome = decide(
+        state, Leave(cmd_id="l1", room_id=ROOM, participant_id=BEN, conn_id="conn"), NOW, LIMITS
+    )
+    assert outcome.state is not None
+    assert list(outcome.state.participants) == [ANN]
+    assert outcome.events == (
+        ParticipantLeft(room_id=ROOM, seq=3, participant_id=BEN, reason="closed"),
+    )
+
+
+def test_relays_update_state_and_carry_the_frame() -> None:
+    state = join(created(), ANN, "j1")
+    session = decide(
+        state,
+        PublishSession(
+            cmd_id="s1",
+            room_id=ROOM,
+            participant_id=ANN,
+            conn_id="conn",
+            frame=FRAME,
+            session_id="sess",
+            tracks=[{"trackName": "t"}],
+        ),
+        NOW,
+        LIMITS,
+    )
+    assert session.state is not None
+    assert session.state.participants[ANN].session_id == "sess"
+    assert session.events == (
+        SessionPublished(room_id=ROOM, seq=2, participant_id=ANN, session_id="sess", frame=FRAME),
+    )
+    muted = decide(
+        session.state,
+        SetTrackState(
+            cmd_id="t1",
+            room_id=ROOM,
+            participant_id=ANN,
+            conn_id="conn",
+            frame=FRAME,
+            kind="audio",
+            enabled=False,
+        ),
+        NOW,
+        LIMITS,
+    )
+    assert muted.state is not None
+    assert muted.state.participants[ANN].audio is False
+    assert muted.state.participants[ANN].video is None
+    assert isinstance(muted.events[0], TrackStateChanged)
+    said = decide(
+        muted.state,
+        Broadcast(cmd_id="b1", room_id=ROOM, participant_id=ANN, conn_id="conn", frame=FRAME),
+        NOW,
+        LIMITS,
+    )
+    assert said.events == (Broadcasted(room_id=ROOM, seq=4, participant_id=ANN, frame=FRAME),)
+    assert said.reply == Ack(seq=4)
+
+
+@pytest.mark.parametrize(("who", "conn"), [(BEN, "conn"), (ANN, "stale")])
+def test_relays_from_outside_the_room_are_refused(who: str, conn: str) -> None:
+    state = join(created(), ANN, "j1")
+    outcome = decide(
+        state,
+        Broadcast(cmd_id="b1", room_id=ROOM, participant_id=who, conn_id=conn, frame=FRAME),
+        NOW,
+        LIMITS,
+    )
+    assert outcome.state is state
+    assert isinstance(outcome.reply, Rejected)
+    assert outcome.reply.code == "not_in_room"
+
+
+def test_recent_command_ids_are_bounded() -> None:
+    state = created()
+    for index in range(10):
+        state = join(state, f"{index:08d}-aaaa-4aaa-8aaa-aaaaaaaaaaaa", f"j{index}")
+    assert state.recent_commands == ["j6", "j7", "j8", "j9"]

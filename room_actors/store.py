@@ -1,13 +1,18 @@
 """Room state in JetStream KV: load, and save with compare-and-set on the revision."""
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec
 from bus_schema.state import RoomMeta, RoomState
+
+log = logging.getLogger(__name__)
 
 
 class Fenced(Exception):
@@ -23,29 +28,31 @@ class Loaded:
 
 
 async def ensure_buckets(js: JetStreamContext, *, ttl: float, replicas: int) -> None:
-    """Create the buckets actors write, if they are missing (idempotent)."""
-    from nats.js.api import KeyValueConfig, StorageType
-
+    """Create the buckets actors write if they are missing, and bring the TTL of
+    existing ones to ``ttl`` (idempotent)."""
     for bucket, description in (
         (buckets.ROOMS, "room metadata, projected from room_state by the owning actor"),
         (buckets.ROOM_STATE, "room state, written only by the owning actor with CAS"),
     ):
         try:
             await js.key_value(bucket)
-            continue
         except BucketNotFoundError:
-            pass
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket,
-                description=description,
-                history=1,
-                ttl=ttl,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                direct=True,
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    description=description,
+                    history=1,
+                    ttl=ttl,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                    direct=True,
+                )
             )
-        )
+            continue
+        info = await js.stream_info(f"KV_{bucket}")
+        if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
+            log.info("bucket %s: TTL %s -> %s s", bucket, info.config.max_age, ttl)
+            await js.update_stream(dataclasses.replace(info.config, max_age=ttl))
 
 
 class RoomStore:

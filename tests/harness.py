@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection
 
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import GetSnapshot
+from signaling.cli import wait_ready
 from signaling.natsserver import NatsServer, python_module, terminate
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
@@ -133,17 +134,11 @@ class System:
         return edge
 
     def wait_edge_ready(self, edge: Edge, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not edge.alive():
-                raise RuntimeError(f"edge exited:\n{edge.log()}")
-            try:
-                if httpx.get(f"{edge.url}/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"edge not ready:\n{edge.log()}")
+        assert edge.process is not None
+        try:
+            wait_ready(edge.url, edge.process, timeout)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}:\n{edge.log()}") from None
 
     async def wait_actors_ready(self, timeout: float = 30.0) -> None:
         """Until every partition answers a command (an unknown room is fine)."""

@@ -1,0 +1,60 @@
+"""Room expiry and readiness, with real processes."""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.harness import Api, System, enter
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+TTL = 10.0
+
+
+async def test_idle_room_expires_but_room_in_use_does_not(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(ROOM_TTL=str(TTL), ROOM_PASSIVATE_AFTER="2")
+    await system.start()
+    api = Api(system.edges[0].url)
+    idle = await api.create_room("idle")
+    busy = await api.create_room("busy")
+    member = await enter(api, system.edges[0].ws_url, busy, "Ann")
+    started = time.monotonic()
+    deadline = started + TTL * 3
+    while (await api.http.get(f"/api/rooms/{idle}")).status_code == 200:
+        assert time.monotonic() < deadline, "idle room never expired"
+        await asyncio.sleep(0.5)
+    assert time.monotonic() - started >= TTL * 0.5
+    # Well past the TTL, the room with a participant is still there and works.
+    # Time passing is what is under test here, not a synchronisation.
+    await asyncio.sleep(max(0.0, TTL * 1.5 - (time.monotonic() - started)))
+    assert (await api.http.get(f"/api/rooms/{busy}")).status_code == 200
+    await member.send({"type": "track-state", "kind": "audio", "enabled": False})
+    other = await enter(api, system.edges[0].ws_url, busy, "Ben")
+    assert (await member.recv_type("join"))["from"] == other.participant_id
+    await api.close()
+
+
+async def test_ready_turns_503_when_nats_is_down_and_200_when_back(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system()
+    await system.start()
+    url = f"{system.edges[0].url}/ready"
+    async with httpx.AsyncClient(timeout=5) as http:
+        assert (await http.get(url)).status_code == 200
+        port = int(system.nats.url.rsplit(":", 1)[1])
+        system.nats.stop()
+        deadline = time.monotonic() + 20
+        while (response := await http.get(url)).status_code != 503:
+            assert time.monotonic() < deadline, "never became unready"
+            await asyncio.sleep(0.1)
+        assert response.json()["error"] == "Not ready"
+        system.start_nats(port=port)
+        deadline = time.monotonic() + 30
+        while (await http.get(url)).status_code != 200:
+            assert time.monotonic() < deadline, "never became ready again"
+            await asyncio.sleep(0.2)

@@ -7,13 +7,26 @@
 - ``room_state``: key = room id, value = `bus_schema.state.RoomState`. Written
   only by the owning actor, always with compare-and-set on the revision.
 
+- ``actor_leases``: who owns what, readable with ``nats kv ls/get actor_leases``.
+
+  - ``worker.<worker id>``: `bus_schema.state.WorkerLease`, a heartbeat written
+    with a per-key TTL (the lease TTL) and renewed with compare-and-set. A worker
+    whose key expired is dead; its partitions may be claimed.
+  - ``partition.<n>``: `bus_schema.state.PartitionLease`, the worker that owns
+    partition ``n`` (see `bus_schema.subjects.partition_of`). Claimed and released
+    with compare-and-set; valid only while its worker's key is alive.
+
 Only actors create buckets; edges bind to existing ones.
 """
 
-from bus_schema.ids import is_uuid
+from bus_schema.ids import is_token_id, is_uuid
 
 ROOMS = "rooms"
 ROOM_STATE = "room_state"
+LEASES = "actor_leases"
+
+WORKER_PREFIX = "worker."
+PARTITION_PREFIX = "partition."
 
 
 def room_key(room_id: str) -> str:
@@ -21,3 +34,13 @@ def room_key(room_id: str) -> str:
     if not is_uuid(room_id):
         raise ValueError(f"not a valid room id: {room_id!r}")
     return room_id
+
+
+def worker_key(worker_id: str) -> str:
+    if not is_token_id(worker_id):
+        raise ValueError(f"not a valid worker id: {worker_id!r}")
+    return f"{WORKER_PREFIX}{worker_id}"
+
+
+def partition_key(partition: int) -> str:
+    return f"{PARTITION_PREFIX}{partition}"

@@ -7,7 +7,7 @@ import msgspec
 from bus_schema.commands import Command, Reply
 from bus_schema.control import EdgeControl
 from bus_schema.events import Event
-from bus_schema.state import RoomMeta, RoomState
+from bus_schema.state import PartitionLease, RoomMeta, RoomState, WorkerLease
 
 DecodeError = msgspec.DecodeError
 """Raised by every decoder here for malformed or wrongly shaped input."""
@@ -20,6 +20,8 @@ events: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 control: msgspec.json.Decoder[EdgeControl] = msgspec.json.Decoder(EdgeControl)
 room_meta = msgspec.json.Decoder(RoomMeta)
 room_state = msgspec.json.Decoder(RoomState)
+worker_lease = msgspec.json.Decoder(WorkerLease)
+partition_lease = msgspec.json.Decoder(PartitionLease)
 
 
 def encode(value: Any) -> bytes:

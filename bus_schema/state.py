@@ -4,6 +4,8 @@ from typing import Any
 
 import msgspec
 
+from bus_schema.events import Event
+
 
 class RoomMeta(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """A room's metadata, in the old service's camelCase shape (``rooms`` bucket)."""
@@ -43,7 +45,31 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     participants: dict[str, Participant] = msgspec.field(default_factory=dict)
     recent_commands: list[str] = msgspec.field(default_factory=list)
     """Ids of the last applied commands, oldest first: a retried command is a no-op."""
+    outbox: list[Event] = msgspec.field(default_factory=list)
+    """The events of the last saved turn. The next owner publishes them again
+    when it loads the room, in case the previous one died before it could;
+    receivers drop events whose sequence number they have already seen."""
 
     @property
     def room_id(self) -> str:
         return self.meta.id
+
+
+class WorkerLease(msgspec.Struct, frozen=True, kw_only=True):
+    """A live room actor worker (``actor_leases`` bucket, key ``worker.<id>``)."""
+
+    worker_id: str
+    started_at: str
+    renewed_at: str
+    leaving: bool = False
+    """Set while the worker hands its partitions over before it stops."""
+    partitions: list[int] = msgspec.field(default_factory=list)
+    """The partitions it owned at its last renewal (for operators)."""
+
+
+class PartitionLease(msgspec.Struct, frozen=True, kw_only=True):
+    """The owner of one partition (``actor_leases`` bucket, key ``partition.<n>``)."""
+
+    partition: int
+    worker_id: str
+    since: str

@@ -10,6 +10,8 @@ Delivery guarantees, by subject:
 - ``signal.room.<room>.peer.<participant>``: core pub/sub, at most once, edge ->
   edge: a targeted client message (``"to": "<participant>"``), already stamped.
 - ``signal.edge.<edge>.ctl``: core pub/sub, actor -> one edge: close a connection.
+- ``signal.actors.<worker>.status``: request/reply, anyone -> one worker: its view
+  (`bus_schema.status.WorkerStatus`).
 
 ``nats sub 'signal.room.<room>.>'`` shows everything that happens in one room.
 """
@@ -78,3 +80,8 @@ def peer(room_id: str, participant_id: str) -> str:
 def edge_control(edge_id: str) -> str:
     """Control messages for one edge (close a connection)."""
     return f"{PREFIX}.edge.{_token(edge_id)}.ctl"
+
+
+def worker_status(worker_id: str) -> str:
+    """A worker's status endpoint (request/reply)."""
+    return f"{PREFIX}.actors.{_token(worker_id)}.status"

@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -18,6 +19,9 @@ from bus_schema.commands import Command, Rejected, Reply
 from bus_schema.errors import ErrorCode
 
 log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 0.25
+"""Seconds between retries at most: a failover is noticed within this."""
 
 
 class CommandFailed(Exception):
@@ -55,6 +59,8 @@ class RoomCommands:
                 reason = "no responders"
             except NatsTimeoutError:
                 reason = "timeout"
+            except NatsError as e:  # disconnected, reconnecting, connection closed
+                reason = type(e).__name__
             except codec.DecodeError:
                 log.exception("undecodable reply to %s", type(command).__name__)
                 raise CommandFailed(ErrorCode.INTERNAL, "Internal error") from None
@@ -64,4 +70,4 @@ class RoomCommands:
                 )
                 raise CommandFailed(ErrorCode.UNAVAILABLE, "Room service unavailable, try again")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, _MAX_BACKOFF)

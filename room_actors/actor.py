@@ -12,14 +12,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from msgspec.structs import replace
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus_schema import codec, subjects
-from bus_schema.commands import Ack, Command, CreateRoom, Rejected, Reply
+from bus_schema import codec, ids, subjects
+from bus_schema.commands import Ack, Command, CreateRoom, GetSnapshot, Rejected, Reply
 from bus_schema.control import CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import Event
@@ -29,12 +30,25 @@ from room_actors.store import Fenced, RoomStore
 
 log = logging.getLogger(__name__)
 
-_RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
+RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
+"""The answer when this worker does not (or no longer) own the room."""
 
 
 def iso_now() -> str:
     """ISO 8601 in UTC with milliseconds, as JavaScript's ``toISOString`` writes it."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(slots=True)
+class _Turn:
+    """What one turn decided, before it is saved and published."""
+
+    state: RoomState | None
+    answers: list[tuple[Msg | None, Reply]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    control: list[tuple[str, CloseConnection]] = field(default_factory=list)
+    save: bool = False
+    publish_meta: bool = False
 
 
 @dataclass(slots=True)
@@ -52,12 +66,14 @@ class RoomActor:
         nc: Client,
         store: RoomStore,
         limits: Limits,
+        owns: Callable[[], bool],
         on_fenced: Callable[[str], None],
     ) -> None:
         self.room_id = room_id
         self._nc = nc
         self._store = store
         self._limits = limits
+        self._owns = owns
         self._on_fenced = on_fenced
         self._mailbox: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -76,6 +92,10 @@ class RoomActor:
 
     def submit(self, command: Command, msg: Msg | None) -> None:
         self._enqueue(_Pending(command, msg))
+
+    def activate(self) -> None:
+        """Load the room now (a partition was taken over), without a command."""
+        self.submit(GetSnapshot(cmd_id=ids.new_token_id(), room_id=self.room_id), None)
 
     def touch(self) -> None:
         """Save the state unchanged, refreshing its age in KV (a room in use never expires)."""
@@ -101,12 +121,12 @@ class RoomActor:
                 except Fenced:
                     log.warning("room %s: fenced, another worker owns it; dropping", self.room_id)
                     self._forget()
-                    await self._answer_all(batch, _RETRY)
+                    await self._answer_all(batch, RETRY)
                     self._on_fenced(self.room_id)
                 except Exception:
                     log.exception("room %s: turn failed; state dropped", self.room_id)
                     self._forget()
-                    await self._answer_all(batch, _RETRY)
+                    await self._answer_all(batch, RETRY)
         finally:
             self._task = None
 
@@ -116,38 +136,61 @@ class RoomActor:
         self._revision = None
 
     async def _turn(self, batch: list[_Pending]) -> None:
+        if not self._owns():
+            raise Fenced(self.room_id)
         if not self._loaded:
-            loaded = await self._store.load(self.room_id)
-            self._state, self._revision, self._loaded = loaded.state, loaded.revision, True
-        now = iso_now()
-        state = self._state
-        answers: list[tuple[Msg | None, Reply]] = []
-        events: list[Event] = []
-        control: list[tuple[str, CloseConnection]] = []
-        save = publish_meta = False
-        for pending in batch:
-            if pending.command is None:
-                save = publish_meta = True
-                continue
-            outcome = decide(state, pending.command, now, self._limits)
-            if isinstance(pending.command, CreateRoom) and isinstance(outcome.reply, Ack):
-                publish_meta = True
-            state = outcome.state
-            answers.append((pending.msg, outcome.reply))
-            events.extend(outcome.events)
-            control.extend(outcome.control)
-        if state is not None and (save or state is not self._state):
+            await self._load()
+        turn = self._apply(batch)
+        state = turn.state
+        if state is not None and (turn.save or state is not self._state):
+            if turn.events:
+                # The transactional outbox: a worker that saves and dies before
+                # publishing leaves the events in the state for the next owner.
+                state = replace(state, outbox=turn.events)
+            if not self._owns():
+                # Our lease lapsed (we were paused or cut off): another worker may
+                # own the room now. Write nothing; the edge retries elsewhere.
+                raise Fenced(self.room_id)
             self._revision = await self._store.save(state, self._revision)
         self._state = state
-        if state is not None and publish_meta:
+        if state is not None and turn.publish_meta:
             await self._store.publish_meta(state.meta)
-        for event in events:
-            await self._nc.publish(subjects.room_events(self.room_id), codec.encode(event))
-        for edge_id, message in control:
+        await self._publish(turn.events)
+        for edge_id, message in turn.control:
             await self._nc.publish(subjects.edge_control(edge_id), codec.encode(message))
-        for msg, reply in answers:
+        for msg, reply in turn.answers:
             if msg is not None and msg.reply:
                 await msg.respond(codec.encode(reply))
+
+    async def _load(self) -> None:
+        loaded = await self._store.load(self.room_id)
+        self._state, self._revision, self._loaded = loaded.state, loaded.revision, True
+        if loaded.state is not None and loaded.state.outbox:
+            # The last turn's events may never have gone out (the previous
+            # owner died between its save and its publish). Edges drop the
+            # ones they already have: they apply events by sequence number.
+            await self._publish(loaded.state.outbox)
+
+    async def _publish(self, events: list[Event]) -> None:
+        subject = subjects.room_events(self.room_id)
+        for event in events:
+            await self._nc.publish(subject, codec.encode(event))
+
+    def _apply(self, batch: list[_Pending]) -> "_Turn":
+        now = iso_now()
+        turn = _Turn(self._state)
+        for pending in batch:
+            if pending.command is None:
+                turn.save = turn.publish_meta = True
+                continue
+            outcome = decide(turn.state, pending.command, now, self._limits)
+            if isinstance(pending.command, CreateRoom) and isinstance(outcome.reply, Ack):
+                turn.publish_meta = True
+            turn.state = outcome.state
+            turn.answers.append((pending.msg, outcome.reply))
+            turn.events.extend(outcome.events)
+            turn.control.extend(outcome.control)
+        return turn
 
     @staticmethod
     async def _answer_all(batch: list[_Pending], reply: Reply) -> None:

@@ -1,16 +1,21 @@
-"""Which room actors are active in this worker: activation, dispatch, passivation."""
+"""Which room actors are active in this worker: partitions served, activation,
+dispatch and passivation."""
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import NoKeysError
 
-from bus_schema import codec
+from bus_schema import codec, ids, subjects
 from bus_schema.commands import Rejected
 from bus_schema.errors import ErrorCode
-from room_actors.actor import RoomActor
+from room_actors.actor import RETRY, RoomActor
 from room_actors.state import Limits
 from room_actors.store import RoomStore
 
@@ -18,24 +23,38 @@ log = logging.getLogger(__name__)
 
 
 class Registry:
-    def __init__(self, nc: Client, store: RoomStore, limits: Limits) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        store: RoomStore,
+        limits: Limits,
+        owns: Callable[[int], bool],
+    ) -> None:
         self._nc = nc
         self._store = store
         self._limits = limits
+        self._owns = owns
         self._actors: dict[str, RoomActor] = {}
+        self._subscriptions: dict[int, Subscription] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self._subscriptions)
 
     def actor(self, room_id: str) -> RoomActor:
         """The room's actor, activated on first use."""
         actor = self._actors.get(room_id)
         if actor is None:
+            partition = subjects.partition_of(room_id)
             actor = RoomActor(
                 room_id,
                 nc=self._nc,
                 store=self._store,
                 limits=self._limits,
+                owns=lambda: self._owns(partition),
                 on_fenced=self._drop,
             )
             self._actors[room_id] = actor
@@ -47,14 +66,72 @@ class Registry:
             command = codec.commands.decode(msg.data)
         except codec.DecodeError as e:
             log.warning("rejected a malformed command: %s", e)
-            if msg.reply:
-                bad = Rejected(code=ErrorCode.BAD_COMMAND, message=f"malformed command: {e}")
-                await msg.respond(codec.encode(bad))
+            bad = Rejected(code=ErrorCode.BAD_COMMAND, message=f"malformed command: {e}")
+            await _answer(msg, bad)
+            return
+        if not ids.is_uuid(command.room_id):
+            await _answer(msg, Rejected(code=ErrorCode.BAD_COMMAND, message="bad room id"))
+            return
+        if not self._owns(subjects.partition_of(command.room_id)):
+            await _answer(msg, RETRY)
             return
         self.actor(command.room_id).submit(command, msg)
 
+    # --- partitions ---------------------------------------------------------
+
+    async def serve(self, partitions: list[int]) -> None:
+        """Start serving partitions this worker now owns, and load their rooms
+        that have participants (so they stay alive and are watched)."""
+        for partition in partitions:
+            if partition not in self._subscriptions:
+                self._subscriptions[partition] = await self._nc.subscribe(
+                    subjects.partition_commands(partition), cb=self.dispatch
+                )
+        wanted = set(partitions)
+        try:
+            room_ids = await self._store.room_ids()
+        except NoKeysError:
+            return
+        for room_id in room_ids:
+            if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted:
+                loaded = await self._store.load(room_id)
+                if loaded.state is not None and loaded.state.participants:
+                    self.actor(room_id).activate()
+
+    async def release(self, partitions: list[int]) -> None:
+        """Stop serving partitions: no new commands, finish the turns in flight,
+        then forget their rooms."""
+        await self._unsubscribe(partitions)
+        leaving = self._actors_in(partitions)
+        await asyncio.gather(*(actor.wait_idle() for actor in leaving.values()))
+        for room_id in leaving:
+            self._actors.pop(room_id, None)
+
+    async def drop(self, partitions: list[int]) -> None:
+        """The lease is lost: stop at once. Turns in flight fail their fence."""
+        await self._unsubscribe(partitions)
+        for room_id in self._actors_in(partitions):
+            self._actors.pop(room_id, None)
+
+    async def _unsubscribe(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            subscription = self._subscriptions.pop(partition, None)
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    def _actors_in(self, partitions: list[int]) -> dict[str, RoomActor]:
+        wanted = set(partitions)
+        return {
+            room_id: actor
+            for room_id, actor in self._actors.items()
+            if subjects.partition_of(room_id) in wanted
+        }
+
     def _drop(self, room_id: str) -> None:
         self._actors.pop(room_id, None)
+
+    # --- housekeeping ---------------------------------------------------------
 
     def passivate_idle(self, idle_for: float) -> int:
         """Evict empty rooms that saw no command for ``idle_for`` seconds; their
@@ -79,5 +156,10 @@ class Registry:
         return len(in_use)
 
     async def close(self) -> None:
-        """Let running turns finish."""
-        await asyncio.gather(*(a.wait_idle() for a in list(self._actors.values())))
+        """Stop serving everything; let running turns finish."""
+        await self.release(list(self._subscriptions))
+
+
+async def _answer(msg: Msg, reply: Rejected) -> None:
+    if msg.reply:
+        await msg.respond(codec.encode(reply))

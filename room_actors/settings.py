@@ -3,8 +3,8 @@
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bus_schema.ids import new_token_id
-from signaling.config import Env, nats_servers
+from bus_schema.ids import is_token_id, new_token_id
+from signaling.config import ConfigError, Env, nats_servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,9 @@ class ActorSettings:
     passivate_after: float = 300.0
     """Seconds without a command after which an empty room leaves memory."""
     kv_replicas: int = 1
+    lease_ttl: float = 2.0
+    """Seconds a worker's lease lives without renewal: the failover time of a
+    worker that dies without handing over (renewed every TTL/4)."""
     recent_commands: int = 64
     """How many applied command ids each room remembers for deduplication."""
     log_level: str = "INFO"
@@ -25,9 +28,16 @@ class ActorSettings:
         env = Env(environ)
         return cls(
             nats_servers=tuple(nats_servers(env.text("NATS_URL", "nats://127.0.0.1:4222"))),
-            worker_id=env.text("WORKER_ID", new_token_id()),
+            worker_id=_worker_id(env.text("WORKER_ID", new_token_id())),
             room_ttl=env.number("ROOM_TTL", 7200.0, minimum=10.0),
             passivate_after=env.number("ROOM_PASSIVATE_AFTER", 300.0, minimum=1.0),
             kv_replicas=env.integer("KV_REPLICAS", 1, minimum=1, maximum=5),
+            lease_ttl=env.number("LEASE_TTL", 2.0, minimum=1.0, maximum=60.0),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
+
+
+def _worker_id(value: str) -> str:
+    if not is_token_id(value):
+        raise ConfigError("WORKER_ID may contain only letters, digits, '-' and '_' (max 64)")
+    return value

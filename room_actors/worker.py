@@ -4,12 +4,11 @@ import asyncio
 import contextlib
 import logging
 
-from nats.aio.client import Client
-from nats.aio.subscription import Subscription
-from nats.js.errors import NoKeysError
+from nats.aio.msg import Msg
 
-from bus_schema import buckets, ids, subjects
-from bus_schema.commands import GetSnapshot
+from bus_schema import codec, subjects
+from bus_schema.status import WorkerStatus
+from room_actors.leases import Leases, open_leases_bucket
 from room_actors.registry import Registry
 from room_actors.settings import ActorSettings
 from room_actors.state import Limits
@@ -23,7 +22,6 @@ class Worker:
     def __init__(self, settings: ActorSettings) -> None:
         self.settings = settings
         self.ready = asyncio.Event()
-        self._subscriptions: list[Subscription] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -32,41 +30,45 @@ class Worker:
             js = nc.jetstream()
             await ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas)
             store = await RoomStore.bind(js)
-            registry = Registry(nc, store, Limits(recent_commands=settings.recent_commands))
-            await self._serve_all_partitions(nc, registry)
-            await self._activate_rooms_in_use(store, registry)
+            leases_kv = await open_leases_bucket(js, replicas=settings.kv_replicas)
+            # The two refer to each other: leases call the registry when
+            # ownership changes; the registry asks the leases what it owns.
+            leases = Leases(
+                js,
+                leases_kv,
+                worker_id=settings.worker_id,
+                ttl=settings.lease_ttl,
+                on_acquire=lambda partitions: registry.serve(partitions),
+                on_release=lambda partitions: registry.release(partitions),
+                on_lost=lambda partitions: registry.drop(partitions),
+            )
+            registry = Registry(
+                nc, store, Limits(recent_commands=settings.recent_commands), owns=leases.owns
+            )
+            await leases.start()
+
+            async def status(msg: Msg) -> None:
+                reply = WorkerStatus(
+                    worker_id=settings.worker_id,
+                    partitions=registry.partitions,
+                    rooms_active=len(registry),
+                    ownership_changes=leases.ownership_changes,
+                )
+                await msg.respond(codec.encode(reply))
+
+            await nc.subscribe(subjects.worker_status(settings.worker_id), cb=status)
             maintenance = asyncio.create_task(self._maintain(registry), name="maintenance")
-            log.info("worker %s serving %d partitions", settings.worker_id, subjects.PARTITIONS)
+            log.info("worker %s started", settings.worker_id)
             self.ready.set()
             await stop.wait()
-            log.info("worker %s stopping", settings.worker_id)
-            for subscription in self._subscriptions:
-                await subscription.unsubscribe()
+            log.info("worker %s stopping: handing partitions over", settings.worker_id)
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
+            await leases.stop()
             await registry.close()
         finally:
             await nc.drain()
-
-    async def _serve_all_partitions(self, nc: Client, registry: Registry) -> None:
-        for partition in range(subjects.PARTITIONS):
-            subscription = await nc.subscribe(
-                subjects.partition_commands(partition), cb=registry.dispatch
-            )
-            self._subscriptions.append(subscription)
-
-    @staticmethod
-    async def _activate_rooms_in_use(store: RoomStore, registry: Registry) -> None:
-        """Load every stored room so that rooms with participants stay alive in KV."""
-        try:
-            keys = await store.room_ids()
-        except NoKeysError:
-            return
-        for room_id in keys:
-            if ids.is_uuid(room_id):
-                command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=buckets.room_key(room_id))
-                registry.actor(room_id).submit(command, None)
 
     async def _maintain(self, registry: Registry) -> None:
         """Passivate idle rooms; refresh the KV age of rooms in use."""

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import nats
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from bus_schema import codec, ids, subjects
+from bus_schema import buckets, codec, ids, subjects
 from bus_schema.commands import GetSnapshot
+from bus_schema.state import RoomState
+from bus_schema.status import WorkerStatus
 from signaling.cli import wait_ready
 from signaling.natsserver import NatsServer, python_module, terminate
 
@@ -188,9 +191,78 @@ class System:
                 actor.stop()
         self.nats.stop()
 
+    def actor(self, worker_id: str) -> Proc:
+        return next(a for a in self.actors if a.env["WORKER_ID"] == worker_id)
+
+    async def bus(self) -> "Bus":
+        return await Bus.connect(self.nats.url)
+
     def logs(self) -> str:
         parts = [f"--- {p.log_file.name}\n{p.log()}" for p in [*self.actors, *self.edges]]
         return "\n".join(parts)
+
+
+class Bus:
+    """A test's own NATS connection, to look at the system as an operator would."""
+
+    def __init__(self, nc: nats.aio.client.Client) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str) -> "Bus":
+        return cls(await nats.connect(url))
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def partition_owner(self, partition: int) -> str | None:
+        kv = await self.js.key_value(buckets.LEASES)
+        try:
+            entry = await kv.get(buckets.partition_key(partition))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return codec.partition_lease.decode(entry.value).worker_id
+
+    async def room_owner(self, room_id: str) -> str | None:
+        return await self.partition_owner(subjects.partition_of(room_id))
+
+    async def status(self, worker_id: str) -> WorkerStatus:
+        msg = await self.nc.request(subjects.worker_status(worker_id), b"", timeout=5)
+        return msgspec.json.decode(msg.data, type=WorkerStatus)
+
+    async def room_state(self, room_id: str) -> RoomState | None:
+        kv = await self.js.key_value(buckets.ROOM_STATE)
+        try:
+            entry = await kv.get(room_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return codec.room_state.decode(entry.value) if entry.value else None
+
+    async def balanced(self, worker_ids: list[str], timeout: float = 30.0) -> dict[str, list[int]]:
+        """Wait until the workers own every partition between them, evenly, and
+        the ``actor_leases`` bucket says the same."""
+        deadline = time.monotonic() + timeout
+        while True:
+            owned: dict[str, list[int]] = {}
+            try:
+                for worker_id in worker_ids:
+                    owned[worker_id] = (await self.status(worker_id)).partitions
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                owned = {}
+            counts = [len(p) for p in owned.values()]
+            every = sorted(p for ps in owned.values() for p in ps)
+            if (
+                counts
+                and every == list(range(subjects.PARTITIONS))
+                and max(counts) - min(counts) <= 1
+            ):
+                return owned
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"partitions not balanced: {owned}")
+            await asyncio.sleep(0.1)
 
 
 def _rooms_covering(partitions: set[int]) -> list[str]:

@@ -1,0 +1,336 @@
+"""Leases: which worker is alive, and which partitions it owns.
+
+Everything lives in the ``actor_leases`` KV bucket (see `bus_schema.buckets`):
+
+- ``worker.<id>`` is this worker's lease: written with a per-key TTL and renewed
+  every TTL/4 with compare-and-set. If a renewal finds the key changed or gone,
+  the lease was lost (the worker was paused or cut off past the TTL): every
+  partition is dropped at once and the worker registers again. While a renewal
+  has not succeeded for a whole TTL (measured on this worker's monotonic clock
+  from when the last successful renewal was sent, so never later than the
+  server's expiry), the worker owns nothing.
+- ``partition.<n>`` names the partition's owner. A worker claims the partitions
+  `placement.assign` gives it when their key is absent or names a worker whose
+  lease is gone, and releases the ones it should no longer own: stop serving,
+  finish the turns in flight, then delete the key (compare-and-set throughout).
+
+Every worker watches the bucket, so a release or an expiry (the bucket places an
+expiry marker the watchers see) is acted on at once; a periodic tick covers the
+rest.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.errors import Error as NatsError
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
+from nats.js.kv import KeyValue
+
+from bus_schema import buckets, codec, subjects
+from bus_schema.state import PartitionLease, WorkerLease
+from room_actors.placement import assign
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[int]], Awaitable[None]]
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    value: bytes | None
+    revision: int
+    created: datetime | None
+
+
+async def open_leases_bucket(js: JetStreamContext, *, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(buckets.LEASES)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=buckets.LEASES,
+                description="room actor workers (worker.<id>, TTL) and partition owners",
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                limit_marker_ttl=1.0,
+                direct=True,
+            )
+        )
+
+
+class Leases:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        kv: KeyValue,
+        *,
+        worker_id: str,
+        ttl: float,
+        on_acquire: PartitionsCallback,
+        on_release: PartitionsCallback,
+        on_lost: PartitionsCallback,
+    ) -> None:
+        self.worker_id = worker_id
+        self.ttl = ttl
+        self._js = js
+        self._kv = kv
+        self._key = buckets.worker_key(worker_id)
+        self._on_acquire = on_acquire
+        self._on_release = on_release
+        self._on_lost = on_lost
+        self._view: dict[str, _Seen] = {}
+        self._owned: dict[int, int] = {}
+        """partition -> revision of its key, as we wrote it."""
+        self._revision = 0
+        self._valid_until = 0.0
+        self._started_at = _now()
+        self._leaving = False
+        self._changed = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ownership_changes = 0
+
+    # --- queries ------------------------------------------------------------
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._owned and time.monotonic() < self._valid_until
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._owned)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._register()
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="leases-watch"),
+            asyncio.create_task(self._renew_loop(), name="leases-renew"),
+        ]
+        await asyncio.wait_for(self._synced.wait(), timeout=max(10.0, self.ttl * 5))
+        self._tasks.append(asyncio.create_task(self._balance_loop(), name="leases-balance"))
+
+    async def stop(self) -> None:
+        """Hand every partition over at once: others claim them without waiting
+        for this worker's lease to expire."""
+        self._leaving = True
+        for task in self._tasks[2:]:
+            task.cancel()
+        async with self._lock:
+            with contextlib.suppress(Exception):
+                await self._write_worker()
+            await self._release(list(self._owned))
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self._key, last=self._revision)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- this worker's lease --------------------------------------------------
+
+    def _worker_value(self) -> bytes:
+        return codec.encode(
+            WorkerLease(
+                worker_id=self.worker_id,
+                started_at=self._started_at,
+                renewed_at=_now(),
+                leaving=self._leaving,
+                partitions=self.owned,
+            )
+        )
+
+    async def _put_with_ttl(self, key: str, value: bytes, last: int) -> int:
+        """Write ``key`` with the lease TTL if its revision is still ``last``."""
+        try:
+            ack = await self._js.publish(
+                f"$KV.{buckets.LEASES}.{key}",
+                value,
+                msg_ttl=self.ttl,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
+            )
+        except APIError as e:
+            if e.err_code in _WRONG_LAST_SEQUENCE:
+                raise KeyWrongLastSequenceError(description=e.description) from None
+            raise
+        return int(ack.seq)
+
+    async def _current_revision(self, key: str) -> int:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError as e:
+            return int(e.entry.revision) if e.entry is not None else 0
+        return int(entry.revision or 0)
+
+    async def _write_worker(self) -> None:
+        sent = time.monotonic()
+        self._revision = await self._put_with_ttl(self._key, self._worker_value(), self._revision)
+        self._valid_until = sent + self.ttl
+
+    async def _register(self) -> None:
+        self._revision = await self._current_revision(self._key)
+        await self._write_worker()
+        log.info("worker %s registered (lease TTL %.1fs)", self.worker_id, self.ttl)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 4)
+            async with self._lock:
+                await self._renew()
+
+    async def _renew(self) -> None:
+        try:
+            await self._write_worker()
+        except KeyWrongLastSequenceError:
+            log.warning("worker %s lost its lease; dropping all partitions", self.worker_id)
+            lost = list(self._owned)
+            self._owned.clear()
+            self._valid_until = 0.0
+            if lost:
+                self.ownership_changes += len(lost)
+                await self._on_lost(lost)
+            with contextlib.suppress(Exception):
+                await self._register()
+            self._changed.set()
+        except (NatsError, TimeoutError) as e:
+            log.warning("worker %s: lease renewal failed: %s", self.worker_id, type(e).__name__)
+            if time.monotonic() >= self._valid_until and self._owned:
+                log.warning("worker %s: lease lapsed; not serving until renewed", self.worker_id)
+
+    # --- the shared view --------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                watcher = await self._kv.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        self._synced.set()
+                        continue
+                    deleted = entry.operation in ("DEL", "PURGE")
+                    created = entry.created if isinstance(entry.created, datetime) else None
+                    self._view[entry.key] = _Seen(
+                        None if deleted else entry.value, int(entry.revision or 0), created
+                    )
+                    self._changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("leases watcher failed (%s); restarting", type(e).__name__)
+                await asyncio.sleep(0.2)
+
+    def _live_workers(self) -> dict[str, WorkerLease]:
+        """Workers whose lease key holds a value (expired keys leave a marker)."""
+        live: dict[str, WorkerLease] = {}
+        now = datetime.now(UTC)
+        for key, seen in self._view.items():
+            if not key.startswith(buckets.WORKER_PREFIX) or seen.value is None:
+                continue
+            # A fallback should an expiry marker go missing: much older than the TTL is dead.
+            if seen.created is not None and (now - seen.created).total_seconds() > self.ttl * 3:
+                continue
+            lease = codec.worker_lease.decode(seen.value)
+            live[lease.worker_id] = lease
+        return live
+
+    # --- balancing ---------------------------------------------------------------
+
+    async def _balance_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=self.ttl / 4)
+            self._changed.clear()
+            try:
+                async with self._lock:
+                    await self._rebalance()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("rebalance failed; retrying")
+                await asyncio.sleep(self.ttl / 4)
+
+    async def _rebalance(self) -> None:
+        if self._leaving or time.monotonic() >= self._valid_until:
+            return
+        await self._drop_taken()
+        live = self._live_workers()
+        members = {w for w, lease in live.items() if not lease.leaving} | {self.worker_id}
+        owners = assign(subjects.PARTITIONS, members)
+        desired = {p for p, w in owners.items() if w == self.worker_id}
+        surplus = [p for p in self._owned if p not in desired]
+        if surplus:
+            await self._release(surplus)
+        acquired = []
+        for partition in sorted(desired - set(self._owned)):
+            # Look again at each claim: the view moves while we await.
+            seen = self._view.get(buckets.partition_key(partition))
+            revision = seen.revision if seen is not None else 0
+            if seen is not None and seen.value is not None:
+                owner = codec.partition_lease.decode(seen.value).worker_id
+                if owner != self.worker_id and owner in self._live_workers():
+                    continue  # its owner is alive and will hand it over
+            if await self._claim(partition, revision):
+                acquired.append(partition)
+        if acquired:
+            self.ownership_changes += len(acquired)
+            log.info("worker %s acquired partitions %s", self.worker_id, acquired)
+            await self._on_acquire(acquired)
+
+    async def _drop_taken(self) -> None:
+        """Partitions whose key changed after we wrote it are no longer ours."""
+        taken = []
+        for partition, revision in self._owned.items():
+            seen = self._view.get(buckets.partition_key(partition))
+            if seen is not None and seen.revision > revision:
+                owner = None if seen.value is None else codec.partition_lease.decode(seen.value)
+                if owner is None or owner.worker_id != self.worker_id:
+                    taken.append(partition)
+        if taken:
+            log.warning("worker %s: partitions %s were taken over", self.worker_id, taken)
+            for partition in taken:
+                del self._owned[partition]
+            self.ownership_changes += len(taken)
+            await self._on_lost(taken)
+
+    async def _claim(self, partition: int, revision: int) -> bool:
+        value = codec.encode(
+            PartitionLease(partition=partition, worker_id=self.worker_id, since=_now())
+        )
+        try:
+            self._owned[partition] = await self._kv.update(
+                buckets.partition_key(partition), value, last=revision
+            )
+        except KeyWrongLastSequenceError:
+            return False  # our view was stale; the watcher will catch up
+        return True
+
+    async def _release(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        log.info("worker %s releasing partitions %s", self.worker_id, sorted(partitions))
+        await self._on_release(partitions)
+        for partition in partitions:
+            revision = self._owned.pop(partition, None)
+            if revision is None:
+                continue
+            self.ownership_changes += 1
+            with contextlib.suppress(KeyWrongLastSequenceError, NatsError):
+                await self._kv.delete(buckets.partition_key(partition), last=revision)

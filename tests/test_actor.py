@@ -1,0 +1,155 @@
+"""Room actors on the bus: a test speaks to a real worker as an edge would."""
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+
+from bus_schema import codec, ids, subjects
+from bus_schema.commands import Ack, Broadcast, CreateRoom, Join, Rejected, Snapshot
+from bus_schema.events import Broadcasted, ParticipantJoined
+from room_actors.state import Limits, decide
+from room_actors.store import Fenced, RoomStore, ensure_buckets
+from signaling.natsserver import NatsServer
+from tests.harness import Api, System, WsClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def request(nc: nats.aio.client.Client, command: object) -> object:
+    room_id = command.room_id  # type: ignore[attr-defined]
+    msg = await nc.request(subjects.room_command(room_id), codec.encode(command), timeout=5)
+    return codec.replies.decode(msg.data)
+
+
+async def test_a_retried_command_is_applied_once(system: System) -> None:
+    nc = await nats.connect(system.nats.url)
+    room_id = ids.new_id()
+    events: asyncio.Queue[object] = asyncio.Queue()
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        await events.put(codec.events.decode(msg.data))
+
+    await nc.subscribe(subjects.room_events(room_id), cb=on_event)
+    create = CreateRoom(
+        cmd_id="create-1",
+        room_id=room_id,
+        name="bus",
+        created_by="test",
+        created_at="2026-01-01T00:00:00.000Z",
+        max_participants=5,
+    )
+    assert await request(nc, create) == Ack(seq=0)
+    assert await request(nc, create) == Ack(seq=0)
+
+    participant = ids.new_id()
+    join = Join(
+        cmd_id="join-1",
+        room_id=room_id,
+        participant_id=participant,
+        name="Bus",
+        edge_id="test-edge",
+        conn_id="c1",
+    )
+    first, second = await request(nc, join), await request(nc, join)
+    assert isinstance(first, Snapshot)
+    assert isinstance(second, Snapshot)
+    assert first.seq == second.seq == 1
+
+    say = Broadcast(
+        cmd_id="say-1",
+        room_id=room_id,
+        participant_id=participant,
+        conn_id="c1",
+        frame=msgspec.Raw(b'{"type":"x"}'),
+    )
+    assert await request(nc, say) == Ack(seq=2)
+    assert await request(nc, say) == Ack(seq=2)
+    # A different id is a different command.
+    again = msgspec.structs.replace(say, cmd_id="say-2")
+    assert await request(nc, again) == Ack(seq=3)
+
+    received = [await asyncio.wait_for(events.get(), 5) for _ in range(3)]
+    assert [type(e) for e in received] == [ParticipantJoined, Broadcasted, Broadcasted]
+    assert [e.seq for e in received] == [1, 2, 3]  # type: ignore[attr-defined]
+    assert events.empty()
+    await nc.close()
+
+
+async def test_malformed_commands_are_refused(system: System) -> None:
+    nc = await nats.connect(system.nats.url)
+    room_id = ids.new_id()
+    msg = await nc.request(subjects.room_command(room_id), b'{"type":"nope"}', timeout=5)
+    reply = codec.replies.decode(msg.data)
+    assert isinstance(reply, Rejected)
+    assert reply.code == "bad_command"
+    await nc.close()
+
+
+async def test_a_stale_writer_is_fenced(tmp_path: Path) -> None:
+    """Two stores load the same revision; the second save from the older one fails."""
+    server = NatsServer(data_dir=tmp_path).start()
+    try:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await ensure_buckets(js, ttl=60, replicas=1)
+        old_owner, new_owner = await RoomStore.bind(js), await RoomStore.bind(js)
+        room_id = ids.new_id()
+        created = decide(
+            None,
+            CreateRoom(
+                cmd_id="c",
+                room_id=room_id,
+                name="r",
+                created_by="t",
+                created_at="2026-01-01T00:00:00.000Z",
+                max_participants=3,
+            ),
+            "now",
+            Limits(),
+        ).state
+        assert created is not None
+        revision = await old_owner.save(created, None)
+        seen_by_old = await old_owner.load(room_id)
+        seen_by_new = await new_owner.load(room_id)
+        assert seen_by_old.revision == seen_by_new.revision == revision
+        assert seen_by_new.state is not None
+        await new_owner.save(msgspec.structs.replace(seen_by_new.state, seq=7), revision)
+        assert seen_by_old.state is not None
+        with pytest.raises(Fenced):
+            await old_owner.save(msgspec.structs.replace(seen_by_old.state, seq=1), revision)
+        after = await new_owner.load(room_id)
+        assert after.state is not None
+        assert after.state.seq == 7
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_client_gets_an_error_when_no_actor_answers_in_time(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(COMMAND_DEADLINE="1.5")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("lonely")
+    joined = await api.join(room_id, "Ann")
+    client = await WsClient.connect(system.edges[0].ws_url, joined["token"])
+    await client.recv_type("welcome")
+    system.actors[0].kill()
+    await client.send({"type": "track-state", "kind": "audio", "enabled": False})
+    error = await client.recv_type("error")
+    assert error["code"] == "unavailable"
+    # The connection stays; once a worker is back the same message goes through.
+    system.start_actor()
+    await system.wait_actors_ready()
+    other = await api.join(room_id, "Ben")
+    ben = await WsClient.connect(system.edges[0].ws_url, other["token"])
+    await ben.recv_type("welcome")
+    assert (await client.recv_type("join"))["from"] == other["participant_id"]
+    await client.send({"type": "track-state", "kind": "audio", "enabled": False})
+    assert (await ben.recv_type("track-state"))["from"] == joined["participant_id"]
+    await api.close()

@@ -8,6 +8,7 @@ from bus_schema.commands import Command, Reply
 from bus_schema.control import EdgeControl
 from bus_schema.events import Event
 from bus_schema.state import PartitionLease, RoomMeta, RoomState, WorkerLease
+from bus_schema.status import EdgeHeartbeat
 
 DecodeError = msgspec.DecodeError
 """Raised by every decoder here for malformed or wrongly shaped input."""
@@ -27,3 +28,6 @@ partition_lease = msgspec.json.Decoder(PartitionLease)
 def encode(value: Any) -> bytes:
     """Encode any bus message or KV value to compact JSON."""
     return _encoder.encode(value)
+
+
+edge_heartbeat = msgspec.json.Decoder(EdgeHeartbeat)

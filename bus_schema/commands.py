@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from bus_schema.events import Event
 from bus_schema.state import Participant
 
 
@@ -42,6 +43,15 @@ class Leave(_Command, frozen=True, tag="leave"):
     reason: str = "closed"
 
 
+class Disconnect(_Command, frozen=True, tag="disconnect"):
+    """The connection ``conn_id`` dropped without a Close frame. The participant
+    keeps its place for the resume grace period: a Join with the same
+    participant id within it resumes silently; after it, the others get a leave."""
+
+    participant_id: str
+    conn_id: str
+
+
 class _FromParticipant(_Command, frozen=True):
     participant_id: str
     conn_id: str
@@ -65,10 +75,25 @@ class Broadcast(_FromParticipant, frozen=True, tag="broadcast"):
 
 
 class GetSnapshot(_Command, frozen=True, tag="get_snapshot"):
-    """Read-only: the room's current state (an edge resynchronising)."""
+    """Read-only: the room's current state (an edge resynchronising).
+
+    With ``since``, the actor answers `Catchup` with the events after that
+    sequence number when it still has them all in memory, and `Snapshot`
+    otherwise."""
+
+    since: int | None = None
 
 
-Command = CreateRoom | Join | Leave | PublishSession | SetTrackState | Broadcast | GetSnapshot
+Command = (
+    CreateRoom
+    | Join
+    | Leave
+    | Disconnect
+    | PublishSession
+    | SetTrackState
+    | Broadcast
+    | GetSnapshot
+)
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -95,4 +120,11 @@ class Rejected(_Reply, frozen=True, tag="rejected"):
     retryable: bool = False
 
 
-Reply = Ack | Snapshot | Rejected
+class Catchup(_Reply, frozen=True, tag="catchup"):
+    """The events after ``GetSnapshot.since``, in order (possibly none)."""
+
+    room_id: str
+    events: list[Event]
+
+
+Reply = Ack | Snapshot | Catchup | Rejected

@@ -20,6 +20,8 @@ class ParticipantJoined(_Event, frozen=True, tag="joined"):
 
 class ParticipantLeft(_Event, frozen=True, tag="left"):
     reason: str
+    """``closed`` (clean close), ``timeout`` (not back within the resume grace
+    period) or ``edge_lost`` (its edge stopped sending heartbeats)."""
 
 
 class SessionPublished(_Event, frozen=True, tag="session"):

@@ -34,6 +34,9 @@ class Participant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     audio: bool | None = None
     """Last ``track-state`` for audio; ``None`` until the participant sent one."""
     video: bool | None = None
+    disconnected_until: float | None = None
+    """Set while the participant's connection is gone: the Unix time at which its
+    resume grace period ends and it leaves the room."""
 
 
 class RoomState(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,3 +11,10 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Rooms in memory (the rest are passivated: their state is only in KV)."""
     ownership_changes: int
     """Partitions acquired, released or lost since start."""
+
+
+class EdgeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    edge_id: str
+    started_at: str
+    connections: int
+    rooms: int

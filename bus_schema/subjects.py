@@ -10,6 +10,9 @@ Delivery guarantees, by subject:
 - ``signal.room.<room>.peer.<participant>``: core pub/sub, at most once, edge ->
   edge: a targeted client message (``"to": "<participant>"``), already stamped.
 - ``signal.edge.<edge>.ctl``: core pub/sub, actor -> one edge: close a connection.
+- ``signal.edge.<edge>.hb``: core pub/sub, every edge -> every worker, each
+  ``HEARTBEAT_INTERVAL``: `bus_schema.status.EdgeHeartbeat`. Workers treat an
+  edge silent for ``EDGE_TIMEOUT`` as dead.
 - ``signal.actors.<worker>.status``: request/reply, anyone -> one worker: its view
   (`bus_schema.status.WorkerStatus`).
 
@@ -85,3 +88,11 @@ def edge_control(edge_id: str) -> str:
 def worker_status(worker_id: str) -> str:
     """A worker's status endpoint (request/reply)."""
     return f"{PREFIX}.actors.{_token(worker_id)}.status"
+
+
+EDGE_HEARTBEATS = f"{PREFIX}.edge.*.hb"
+
+
+def edge_heartbeat(edge_id: str) -> str:
+    """Where an edge says it is alive."""
+    return f"{PREFIX}.edge.{_token(edge_id)}.hb"

@@ -5,13 +5,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from bus_schema import buckets, codec
+from bus_schema import buckets, codec, subjects
 from bus_schema.state import RoomMeta, RoomState
+from bus_schema.status import EdgeHeartbeat
 from edge.commands import RoomCommands
 from edge.fanout import Fanout
 from edge.settings import EdgeSettings
@@ -35,6 +38,22 @@ class EdgeBus:
         self.fanout = Fanout(nc, self.commands, settings.edge_id)
         self._js = nc.jetstream()
         self._kv: dict[str, KeyValue] = {}
+        self._settings = settings
+        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+
+    async def heartbeat(self) -> None:
+        """Tell the workers this edge is alive, until cancelled."""
+        subject = subjects.edge_heartbeat(self.fanout.edge_id)
+        while True:
+            beat = EdgeHeartbeat(
+                edge_id=self.fanout.edge_id,
+                started_at=self._started_at,
+                connections=self.fanout.connection_count,
+                rooms=self.fanout.room_count,
+            )
+            with contextlib.suppress(NatsError):
+                await self.nc.publish(subject, codec.encode(beat))
+            await asyncio.sleep(self._settings.heartbeat_interval)
 
     async def _bucket(self, name: str) -> KeyValue:
         kv = self._kv.get(name)
@@ -85,10 +104,16 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
         list(settings.nats_servers), name=f"edge-{settings.edge_id}", on_reconnected=on_reconnected
     )
     bus = EdgeBus(nc, settings)
+    heartbeat: asyncio.Task[None] | None = None
     try:
         await bus.fanout.start()
+        heartbeat = asyncio.create_task(bus.heartbeat(), name="heartbeat")
         yield bus
     finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         await bus.fanout.close()
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -5,8 +5,9 @@ room (reference counted: subscribe on the first, unsubscribe after the last).
 Each `RoomFeed` applies the room's events in sequence order, renders each event
 once and hands the text to every local connection that should see it. A feed
 that sees a gap in the sequence (core NATS is at most once) resynchronises from
-the actor's snapshot and sends its clients a fresh ``welcome`` instead of
-delivering a wrong view.
+the actor: it gets the missed events when the actor still has them (clients
+notice nothing), or a snapshot, and then sends its clients a fresh ``welcome``
+instead of delivering a wrong view.
 
 Each `Connection` has a bounded output queue: a client that does not read and
 lets its pending output pass the bound is disconnected (close code 4008); it
@@ -26,7 +27,7 @@ from nats.aio.subscription import Subscription
 
 from bus_schema import codec, ids, subjects
 from bus_schema.closecodes import CloseCode
-from bus_schema.commands import GetSnapshot, Snapshot
+from bus_schema.commands import Catchup, GetSnapshot, Snapshot
 from bus_schema.control import CloseConnection
 from bus_schema.events import (
     Broadcasted,
@@ -68,6 +69,8 @@ class Connection:
         self._pending = 0
         self._held: list[str] | None = []
         self.closing: Close | None = None
+        self.abandoned = asyncio.Event()
+        """Set for a slow consumer: stop writing to it at once."""
 
     @property
     def participant_id(self) -> str:
@@ -100,6 +103,8 @@ class Connection:
         if self.closing is None:
             self.closing = Close(code, reason, discard)
             self._queue.put_nowait(self.closing)
+            if discard:
+                self.abandoned.set()
 
     async def next_output(self) -> str | Close:
         item = await self._queue.get()
@@ -177,29 +182,62 @@ class RoomFeed:
     def remove(self, connection: Connection) -> None:
         self.connections.pop(connection.conn_id, None)
 
+    def caught_up(self, events: list[Event]) -> None:
+        """The actor still had the events we missed: deliver them as if they had
+        arrived in order. Clients notice nothing."""
+        self.resyncing = False
+        for event in events:
+            if self.seq is not None and event.seq == self.seq + 1:
+                self._apply(event)
+        self._drain_buffer(resynced=True)
+
     def resynced(self, snapshot: Snapshot) -> None:
         """A fresh snapshot after a gap: every client gets a new ``welcome``."""
         self.resyncing = False
         if self.seq is not None and snapshot.seq < self.seq:
             # An older view than what the clients already have: wait for events.
-            self._drain_buffer()
+            self._drain_buffer(resynced=True)
             return
-        for connection in self.connections.values():
-            connection.start_seq = snapshot.seq
-            _send_welcome(connection, snapshot, replays=False)
-        self._adopt(snapshot)
+        present = {p.id: p.conn_id for p in snapshot.participants}
+        for connection in list(self.connections.values()):
+            conn_id = present.get(connection.participant_id)
+            if conn_id is None:
+                # Removed while we were not listening (this edge was taken for
+                # dead): the client reconnects and joins again.
+                connection.close(
+                    CloseCode.TRY_AGAIN_LATER, "Connection to the room lost, reconnect"
+                )
+            elif conn_id != connection.conn_id:
+                connection.close(CloseCode.REPLACED, "Replaced by a newer connection")
+            else:
+                connection.start_seq = snapshot.seq
+                _send_welcome(connection, snapshot, replays=False)
+        self._adopt(snapshot, resynced=True)
 
-    def _adopt(self, snapshot: Snapshot) -> None:
+    def _adopt(self, snapshot: Snapshot, *, resynced: bool = False) -> None:
         self.seq = snapshot.seq
         self.members = {p.id for p in snapshot.participants}
         self._recent.clear()
-        self._drain_buffer()
+        self._drain_buffer(resynced=resynced)
 
-    def _drain_buffer(self) -> None:
+    def _drain_buffer(self, *, resynced: bool) -> None:
+        """Apply the events that arrived while waiting for a snapshot. After a
+        resync, events that still leave a gap cannot be right (the snapshot is at
+        least as new as any real event received before it) and are dropped;
+        otherwise a gap means events were lost, and the feed resyncs."""
         buffered = sorted(self._buffer, key=lambda e: e.seq)
         self._buffer = []
-        for event in buffered:
-            self.on_event(event)
+        for index, event in enumerate(buffered):
+            if self.seq is None or event.seq <= self.seq:
+                continue
+            if event.seq == self.seq + 1:
+                self._apply(event)
+            elif resynced:
+                log.warning("room %s: dropped event %d after %d", self.room_id, event.seq, self.seq)
+            else:
+                self._buffer = buffered[index:]
+                self._request_resync(self)
+                return
 
 
 def _send_welcome(connection: Connection, snapshot: Snapshot, *, replays: bool) -> None:
@@ -324,11 +362,14 @@ class Fanout:
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, feed: RoomFeed) -> None:
-        command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=feed.room_id)
+        command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=feed.room_id, since=feed.seq)
         try:
             reply = await self._commands.send(command)
         except CommandFailed:
             reply = None
+        if isinstance(reply, Catchup):
+            feed.caught_up(reply.events)
+            return
         if not isinstance(reply, Snapshot):
             log.warning("room %s: resync failed, closing its connections", feed.room_id)
             feed.resyncing = False

@@ -31,6 +31,8 @@ class EdgeSettings:
     command_attempt_timeout: float = 2.0
     command_deadline: float = 10.0
     stun_urls: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
+    heartbeat_interval: float = 1.0
+    """Seconds between heartbeats; workers' EDGE_TIMEOUT should be several of these."""
     log_level: str = "INFO"
 
     @property
@@ -51,9 +53,13 @@ class EdgeSettings:
             )
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
-        edge_id = env.text("EDGE_ID", new_token_id())
-        if not is_token_id(edge_id):
-            raise ConfigError("EDGE_ID may contain only letters, digits, '-' and '_' (max 64)")
+        # The configured name plus a per-process suffix: a restarted edge is a new
+        # edge on the bus, so participants of the one that died are not taken
+        # for alive.
+        name = env.text("EDGE_ID", "edge")
+        if not is_token_id(name) or len(name) > 48:
+            raise ConfigError("EDGE_ID may contain only letters, digits, '-' and '_' (max 48)")
+        edge_id = f"{name}-{new_token_id()[:8]}"
         default_max = env.integer("DEFAULT_MAX_PARTICIPANTS", 10, minimum=1)
         limit = env.integer("MAX_PARTICIPANTS_LIMIT", 200, minimum=1)
         if default_max > limit:
@@ -77,5 +83,6 @@ class EdgeSettings:
             send_queue_bytes=env.integer("SEND_QUEUE_BYTES", 1024 * 1024, minimum=64 * 1024),
             command_attempt_timeout=env.number("COMMAND_ATTEMPT_TIMEOUT", 2.0, minimum=0.05),
             command_deadline=env.number("COMMAND_DEADLINE", 10.0, minimum=0.1),
+            heartbeat_interval=env.number("HEARTBEAT_INTERVAL", 1.0, minimum=0.1, maximum=60.0),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )

@@ -17,6 +17,7 @@ from bus_schema import ids, subjects
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Broadcast,
+    Disconnect,
     Join,
     Leave,
     PublishSession,
@@ -36,6 +37,7 @@ from edge.settings import EdgeSettings
 log = logging.getLogger(__name__)
 
 _SETTLE_SECONDS = 2.0
+_ABNORMAL_CLOSURE = 1006
 
 _REJECTION_CLOSE = {
     ErrorCode.ROOM_NOT_FOUND: CloseCode.ROOM_NOT_FOUND,
@@ -115,7 +117,7 @@ class ClientSession:
         writer = asyncio.create_task(self._write(), name=f"ws-write-{conn.conn_id}")
         feed: RoomFeed | None = None
         peer: Subscription | None = None
-        joined = False
+        joined = clean = False
         try:
             feed = await fanout.acquire(self._identity.room_id)
             peer = await self._bus.nc.subscribe(
@@ -127,8 +129,14 @@ class ClientSession:
                 feed.add(conn, reply)
                 joined = True
                 reader = asyncio.create_task(self._read(feed), name=f"ws-read-{conn.conn_id}")
-                await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                abandoned = asyncio.create_task(conn.abandoned.wait())
+                await asyncio.wait({reader, writer, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+                clean = reader.done() and not reader.cancelled() and reader.result()
+                clean = clean and conn.closing is None
                 await _cancel(reader)
+                await _cancel(abandoned)
+                if conn.abandoned.is_set():
+                    await self._abandon()
             else:
                 await _settle(writer)
         finally:
@@ -141,7 +149,9 @@ class ClientSession:
                 with contextlib.suppress(Exception):
                     await peer.unsubscribe()
             if joined:
-                await self._leave()
+                # A Close frame from the client: it left. Anything else (a drop,
+                # a slow client, an edge restart): it may come back and resume.
+                await (self._leave() if clean else self._disconnect())
 
     async def _join(self) -> Reply | None:
         identity = self._identity
@@ -167,16 +177,30 @@ class ClientSession:
         return reply
 
     async def _leave(self) -> None:
-        command = Leave(
-            cmd_id=ids.new_token_id(),
-            room_id=self._identity.room_id,
-            participant_id=self._identity.participant_id,
-            conn_id=self._conn.conn_id,
+        await self._farewell(
+            Leave(
+                cmd_id=ids.new_token_id(),
+                room_id=self._identity.room_id,
+                participant_id=self._identity.participant_id,
+                conn_id=self._conn.conn_id,
+            )
         )
+
+    async def _disconnect(self) -> None:
+        await self._farewell(
+            Disconnect(
+                cmd_id=ids.new_token_id(),
+                room_id=self._identity.room_id,
+                participant_id=self._identity.participant_id,
+                conn_id=self._conn.conn_id,
+            )
+        )
+
+    async def _farewell(self, command: Leave | Disconnect) -> None:
         try:
             await self._bus.commands.send(command)
         except CommandFailed:
-            log.warning("conn %s: leave not acknowledged", self._conn.conn_id)
+            log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
 
     def _relay_fields(self, inbound: protocol.Inbound) -> "_RelayFields":
         return {
@@ -203,12 +227,26 @@ class ClientSession:
             event: WebSocketSendEvent = {"type": "websocket.send", "text": item, "bytes": None}
             await socket.send(event)
 
-    async def _read(self, feed: RoomFeed) -> None:
+    async def _abandon(self) -> None:
+        """A slow consumer: the writer may be stuck waiting for the client to
+        read. Stop it, send the close frame if the socket takes it soon, and let
+        go; the server closes the connection once its buffer drains."""
+        closing = self._conn.closing
+        assert closing is not None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._socket.close(code=closing.code, reason=closing.reason), _SETTLE_SECONDS
+            )
+
+    async def _read(self, feed: RoomFeed) -> bool:
+        """Relay client frames until the socket closes. True when the client
+        closed it with a Close frame (uvicorn then passes the frame's reason;
+        a lost connection comes without one)."""
         socket = self._socket
         while True:
             message = await socket.receive()
             if message["type"] != "websocket.receive":
-                return
+                return "reason" in message and message.get("code") != _ABNORMAL_CLOSURE
             data = message.get("text") or message.get("bytes") or b""
             await self._handle(data, feed)
 
@@ -262,7 +300,7 @@ class _RelayFields(TypedDict):
     frame: msgspec.Raw
 
 
-async def _cancel(task: "asyncio.Task[None]") -> None:
+async def _cancel(task: "asyncio.Task[Any]") -> None:
     if not task.done():
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -20,23 +20,37 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus_schema import codec, ids, subjects
-from bus_schema.commands import Ack, Command, CreateRoom, GetSnapshot, Rejected, Reply
+from bus_schema.commands import Ack, Catchup, Command, CreateRoom, GetSnapshot, Rejected, Reply
 from bus_schema.control import CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import Event
 from bus_schema.state import RoomState
-from room_actors.state import Limits, decide
+from room_actors.state import (
+    Clock,
+    ExpireDisconnected,
+    Internal,
+    Limits,
+    Republish,
+    decide,
+    next_deadline,
+)
 from room_actors.store import Fenced, RoomStore
 
 log = logging.getLogger(__name__)
+
+_RECENT_EVENTS = 256
+_CATCHUP_BYTES = 256 * 1024
+_REPUBLISH = 16
 
 RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
 """The answer when this worker does not (or no longer) own the room."""
 
 
-def iso_now() -> str:
-    """ISO 8601 in UTC with milliseconds, as JavaScript's ``toISOString`` writes it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def clock_now() -> Clock:
+    """Now, as ISO 8601 in UTC with milliseconds (JavaScript's ``toISOString``)
+    and as Unix seconds."""
+    now = datetime.now(UTC)
+    return Clock(iso=now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", epoch=now.timestamp())
 
 
 @dataclass(slots=True)
@@ -49,11 +63,12 @@ class _Turn:
     control: list[tuple[str, CloseConnection]] = field(default_factory=list)
     save: bool = False
     publish_meta: bool = False
+    republish: bool = False
 
 
 @dataclass(slots=True)
 class _Pending:
-    command: Command | None
+    command: Command | Internal | None
     """``None`` asks for a keep-alive save of the unchanged state."""
     msg: Msg | None
 
@@ -81,6 +96,9 @@ class RoomActor:
         self._state: RoomState | None = None
         self._revision: int | None = None
         self.last_active = time.monotonic()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._recent: deque[Event] = deque(maxlen=_RECENT_EVENTS)
+        """The last events published, to catch up an edge that missed some."""
 
     @property
     def busy(self) -> bool:
@@ -90,7 +108,7 @@ class RoomActor:
     def state(self) -> RoomState | None:
         return self._state
 
-    def submit(self, command: Command, msg: Msg | None) -> None:
+    def submit(self, command: Command | Internal, msg: Msg | None = None) -> None:
         self._enqueue(_Pending(command, msg))
 
     def activate(self) -> None:
@@ -130,7 +148,21 @@ class RoomActor:
         finally:
             self._task = None
 
+    def _schedule_expiry(self, deadline: float | None) -> None:
+        """Wake up when the next resume grace period ends (Unix seconds)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - time.time())
+            self._expiry = loop.call_later(delay, self.submit, ExpireDisconnected())
+
+    def cancel_timers(self) -> None:
+        self._schedule_expiry(None)
+
     def _forget(self) -> None:
+        self.cancel_timers()
         self._loaded = False
         self._state = None
         self._revision = None
@@ -153,8 +185,12 @@ class RoomActor:
                 raise Fenced(self.room_id)
             self._revision = await self._store.save(state, self._revision)
         self._state = state
+        self._schedule_expiry(next_deadline(state))
         if state is not None and turn.publish_meta:
             await self._store.publish_meta(state.meta)
+        if turn.republish:
+            # After a reconnect: events of ours may have died with a NATS node.
+            await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         await self._publish(turn.events)
         for edge_id, message in turn.control:
             await self._nc.publish(subjects.edge_control(edge_id), codec.encode(message))
@@ -171,19 +207,30 @@ class RoomActor:
             # ones they already have: they apply events by sequence number.
             await self._publish(loaded.state.outbox)
 
-    async def _publish(self, events: list[Event]) -> None:
+    async def _publish(self, events: list[Event], *, remember: bool = True) -> None:
         subject = subjects.room_events(self.room_id)
         for event in events:
             await self._nc.publish(subject, codec.encode(event))
+            if remember and (not self._recent or event.seq > self._recent[-1].seq):
+                self._recent.append(event)
 
     def _apply(self, batch: list[_Pending]) -> "_Turn":
-        now = iso_now()
+        now = clock_now()
         turn = _Turn(self._state)
         for pending in batch:
-            if pending.command is None:
+            command = pending.command
+            if command is None:
                 turn.save = turn.publish_meta = True
                 continue
-            outcome = decide(turn.state, pending.command, now, self._limits)
+            if isinstance(command, Republish):
+                turn.republish = True
+                continue
+            if isinstance(command, GetSnapshot) and command.since is not None:
+                catchup = self._catchup(command.since, turn)
+                if catchup is not None:
+                    turn.answers.append((pending.msg, catchup))
+                    continue
+            outcome = decide(turn.state, command, now, self._limits)
             if isinstance(pending.command, CreateRoom) and isinstance(outcome.reply, Ack):
                 turn.publish_meta = True
             turn.state = outcome.state
@@ -191,6 +238,19 @@ class RoomActor:
             turn.events.extend(outcome.events)
             turn.control.extend(outcome.control)
         return turn
+
+    def _catchup(self, since: int, turn: "_Turn") -> Catchup | None:
+        """The events after ``since`` if this actor still has all of them (and
+        they are not too many to send in one reply)."""
+        state = turn.state
+        if state is None or since > state.seq:
+            return None
+        wanted = [e for e in (*self._recent, *turn.events) if e.seq > since]
+        if [e.seq for e in wanted] != list(range(since + 1, state.seq + 1)):
+            return None
+        if sum(len(codec.encode(e)) for e in wanted) > _CATCHUP_BYTES:
+            return None
+        return Catchup(room_id=self.room_id, events=wanted)
 
     @staticmethod
     async def _answer_all(batch: list[_Pending], reply: Reply) -> None:

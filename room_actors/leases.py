@@ -41,6 +41,7 @@ from nats.js.kv import KeyValue
 from bus_schema import buckets, codec, subjects
 from bus_schema.state import PartitionLease, WorkerLease
 from room_actors.placement import assign
+from signaling.natsconn import until_ready
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ def _now() -> str:
 class _Seen:
     value: bytes | None
     revision: int
-    created: datetime | None
 
 
 async def open_leases_bucket(js: JetStreamContext, *, replicas: int) -> KeyValue:
@@ -121,7 +121,7 @@ class Leases:
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        await self._register()
+        await until_ready(self._register, what="worker lease")
         self._tasks = [
             asyncio.create_task(self._watch(), name="leases-watch"),
             asyncio.create_task(self._renew_loop(), name="leases-renew"),
@@ -226,40 +226,69 @@ class Leases:
                         self._synced.set()
                         continue
                     deleted = entry.operation in ("DEL", "PURGE")
-                    created = entry.created if isinstance(entry.created, datetime) else None
-                    self._view[entry.key] = _Seen(
-                        None if deleted else entry.value, int(entry.revision or 0), created
-                    )
-                    self._changed.set()
+                    self._see(entry.key, None if deleted else entry.value, entry.revision)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("leases watcher failed (%s); restarting", type(e).__name__)
                 await asyncio.sleep(0.2)
 
+    def _see(self, key: str, value: bytes | None, revision: int | None) -> None:
+        revision = int(revision or 0)
+        seen = self._view.get(key)
+        if seen is None or revision >= seen.revision:
+            self._view[key] = _Seen(value or None, revision)
+            self._changed.set()
+
+    async def _read(self, key: str) -> _Seen:
+        """The key as the server has it now (not as the watcher last said)."""
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError as e:
+            if e.entry is None:  # no trace of the key at all
+                if self._view.pop(key, None) is not None:
+                    self._changed.set()
+                return _Seen(None, 0)
+            self._see(key, None, e.entry.revision)
+            return _Seen(None, int(e.entry.revision or 0))
+        self._see(key, entry.value, entry.revision)
+        return _Seen(entry.value or None, int(entry.revision or 0))
+
+    async def _verify_workers(self) -> None:
+        """Check the workers the view takes for alive against the server: the
+        watcher can lag behind (its consumer lives on a node that may die), and
+        an expiry it missed would leave a dead worker's partitions unclaimed."""
+        for key, seen in list(self._view.items()):
+            if key.startswith(buckets.WORKER_PREFIX) and seen.value is not None:
+                await self._read(key)
+
     def _live_workers(self) -> dict[str, WorkerLease]:
         """Workers whose lease key holds a value (expired keys leave a marker)."""
         live: dict[str, WorkerLease] = {}
-        now = datetime.now(UTC)
         for key, seen in self._view.items():
-            if not key.startswith(buckets.WORKER_PREFIX) or seen.value is None:
-                continue
-            # A fallback should an expiry marker go missing: much older than the TTL is dead.
-            if seen.created is not None and (now - seen.created).total_seconds() > self.ttl * 3:
-                continue
-            lease = codec.worker_lease.decode(seen.value)
-            live[lease.worker_id] = lease
+            if key.startswith(buckets.WORKER_PREFIX) and seen.value is not None:
+                lease = codec.worker_lease.decode(seen.value)
+                live[lease.worker_id] = lease
         return live
+
+    async def _owner_is_alive(self, worker_id: str) -> bool:
+        """Before taking a partition from another worker, ask the server itself."""
+        return (await self._read(buckets.worker_key(worker_id))).value is not None
 
     # --- balancing ---------------------------------------------------------------
 
     async def _balance_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_check = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=self.ttl / 4)
             self._changed.clear()
             try:
                 async with self._lock:
+                    if loop.time() >= next_check:
+                        next_check = loop.time() + self.ttl
+                        await self._verify_workers()
                     await self._rebalance()
             except asyncio.CancelledError:
                 raise
@@ -285,7 +314,9 @@ class Leases:
             revision = seen.revision if seen is not None else 0
             if seen is not None and seen.value is not None:
                 owner = codec.partition_lease.decode(seen.value).worker_id
-                if owner != self.worker_id and owner in self._live_workers():
+                if owner != self.worker_id and (
+                    owner in self._live_workers() or await self._owner_is_alive(owner)
+                ):
                     continue  # its owner is alive and will hand it over
             if await self._claim(partition, revision):
                 acquired.append(partition)
@@ -314,12 +345,12 @@ class Leases:
         value = codec.encode(
             PartitionLease(partition=partition, worker_id=self.worker_id, since=_now())
         )
+        key = buckets.partition_key(partition)
         try:
-            self._owned[partition] = await self._kv.update(
-                buckets.partition_key(partition), value, last=revision
-            )
+            self._owned[partition] = await self._kv.update(key, value, last=revision)
         except KeyWrongLastSequenceError:
-            return False  # our view was stale; the watcher will catch up
+            await self._read(key)  # our view was stale; look again next round
+            return False
         return True
 
     async def _release(self, partitions: list[int]) -> None:

@@ -16,7 +16,7 @@ from bus_schema import codec, ids, subjects
 from bus_schema.commands import Rejected
 from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
-from room_actors.state import Limits
+from room_actors.state import Limits, Republish
 from room_actors.store import RoomStore
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,15 @@ class Registry:
         await self._unsubscribe(partitions)
         leaving = self._actors_in(partitions)
         await asyncio.gather(*(actor.wait_idle() for actor in leaving.values()))
-        for room_id in leaving:
+        for room_id, actor in leaving.items():
+            actor.cancel_timers()
             self._actors.pop(room_id, None)
 
     async def drop(self, partitions: list[int]) -> None:
         """The lease is lost: stop at once. Turns in flight fail their fence."""
         await self._unsubscribe(partitions)
-        for room_id in self._actors_in(partitions):
+        for room_id, actor in self._actors_in(partitions).items():
+            actor.cancel_timers()
             self._actors.pop(room_id, None)
 
     async def _unsubscribe(self, partitions: list[int]) -> None:
@@ -129,7 +131,9 @@ class Registry:
         }
 
     def _drop(self, room_id: str) -> None:
-        self._actors.pop(room_id, None)
+        actor = self._actors.pop(room_id, None)
+        if actor is not None:
+            actor.cancel_timers()
 
     # --- housekeeping ---------------------------------------------------------
 
@@ -147,6 +151,22 @@ class Registry:
         for room_id in idle:
             del self._actors[room_id]
         return len(idle)
+
+    def edges_in_use(self) -> dict[str, set[str]]:
+        """edge id -> rooms with a connected participant on that edge."""
+        edges: dict[str, set[str]] = {}
+        for room_id, actor in self._actors.items():
+            if actor.state is None:
+                continue
+            for participant in actor.state.participants.values():
+                if participant.disconnected_until is None:
+                    edges.setdefault(participant.edge_id, set()).add(room_id)
+        return edges
+
+    def republish_recent(self) -> None:
+        """After a NATS reconnect: every active room sends its last events again."""
+        for actor in self._actors.values():
+            actor.submit(Republish())
 
     def touch_rooms_in_use(self) -> int:
         """Refresh the KV age of every room that has participants."""

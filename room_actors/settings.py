@@ -19,6 +19,11 @@ class ActorSettings:
     lease_ttl: float = 2.0
     """Seconds a worker's lease lives without renewal: the failover time of a
     worker that dies without handing over (renewed every TTL/4)."""
+    edge_timeout: float = 3.0
+    """Seconds without a heartbeat after which an edge is dead and its
+    connected participants leave."""
+    resume_grace: float = 10.0
+    """Seconds a participant whose connection dropped keeps its place."""
     recent_commands: int = 64
     """How many applied command ids each room remembers for deduplication."""
     log_level: str = "INFO"
@@ -33,6 +38,8 @@ class ActorSettings:
             passivate_after=env.number("ROOM_PASSIVATE_AFTER", 300.0, minimum=1.0),
             kv_replicas=env.integer("KV_REPLICAS", 1, minimum=1, maximum=5),
             lease_ttl=env.number("LEASE_TTL", 2.0, minimum=1.0, maximum=60.0),
+            edge_timeout=env.number("EDGE_TIMEOUT", 3.0, minimum=0.5, maximum=600.0),
+            resume_grace=env.number("RESUME_GRACE", 10.0, minimum=0.0, maximum=3600.0),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 

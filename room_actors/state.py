@@ -14,6 +14,7 @@ from bus_schema.commands import (
     Broadcast,
     Command,
     CreateRoom,
+    Disconnect,
     GetSnapshot,
     Join,
     Leave,
@@ -48,6 +49,38 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class Limits:
     recent_commands: int = 64
+    resume_grace: float = 10.0
+    """Seconds a participant whose connection dropped keeps its place."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The time of a turn, as ISO 8601 (for people) and Unix seconds (for deadlines)."""
+
+    iso: str
+    epoch: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireDisconnected:
+    """Internal: remove participants whose resume grace period has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgesLost:
+    """Internal: these edges stopped sending heartbeats; their connected
+    participants leave."""
+
+    edge_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """Internal: publish the last events again (after a NATS reconnect, events
+    may have been lost with a node). Handled by the actor, not by `decide`."""
+
+
+Internal = ExpireDisconnected | EdgesLost | Republish
 
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")
@@ -64,21 +97,50 @@ def snapshot(state: RoomState, *, resumed: bool = False) -> Snapshot:
     )
 
 
-def decide(state: RoomState | None, command: Command, now: str, limits: Limits) -> Outcome:
+def next_deadline(state: RoomState | None) -> float | None:
+    """When the next resume grace period ends (Unix seconds), if any."""
+    if state is None:
+        return None
+    deadlines = [p.disconnected_until for p in state.participants.values() if p.disconnected_until]
+    return min(deadlines, default=None)
+
+
+def decide(
+    state: RoomState | None, command: Command | Internal, clock: Clock, limits: Limits
+) -> Outcome:
     """Apply one command to a room's state."""
     if isinstance(command, CreateRoom):
         return _create(state, command, limits)
     if state is None:
         return Outcome(state, ROOM_NOT_FOUND)
-    if isinstance(command, GetSnapshot):
-        return Outcome(state, snapshot(state))
+    match command:
+        case GetSnapshot():
+            return Outcome(state, snapshot(state))
+        case ExpireDisconnected():
+            gone = [
+                p
+                for p in state.participants.values()
+                if p.disconnected_until is not None and p.disconnected_until <= clock.epoch
+            ]
+            return _remove(state, gone, "timeout")
+        case Republish():
+            return Outcome(state, Ack(seq=state.seq))
+        case EdgesLost():
+            gone = [
+                p
+                for p in state.participants.values()
+                if p.edge_id in command.edge_ids and p.disconnected_until is None
+            ]
+            return _remove(state, gone, "edge_lost")
     if command.cmd_id in state.recent_commands:
         return Outcome(state, _replay_reply(state, command))
     match command:
         case Join():
-            outcome = _join(state, command, now)
+            outcome = _join(state, command, clock.iso)
         case Leave():
             outcome = _leave(state, command)
+        case Disconnect():
+            outcome = _disconnect(state, command, clock.epoch + limits.resume_grace)
         case PublishSession() | SetTrackState() | Broadcast():
             outcome = _relay(state, command)
     if outcome.state is state or outcome.state is None:
@@ -124,11 +186,13 @@ def _join(state: RoomState, command: Join, now: str) -> Outcome:
     if present is not None:
         # The same token connected again: the newer connection takes over, the
         # others see no leave/join, and the older socket is closed.
-        moved = replace(present, edge_id=command.edge_id, conn_id=command.conn_id)
+        moved = replace(
+            present, edge_id=command.edge_id, conn_id=command.conn_id, disconnected_until=None
+        )
         participants = {**state.participants, command.participant_id: moved}
         resumed = replace(state, participants=participants)
         control: tuple[tuple[str, CloseConnection], ...] = ()
-        if present.conn_id != command.conn_id:
+        if present.conn_id != command.conn_id and present.disconnected_until is None:
             close = CloseConnection(
                 conn_id=present.conn_id,
                 code=CloseCode.REPLACED,
@@ -157,13 +221,33 @@ def _leave(state: RoomState, command: Leave) -> Outcome:
     present = state.participants.get(command.participant_id)
     if present is None or present.conn_id != command.conn_id:
         return Outcome(state, Ack(seq=state.seq))
-    seq = state.seq + 1
-    participants = {k: v for k, v in state.participants.items() if k != command.participant_id}
-    event = ParticipantLeft(
-        room_id=state.room_id, seq=seq, participant_id=present.id, reason=command.reason
+    return _remove(state, [present], command.reason)
+
+
+def _disconnect(state: RoomState, command: Disconnect, until: float) -> Outcome:
+    present = state.participants.get(command.participant_id)
+    if present is None or present.conn_id != command.conn_id or present.disconnected_until:
+        return Outcome(state, Ack(seq=state.seq))
+    away = replace(present, disconnected_until=until)
+    new_state = replace(state, participants={**state.participants, present.id: away})
+    return Outcome(new_state, Ack(seq=state.seq))
+
+
+def _remove(state: RoomState, gone: list[Participant], reason: str) -> Outcome:
+    """Participants leave the room, one numbered ``leave`` event each."""
+    if not gone:
+        return Outcome(state, Ack(seq=state.seq))
+    ids = {p.id for p in gone}
+    events = tuple(
+        ParticipantLeft(
+            room_id=state.room_id, seq=state.seq + i, participant_id=p.id, reason=reason
+        )
+        for i, p in enumerate(gone, start=1)
     )
+    seq = state.seq + len(events)
+    participants = {k: v for k, v in state.participants.items() if k not in ids}
     new_state = replace(state, seq=seq, participants=participants)
-    return Outcome(new_state, Ack(seq=seq), (event,))
+    return Outcome(new_state, Ack(seq=seq), events)
 
 
 def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast) -> Outcome:

@@ -9,11 +9,12 @@ from nats.aio.msg import Msg
 from bus_schema import codec, subjects
 from bus_schema.status import WorkerStatus
 from room_actors.leases import Leases, open_leases_bucket
+from room_actors.liveness import EdgeLiveness
 from room_actors.registry import Registry
 from room_actors.settings import ActorSettings
-from room_actors.state import Limits
+from room_actors.state import EdgesLost, Limits
 from room_actors.store import RoomStore, ensure_buckets
-from signaling.natsconn import connect
+from signaling.natsconn import connect, until_ready
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,27 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
-        nc = await connect(list(settings.nats_servers), name=f"actors-{settings.worker_id}")
+        serving: list[Registry] = []
+
+        async def on_reconnected() -> None:
+            for registry in serving:
+                registry.republish_recent()
+
+        nc = await connect(
+            list(settings.nats_servers),
+            name=f"actors-{settings.worker_id}",
+            on_reconnected=on_reconnected,
+        )
         try:
             js = nc.jetstream()
-            await ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas)
-            store = await RoomStore.bind(js)
-            leases_kv = await open_leases_bucket(js, replicas=settings.kv_replicas)
+            await until_ready(
+                lambda: ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas),
+                what="KV buckets",
+            )
+            store = await until_ready(lambda: RoomStore.bind(js), what="KV buckets")
+            leases_kv = await until_ready(
+                lambda: open_leases_bucket(js, replicas=settings.kv_replicas), what="leases bucket"
+            )
             # The two refer to each other: leases call the registry when
             # ownership changes; the registry asks the leases what it owns.
             leases = Leases(
@@ -42,9 +58,13 @@ class Worker:
                 on_release=lambda partitions: registry.release(partitions),
                 on_lost=lambda partitions: registry.drop(partitions),
             )
-            registry = Registry(
-                nc, store, Limits(recent_commands=settings.recent_commands), owns=leases.owns
+            limits = Limits(
+                recent_commands=settings.recent_commands, resume_grace=settings.resume_grace
             )
+            registry = Registry(nc, store, limits, owns=leases.owns)
+            serving.append(registry)
+            liveness = EdgeLiveness(settings.edge_timeout)
+            await nc.subscribe(subjects.EDGE_HEARTBEATS, cb=liveness.on_heartbeat)
             await leases.start()
 
             async def status(msg: Msg) -> None:
@@ -57,7 +77,9 @@ class Worker:
                 await msg.respond(codec.encode(reply))
 
             await nc.subscribe(subjects.worker_status(settings.worker_id), cb=status)
-            maintenance = asyncio.create_task(self._maintain(registry), name="maintenance")
+            maintenance = asyncio.gather(
+                self._maintain(registry), self._watch_edges(registry, liveness)
+            )
             log.info("worker %s started", settings.worker_id)
             self.ready.set()
             await stop.wait()
@@ -69,6 +91,20 @@ class Worker:
             await registry.close()
         finally:
             await nc.drain()
+
+    async def _watch_edges(self, registry: Registry, liveness: EdgeLiveness) -> None:
+        """Participants connected through a dead edge leave their rooms."""
+        while True:
+            await asyncio.sleep(min(1.0, liveness.timeout / 4))
+            edges = registry.edges_in_use()
+            dead = liveness.dead(set(edges))
+            for edge_id in dead:
+                log.info(
+                    "edge %s is gone; its participants leave %d rooms", edge_id, len(edges[edge_id])
+                )
+                for room_id in edges[edge_id]:
+                    registry.actor(room_id).submit(EdgesLost(frozenset({edge_id})))
+            liveness.forget_stale()
 
     async def _maintain(self, registry: Registry) -> None:
         """Passivate idle rooms; refresh the KV age of rooms in use."""

@@ -3,11 +3,13 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 async def connect(
@@ -58,3 +60,22 @@ async def connect(
             log.info("nats: not reachable yet (%s), retrying", type(e).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def until_ready(
+    operation: Callable[[], Awaitable[_T]], *, what: str, deadline: float = 60.0
+) -> _T:
+    """Retry ``operation`` while JetStream is not ready yet (a cluster electing
+    its leaders, a node restarting), up to ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except (nats.errors.Error, TimeoutError) as e:
+            if loop.time() + delay > give_up:
+                raise
+            log.info("%s: not ready (%s), retrying", what, type(e).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -52,6 +52,10 @@ class NatsServer:
     host: str = "127.0.0.1"
     name: str = "signaling"
     config_file: Path | None = None
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    routes: tuple[str, ...] = ()
+    """Other nodes' cluster URLs (``nats://host:port``), for a cluster."""
     extra_args: tuple[str, ...] = ()
     log_file: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -70,8 +74,15 @@ class NatsServer:
             "-js",
             "-sd", str(self.data_dir / "jetstream"),
             "--ports_file_dir", str(self._ports_dir),
-            *self.extra_args,
         ]  # fmt: skip
+        if self.cluster_name is not None and self.cluster_port is not None:
+            args += [
+                "--cluster_name", self.cluster_name,
+                "--cluster", f"nats://{self.host}:{self.cluster_port}",
+            ]  # fmt: skip
+            if self.routes:
+                args += ["--routes", ",".join(self.routes)]
+        args += list(self.extra_args)
         return args
 
     @property

@@ -88,6 +88,9 @@ class System:
 
     root: Path
     nats: NatsServer = field(init=False)
+    """The first (or only) nats-server node."""
+    nodes: list[NatsServer] = field(default_factory=list)
+    """Every nats-server node (one unless ``start(cluster=3)``)."""
     actors: list[Proc] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -101,9 +104,13 @@ class System:
         self._counter += 1
         return f"{kind}-{self._counter}"
 
+    @property
+    def nats_url(self) -> str:
+        return ",".join(node.url for node in self.nodes) if self.nodes else self.nats.url
+
     def base_env(self) -> dict[str, str]:
         return {
-            "NATS_URL": self.nats.url,
+            "NATS_URL": self.nats_url,
             "JWT_SECRET": JWT_SECRET,
             "LOG_LEVEL": "INFO",
             **self.extra_env,
@@ -112,6 +119,29 @@ class System:
     def start_nats(self, port: int = -1) -> None:
         self.nats.port = port
         self.nats.start()
+        if not self.nodes:
+            self.nodes = [self.nats]
+
+    def start_cluster(self, size: int = 3) -> None:
+        """A nats-server cluster on loopback, with fixed ports so a node can be
+        restarted where it was."""
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = tuple(f"nats://127.0.0.1:{port}" for port in cluster_ports)
+        self.nodes = [
+            NatsServer(
+                data_dir=self.root / f"nats-{i}",
+                port=free_port(),
+                name=f"n{i}",
+                cluster_name="signaling",
+                cluster_port=cluster_ports[i],
+                routes=tuple(r for j, r in enumerate(routes) if j != i),
+                log_file=self.root / f"nats-{i}.log",
+            )
+            for i in range(size)
+        ]
+        for node in self.nodes:
+            node.start()
+        self.nats = self.nodes[0]
 
     def start_actor(self, **env: str) -> Proc:
         name = self._next("actors")
@@ -145,7 +175,7 @@ class System:
 
     async def wait_actors_ready(self, timeout: float = 30.0) -> None:
         """Until every partition answers a command (an unknown room is fine)."""
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats_url.split(","))
         try:
             pending = set(range(subjects.PARTITIONS))
             deadline = time.monotonic() + timeout
@@ -165,8 +195,11 @@ class System:
         finally:
             await nc.close()
 
-    async def start(self, *, actors: int = 1, edges: int = 1) -> "System":
-        self.start_nats()
+    async def start(self, *, actors: int = 1, edges: int = 1, cluster: int = 0) -> "System":
+        if cluster:
+            self.start_cluster(cluster)
+        else:
+            self.start_nats()
         for _ in range(actors):
             self.start_actor()
         new_edges = [self.start_edge() for _ in range(edges)]
@@ -189,13 +222,14 @@ class System:
         for actor in self.actors:
             if actor.alive():
                 actor.stop()
-        self.nats.stop()
+        for node in self.nodes or [self.nats]:
+            node.stop()
 
     def actor(self, worker_id: str) -> Proc:
         return next(a for a in self.actors if a.env["WORKER_ID"] == worker_id)
 
     async def bus(self) -> "Bus":
-        return await Bus.connect(self.nats.url)
+        return await Bus.connect(self.nats_url)
 
     def logs(self) -> str:
         parts = [f"--- {p.log_file.name}\n{p.log()}" for p in [*self.actors, *self.edges]]
@@ -211,7 +245,7 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str) -> "Bus":
-        return cls(await nats.connect(url))
+        return cls(await nats.connect(url.split(",")))
 
     async def close(self) -> None:
         await self.nc.close()

@@ -11,7 +11,7 @@ import pytest
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Ack, Broadcast, CreateRoom, Join, Rejected, Snapshot
 from bus_schema.events import Broadcasted, ParticipantJoined
-from room_actors.state import Limits, decide
+from room_actors.state import Clock, Limits, decide
 from room_actors.store import Fenced, RoomStore, ensure_buckets
 from signaling.natsserver import NatsServer
 from tests.harness import Api, System, WsClient
@@ -108,7 +108,7 @@ async def test_a_stale_writer_is_fenced(tmp_path: Path) -> None:
                 created_at="2026-01-01T00:00:00.000Z",
                 max_participants=3,
             ),
-            "now",
+            Clock(iso="2026-01-01T00:00:00.000Z", epoch=0.0),
             Limits(),
         ).state
         assert created is not None

@@ -7,6 +7,7 @@ from bus_schema.commands import (
     Ack,
     Broadcast,
     CreateRoom,
+    Disconnect,
     GetSnapshot,
     Join,
     Leave,
@@ -23,13 +24,13 @@ from bus_schema.events import (
     TrackStateChanged,
 )
 from bus_schema.state import RoomState
-from room_actors.state import Limits, decide
+from room_actors.state import Clock, EdgesLost, ExpireDisconnected, Limits, decide, next_deadline
 
 ROOM = "11111111-1111-4111-8111-111111111111"
 ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 BEN = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
-NOW = "2026-01-01T00:00:00.000Z"
-LIMITS = Limits(recent_commands=4)
+NOW = Clock(iso="2026-01-01T00:00:00.000Z", epoch=1_000_000.0)
+LIMITS = Limits(recent_commands=4, resume_grace=10.0)
 FRAME = msgspec.Raw(b'{"type":"x"}')
 
 
@@ -39,7 +40,7 @@ def created(max_participants: int = 10) -> RoomState:
         room_id=ROOM,
         name="r",
         created_by="me",
-        created_at=NOW,
+        created_at=NOW.iso,
         max_participants=max_participants,
     )
     outcome = decide(None, command, NOW, LIMITS)
@@ -75,7 +76,12 @@ def test_commands_on_a_missing_room_are_rejected() -> None:
 def test_create_twice_is_rejected_but_a_retry_is_acknowledged() -> None:
     state = created()
     retry = CreateRoom(
-        cmd_id="c0", room_id=ROOM, name="r", created_by="me", created_at=NOW, max_participants=10
+        cmd_id="c0",
+        room_id=ROOM,
+        name="r",
+        created_by="me",
+        created_at=NOW.iso,
+        max_participants=10,
     )
     assert decide(state, retry, NOW, LIMITS).reply == Ack(seq=0)
     other = msgspec.structs.replace(retry, cmd_id="c1")
@@ -238,3 +244,68 @@ def test_recent_command_ids_are_bounded() -> None:
     for index in range(10):
         state = join(state, f"{index:08d}-aaaa-4aaa-8aaa-aaaaaaaaaaaa", f"j{index}")
     assert state.recent_commands == ["j6", "j7", "j8", "j9"]
+
+
+def test_a_dropped_connection_keeps_its_place_for_the_grace_period() -> None:
+    state = join(join(created(), ANN, "j1"), BEN, "j2")
+    away = decide(
+        state,
+        Disconnect(cmd_id="d1", room_id=ROOM, participant_id=BEN, conn_id="conn"),
+        NOW,
+        LIMITS,
+    )
+    assert away.events == ()
+    assert away.state is not None
+    assert away.state.participants[BEN].disconnected_until == NOW.epoch + 10.0
+    assert next_deadline(away.state) == NOW.epoch + 10.0
+    # Back in time, through another edge: no events, the grace is cleared.
+    back = decide(
+        away.state,
+        Join(
+            cmd_id="j3", room_id=ROOM, participant_id=BEN, name="Ben", edge_id="e2", conn_id="new"
+        ),
+        NOW,
+        LIMITS,
+    )
+    assert back.events == ()
+    assert back.control == ()  # the old connection is already gone
+    assert back.state is not None
+    assert back.state.participants[BEN].disconnected_until is None
+    assert back.state.participants[BEN].edge_id == "e2"
+    assert next_deadline(back.state) is None
+
+
+def test_grace_expiry_makes_the_participant_leave() -> None:
+    state = join(join(created(), ANN, "j1"), BEN, "j2")
+    away = decide(
+        state,
+        Disconnect(cmd_id="d1", room_id=ROOM, participant_id=BEN, conn_id="conn"),
+        NOW,
+        LIMITS,
+    ).state
+    assert away is not None
+    early = decide(away, ExpireDisconnected(), Clock(iso="", epoch=NOW.epoch + 9.9), LIMITS)
+    assert early.state is away
+    late = decide(away, ExpireDisconnected(), Clock(iso="", epoch=NOW.epoch + 10.0), LIMITS)
+    assert late.events == (
+        ParticipantLeft(room_id=ROOM, seq=3, participant_id=BEN, reason="timeout"),
+    )
+    assert late.state is not None
+    assert list(late.state.participants) == [ANN]
+
+
+def test_participants_of_a_lost_edge_leave_but_not_those_in_grace() -> None:
+    state = join(join(created(), ANN, "j1"), BEN, "j2")
+    away = decide(
+        state,
+        Disconnect(cmd_id="d1", room_id=ROOM, participant_id=BEN, conn_id="conn"),
+        NOW,
+        LIMITS,
+    ).state
+    assert away is not None
+    lost = decide(away, EdgesLost(frozenset({"e1"})), NOW, LIMITS)
+    assert [e.participant_id for e in lost.events] == [ANN]
+    assert isinstance(lost.events[0], ParticipantLeft)
+    assert lost.events[0].reason == "edge_lost"
+    assert lost.state is not None
+    assert list(lost.state.participants) == [BEN]

@@ -10,8 +10,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_room_state_survives_killing_everything(make_system: Callable[..., System]) -> None:
-    """SIGKILL nats-server, worker and edge together: nothing had a chance to clean up."""
-    system = make_system()
+    """SIGKILL nats-server, worker and edge together: nothing had a chance to clean up.
+    (A long EDGE_TIMEOUT keeps the participants of the killed edge in the room
+    while the test looks at them.)"""
+    system = make_system(EDGE_TIMEOUT="120")
     await system.start()
     api = Api(system.edges[0].url)
     ws_url = system.edges[0].ws_url

@@ -16,6 +16,11 @@
     partition ``n`` (see `bus_schema.subjects.partition_of`). Claimed and released
     with compare-and-set; valid only while its worker's key is alive.
 
+- ``calls_sessions``: key = Calls session id, value = `bus_schema.state.CallsSession`:
+  the participant (and room) that created the session through the proxy. Written
+  by the room's owning actor; read by edges to check ownership. Keys age out
+  after the room TTL; the owner refreshes those of rooms in use.
+
 Only actors create buckets; edges bind to existing ones.
 """
 
@@ -24,6 +29,7 @@ from bus_schema.ids import is_token_id, is_uuid
 ROOMS = "rooms"
 ROOM_STATE = "room_state"
 LEASES = "actor_leases"
+CALLS_SESSIONS = "calls_sessions"
 
 WORKER_PREFIX = "worker."
 PARTITION_PREFIX = "partition."
@@ -44,3 +50,9 @@ def worker_key(worker_id: str) -> str:
 
 def partition_key(partition: int) -> str:
     return f"{PARTITION_PREFIX}{partition}"
+
+
+def calls_session_key(session_id: str) -> str:
+    if not is_token_id(session_id):
+        raise ValueError(f"not a valid Calls session id: {session_id!r}")
+    return session_id

@@ -5,9 +5,9 @@ from typing import Any
 import msgspec
 
 from bus_schema.commands import Command, Reply
-from bus_schema.control import EdgeControl
+from bus_schema.control import CloseCallsTracks, EdgeControl
 from bus_schema.events import Event
-from bus_schema.state import PartitionLease, RoomMeta, RoomState, WorkerLease
+from bus_schema.state import CallsSession, PartitionLease, RoomMeta, RoomState, WorkerLease
 from bus_schema.status import EdgeHeartbeat
 
 DecodeError = msgspec.DecodeError
@@ -31,3 +31,5 @@ def encode(value: Any) -> bytes:
 
 
 edge_heartbeat = msgspec.json.Decoder(EdgeHeartbeat)
+calls_session = msgspec.json.Decoder(CallsSession)
+close_calls_tracks = msgspec.json.Decoder(CloseCallsTracks)

@@ -52,6 +52,13 @@ class Disconnect(_Command, frozen=True, tag="disconnect"):
     conn_id: str
 
 
+class RegisterCallsSession(_Command, frozen=True, tag="register_calls_session"):
+    """The participant created this Calls session through the proxy: it owns it."""
+
+    participant_id: str
+    session_id: str
+
+
 class _FromParticipant(_Command, frozen=True):
     participant_id: str
     conn_id: str
@@ -89,6 +96,7 @@ Command = (
     | Join
     | Leave
     | Disconnect
+    | RegisterCallsSession
     | PublishSession
     | SetTrackState
     | Broadcast

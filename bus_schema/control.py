@@ -10,3 +10,12 @@ class CloseConnection(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
 
 
 EdgeControl = CloseConnection
+
+
+class CloseCallsTracks(msgspec.Struct, frozen=True, kw_only=True):
+    """A participant left: close the tracks it pushed on these Calls sessions
+    (``signal.calls.cleanup``, request/reply, any edge with Calls configured)."""
+
+    room_id: str
+    participant_id: str
+    session_ids: list[str]

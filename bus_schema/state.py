@@ -48,6 +48,8 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     participants: dict[str, Participant] = msgspec.field(default_factory=dict)
     recent_commands: list[str] = msgspec.field(default_factory=list)
     """Ids of the last applied commands, oldest first: a retried command is a no-op."""
+    calls_sessions: dict[str, str] = msgspec.field(default_factory=dict)
+    """Calls session id -> the participant that created it through the proxy."""
     outbox: list[Event] = msgspec.field(default_factory=list)
     """The events of the last saved turn. The next owner publishes them again
     when it loads the room, in case the previous one died before it could;
@@ -56,6 +58,14 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def room_id(self) -> str:
         return self.meta.id
+
+
+class CallsSession(msgspec.Struct, frozen=True, kw_only=True):
+    """Who owns a Calls session (``calls_sessions`` bucket, key = session id)."""
+
+    session_id: str
+    room_id: str
+    participant_id: str
 
 
 class WorkerLease(msgspec.Struct, frozen=True, kw_only=True):

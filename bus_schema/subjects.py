@@ -13,6 +13,8 @@ Delivery guarantees, by subject:
 - ``signal.edge.<edge>.hb``: core pub/sub, every edge -> every worker, each
   ``HEARTBEAT_INTERVAL``: `bus_schema.status.EdgeHeartbeat`. Workers treat an
   edge silent for ``EDGE_TIMEOUT`` as dead.
+- ``signal.calls.cleanup``: request/reply, actor -> any one edge with Calls
+  configured (queue group ``calls-cleanup``): close a leaver's pushed tracks.
 - ``signal.actors.<worker>.status``: request/reply, anyone -> one worker: its view
   (`bus_schema.status.WorkerStatus`).
 
@@ -96,3 +98,7 @@ EDGE_HEARTBEATS = f"{PREFIX}.edge.*.hb"
 def edge_heartbeat(edge_id: str) -> str:
     """Where an edge says it is alive."""
     return f"{PREFIX}.edge.{_token(edge_id)}.hb"
+
+
+CALLS_CLEANUP = f"{PREFIX}.calls.cleanup"
+CALLS_CLEANUP_QUEUE = "calls-cleanup"

@@ -7,21 +7,24 @@ from typing import Any
 from litestar import Litestar, WebSocket, get, websocket
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 
 from edge import rooms
 from edge import socket as client_socket
 from edge.auth import TokenService
 from edge.bus import EdgeBus, open_bus
-from edge.calls_proxy import calls_proxy
+from edge.calls_proxy import CallsProxy, calls_proxy, open_calls
 from edge.errors import ApiError, http_error, internal_error
 from edge.settings import EdgeSettings
 
 
 @websocket("/ws")
 async def ws_endpoint(
-    socket: WebSocket[Any, Any, Any], bus: EdgeBus, tokens: TokenService, settings: EdgeSettings
+    socket: WebSocket[Any, Any, Any],
+    bus: NamedDependency[EdgeBus],
+    tokens: NamedDependency[TokenService],
+    settings: NamedDependency[EdgeSettings],
 ) -> None:
     await client_socket.serve(socket, bus, tokens, settings)
 
@@ -35,14 +38,19 @@ def create_app(settings: EdgeSettings) -> Litestar:
     tokens = TokenService(settings.jwt_secret, ttl=settings.token_ttl)
 
     @contextlib.asynccontextmanager
-    async def nats_lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_bus(settings) as bus:
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        async with open_bus(settings) as bus, open_calls(settings, bus, tokens) as calls:
             app.state.bus = bus
+            app.state.calls = calls
             yield
 
     def provide_bus(state: State) -> EdgeBus:
         bus: EdgeBus = state.bus
         return bus
+
+    def provide_calls(state: State) -> CallsProxy:
+        calls: CallsProxy = state.calls
+        return calls
 
     return Litestar(
         route_handlers=[
@@ -55,9 +63,10 @@ def create_app(settings: EdgeSettings) -> Litestar:
             ws_without_upgrade,
             calls_proxy,
         ],
-        lifespan=[nats_lifespan],
+        lifespan=[resources],
         dependencies={
             "bus": Provide(provide_bus, sync_to_thread=False),
+            "calls": Provide(provide_calls, sync_to_thread=False),
             "tokens": Provide(lambda: tokens, sync_to_thread=False, use_cache=True),
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
         },

@@ -13,7 +13,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
-from bus_schema.state import RoomMeta, RoomState
+from bus_schema.state import CallsSession, RoomMeta, RoomState
 from bus_schema.status import EdgeHeartbeat
 from edge.commands import RoomCommands
 from edge.fanout import Fanout
@@ -80,6 +80,15 @@ class EdgeBus:
     async def room_state(self, room_id: str) -> RoomState | None:
         value = await self._get(buckets.ROOM_STATE, room_id)
         return None if value is None else codec.room_state.decode(value)
+
+    async def calls_session(self, session_id: str) -> CallsSession | None:
+        """Who created a Calls session through the proxy, if anyone."""
+        kv = await self._bucket(buckets.CALLS_SESSIONS)
+        try:
+            entry = await kv.get(buckets.calls_session_key(session_id))
+        except KeyNotFoundError:
+            return None
+        return codec.calls_session.decode(entry.value) if entry.value else None
 
     async def check_ready(self) -> None:
         if not self.nc.is_connected:

@@ -1,37 +1,360 @@
-"""``/cloudflare/...``: the Calls proxy routes of PROTOCOL.md.
+"""``/cloudflare/...``: the Cloudflare Calls proxy (PROTOCOL.md, "Calls proxy").
 
-Until the proxy is built, the known routes answer 503 "Cloudflare Calls is not
-configured"; any other path under ``/cloudflare/`` answers 404, whether or not
-Calls is configured.
+Callers present their join token (``Authorization: Bearer <jwt>``). A session
+created through the proxy is registered with the room's actor as owned by its
+creator (readable with ``nats kv get calls_sessions <id>``); only the owner may
+change it, and a pull or a remote data channel may only name a session of the
+same room. The app secret is added here, on the way out, and never appears in a
+log line, an error body or an exception. Upstream status and JSON come back as
+they are; an unreachable or slow upstream gives 502 / 504. Network errors,
+timeouts, 429 and 5xx are retried, except for calls that create something once
+the request may have reached Cloudflare.
+
+``CALLS_PROXY_AUTH=off`` restores the old open proxy for legacy clients.
 """
 
+import asyncio
+import contextlib
+import logging
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from litestar import Request, route
+import httpx
+import msgspec
+from litestar import Request, Response, route
+from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
+from litestar.params import FromPath
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from bus_schema import codec, ids, subjects
+from bus_schema.commands import Ack, RegisterCallsSession
+from edge.auth import Claims, InvalidToken, TokenService
+from edge.bus import EdgeBus
+from edge.commands import CommandFailed
 from edge.errors import ApiError
+from edge.ice import IceServers
+from edge.settings import EdgeSettings
 
-_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (method, re.compile(pattern))
-    for method, pattern in (
-        ("POST", r"session"),
-        ("POST", r"session/[^/]+/tracks/new"),
-        ("PUT", r"session/[^/]+/renegotiate"),
-        ("GET", r"session/[^/]+"),
-        ("PUT", r"session/[^/]+/tracks/close"),
-        ("PUT", r"session/[^/]+/tracks/update"),
-        ("POST", r"session/[^/]+/datachannels/new"),
-        ("POST", r"session/[^/]+/datachannels/establish"),
-        ("PUT", r"session/[^/]+/datachannels/close"),
-        ("GET", r"ice-servers"),
-    )
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    method: str
+    pattern: "re.Pattern[str]"
+    upstream: str
+    """The upstream path under ``/apps/{app}``; ``{sid}`` is the session id."""
+    access: str
+    """``create`` (a new session), ``room`` (any participant of the session's room),
+    ``owner`` (the session's creator only) or ``ice`` (any token holder)."""
+    creates: bool = False
+    """Never retried once the request may have reached Cloudflare."""
+    remote_sessions: str | None = None
+    """The body's list whose ``remote`` items name other sessions to check."""
+
+
+_S = r"session/(?P<sid>[^/]+)"
+ROUTES: tuple[_Route, ...] = (
+    _Route("POST", re.compile(r"session"), "/sessions/new", "create", creates=True),
+    _Route("GET", re.compile(_S), "/sessions/{sid}", "room"),
+    _Route(
+        "POST",
+        re.compile(_S + r"/tracks/new"),
+        "/sessions/{sid}/tracks/new",
+        "owner",
+        creates=True,
+        remote_sessions="tracks",
+    ),
+    _Route("PUT", re.compile(_S + r"/renegotiate"), "/sessions/{sid}/renegotiate", "owner"),
+    _Route("PUT", re.compile(_S + r"/tracks/close"), "/sessions/{sid}/tracks/close", "owner"),
+    _Route("PUT", re.compile(_S + r"/tracks/update"), "/sessions/{sid}/tracks/update", "owner"),
+    _Route(
+        "POST",
+        re.compile(_S + r"/datachannels/new"),
+        "/sessions/{sid}/datachannels/new",
+        "owner",
+        creates=True,
+        remote_sessions="dataChannels",
+    ),
+    _Route(
+        "POST",
+        re.compile(_S + r"/datachannels/establish"),
+        "/sessions/{sid}/datachannels/establish",
+        "owner",
+        creates=True,
+    ),
+    _Route(
+        "PUT",
+        re.compile(_S + r"/datachannels/close"),
+        "/sessions/{sid}/datachannels/close",
+        "owner",
+    ),
+    _Route("GET", re.compile(r"ice-servers"), "", "ice"),
 )
 
 
-def known_route(method: str, path: str) -> bool:
-    return any(m == method and p.fullmatch(path) for m, p in _ROUTES)
+def find_route(method: str, path: str) -> tuple[_Route, str | None] | None:
+    """The route for a path under ``/cloudflare/``, and its session id."""
+    for candidate in ROUTES:
+        match = candidate.pattern.fullmatch(path)
+        if match and candidate.method == method:
+            return candidate, match.groupdict().get("sid")
+    return None
+
+
+class _Created(msgspec.Struct):
+    sessionId: str
+
+
+class _RemoteItem(msgspec.Struct):
+    location: str | None = None
+    sessionId: str | None = None
+
+
+class _SessionTracks(msgspec.Struct):
+    tracks: list[dict[str, Any]] = []
+
+
+def _error(status: int, message: str, code: str) -> ApiError:
+    return ApiError(status, message, code)
+
+
+class CallsProxy:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        bus: EdgeBus,
+        tokens: TokenService,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._tokens = tokens
+        self._http = http
+        self.ice = IceServers(settings, http)
+        self._cleanup: Subscription | None = None
+
+    # --- the HTTP surface -------------------------------------------------------
+
+    async def handle(self, request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+        found = find_route(request.method, path.strip("/"))
+        if found is None:
+            raise _error(404, "Unknown Cloudflare endpoint", "unknown_endpoint")
+        entry, session_id = found
+        settings = self._settings
+        if not settings.calls_configured:
+            raise _error(503, "Cloudflare Calls is not configured", "calls_not_configured")
+        claims = self._caller(request)
+        if session_id is not None and not ids.is_token_id(session_id):
+            raise _error(400, "Invalid session id", "invalid_session_id")
+        if entry.access == "ice":
+            return _json(msgspec.json.encode({"iceServers": await self.ice.get()}), 200)
+        body = await request.body()
+        if claims is not None:
+            await self._check_access(entry, session_id, claims, body)
+        upstream_path = entry.upstream.format(sid=session_id)
+        response = await self.forward(
+            request.method, upstream_path, body or None, request.url.query, creates=entry.creates
+        )
+        if entry.access == "create" and claims is not None and response.status_code == 201:
+            await self._register(response.content, claims)
+        return _json(response.content, response.status_code)
+
+    def _caller(self, request: Request[Any, Any, Any]) -> Claims | None:
+        if not self._settings.calls_proxy_auth:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _error(401, "Missing token", "missing_token")
+        try:
+            return self._tokens.verify(token.strip())
+        except InvalidToken:
+            raise _error(401, "Invalid token", "invalid_token") from None
+
+    async def _check_access(
+        self, entry: _Route, session_id: str | None, claims: Claims, body: bytes
+    ) -> None:
+        if session_id is not None:
+            owner = await self._bus.calls_session(session_id)
+            allowed = owner is not None and owner.room_id == claims.room_id
+            if allowed and entry.access == "owner":
+                allowed = owner is not None and owner.participant_id == claims.participant_id
+            if not allowed:
+                raise _error(403, "Not your Calls session", "not_session_owner")
+        if entry.remote_sessions is not None:
+            for remote in self._remote_sessions(body, entry.remote_sessions):
+                owner = await self._bus.calls_session(remote) if ids.is_token_id(remote) else None
+                if owner is None or owner.room_id != claims.room_id:
+                    raise _error(403, "That session is not in your room", "session_outside_room")
+
+    @staticmethod
+    def _remote_sessions(body: bytes, field: str) -> set[str]:
+        try:
+            items = msgspec.json.decode(body or b"{}", type=dict[str, list[_RemoteItem]])
+        except msgspec.DecodeError:
+            try:
+                msgspec.json.decode(body or b"{}")
+            except msgspec.DecodeError:
+                raise _error(400, "Invalid JSON body", "invalid_body") from None
+            return set()  # other shapes are for Cloudflare to refuse
+        return {item.sessionId or "" for item in items.get(field, []) if item.location == "remote"}
+
+    async def _register(self, body: bytes, claims: Claims) -> None:
+        try:
+            session_id = msgspec.json.decode(body, type=_Created).sessionId
+        except msgspec.DecodeError:
+            raise _error(502, "Unexpected response from Cloudflare Calls", "bad_upstream") from None
+        if not ids.is_token_id(session_id):
+            raise _error(502, "Unexpected response from Cloudflare Calls", "bad_upstream")
+        command = RegisterCallsSession(
+            cmd_id=ids.new_token_id(),
+            room_id=claims.room_id,
+            participant_id=claims.participant_id,
+            session_id=session_id,
+        )
+        try:
+            reply = await self._bus.commands.send(command)
+        except CommandFailed as e:
+            raise _error(503, e.message, e.code) from None
+        if not isinstance(reply, Ack):
+            raise _error(403, "Not in this room", "not_in_room")
+
+    # --- upstream ---------------------------------------------------------------
+
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        query: str = "",
+        *,
+        creates: bool = False,
+    ) -> httpx.Response:
+        """Send a request to Cloudflare with the app secret, retrying what is safe."""
+        settings = self._settings
+        url = f"{settings.calls_api_url}/apps/{settings.calls_app_id}{path}"
+        headers = {
+            "Authorization": f"Bearer {settings.calls_app_secret}",
+            "Content-Type": "application/json",
+        }
+        attempts = settings.calls_retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self._http.request(
+                    method, url, content=body, params=query or None, headers=headers
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                # Nothing reached Cloudflare: always safe to try again.
+                if last:
+                    raise _error(
+                        502, "Cloudflare Calls is unreachable", "upstream_unreachable"
+                    ) from None
+            except httpx.TimeoutException:
+                if last or creates:
+                    raise _error(504, "Cloudflare Calls timed out", "upstream_timeout") from None
+            except httpx.HTTPError:
+                if last or creates:
+                    raise _error(
+                        502, "Cloudflare Calls is unreachable", "upstream_unreachable"
+                    ) from None
+            else:
+                retryable = response.status_code == 429 or response.status_code >= 500
+                if not retryable or last or creates:
+                    if not _is_json(response):
+                        raise _error(
+                            502, "Unexpected response from Cloudflare Calls", "bad_upstream"
+                        )
+                    return response
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # --- cleanup when a participant leaves ------------------------------------------
+
+    async def start(self) -> None:
+        if self._settings.calls_configured:
+            self._cleanup = await self._bus.nc.subscribe(
+                subjects.CALLS_CLEANUP, queue=subjects.CALLS_CLEANUP_QUEUE, cb=self._on_cleanup
+            )
+
+    async def stop(self) -> None:
+        if self._cleanup is not None:
+            with contextlib.suppress(Exception):
+                await self._cleanup.unsubscribe()
+
+    async def _on_cleanup(self, msg: Msg) -> None:
+        try:
+            request = codec.close_calls_tracks.decode(msg.data)
+        except codec.DecodeError:
+            log.warning("dropped an undecodable Calls cleanup request")
+            return
+        for session_id in request.session_ids:
+            try:
+                await self.close_pushed_tracks(session_id)
+            except ApiError as e:
+                log.warning("closing tracks of a Calls session failed: %s", e.detail)
+        if msg.reply:
+            await msg.respond(b"{}")
+
+    async def close_pushed_tracks(self, session_id: str) -> int:
+        """Close every active track a session pushed (``force``); gone sessions
+        and already closed tracks count as closed. Returns how many were closed."""
+        if not ids.is_token_id(session_id):
+            return 0
+        state = await self.forward("GET", f"/sessions/{session_id}", None)
+        if state.status_code in (404, 410):
+            return 0
+        tracks = msgspec.json.decode(state.content, type=_SessionTracks).tracks
+        mids = [
+            t["mid"]
+            for t in tracks
+            if t.get("location") == "local" and t.get("status", "active") == "active" and "mid" in t
+        ]
+        if not mids:
+            return 0
+        body = msgspec.json.encode({"tracks": [{"mid": m} for m in mids], "force": True})
+        await self.forward("PUT", f"/sessions/{session_id}/tracks/close", body)
+        return len(mids)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    if not response.content:
+        return True
+    try:
+        msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _json(content: bytes, status: int) -> Response[bytes]:
+    return Response(content or b"{}", status_code=status, media_type="application/json")
+
+
+@contextlib.asynccontextmanager
+async def open_calls(
+    settings: EdgeSettings, bus: EdgeBus, tokens: TokenService
+) -> AsyncIterator[CallsProxy]:
+    """One pooled HTTP client per edge, with explicit timeouts."""
+    if settings.calls_configured and not settings.calls_proxy_auth:
+        log.warning(
+            "CALLS_PROXY_AUTH=off: the Calls proxy is OPEN. Anyone who can reach this edge "
+            "can create and change Calls sessions with your app secret."
+        )
+    timeout = httpx.Timeout(settings.calls_timeout, connect=min(3.0, settings.calls_timeout))
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+        proxy = CallsProxy(settings, bus, tokens, http)
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.stop()
 
 
 @route(
@@ -44,7 +367,7 @@ def known_route(method: str, path: str) -> bool:
         HttpMethod.PATCH,
     ],
 )
-async def calls_proxy(path: str, request: "Request[Any, Any, Any]") -> None:
-    if not known_route(request.method, path.strip("/")):
-        raise ApiError(404, "Unknown Cloudflare endpoint", "unknown_endpoint")
-    raise ApiError(503, "Cloudflare Calls is not configured", "calls_not_configured")
+async def calls_proxy(
+    path: FromPath[str], request: Request[Any, Any, Any], calls: NamedDependency[CallsProxy]
+) -> Response[bytes]:
+    return await calls.handle(request, path)

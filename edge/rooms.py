@@ -5,12 +5,15 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from bus_schema import ids
 from bus_schema.commands import Ack, CreateRoom
 from bus_schema.errors import ErrorCode
 from edge.auth import TokenService
 from edge.bus import EdgeBus, NotReady
+from edge.calls_proxy import CallsProxy
 from edge.commands import CommandFailed
 from edge.errors import ApiError
 from edge.settings import EdgeSettings
@@ -81,7 +84,7 @@ def health() -> dict[str, str]:
 
 
 @get("/ready")
-async def ready(bus: EdgeBus) -> Response[dict[str, str]]:
+async def ready(bus: NamedDependency[EdgeBus]) -> Response[dict[str, str]]:
     try:
         await bus.check_ready()
     except NotReady as e:
@@ -91,7 +94,9 @@ async def ready(bus: EdgeBus) -> Response[dict[str, str]]:
 
 @post("/api/rooms", status_code=200)
 async def create_room(
-    request: Request[Any, Any, Any], bus: EdgeBus, settings: EdgeSettings
+    request: Request[Any, Any, Any],
+    bus: NamedDependency[EdgeBus],
+    settings: NamedDependency[EdgeSettings],
 ) -> dict[str, str]:
     body = await _decode(request, CreateRoomBody)
     if body.name is None:
@@ -125,7 +130,7 @@ async def create_room(
 
 
 @get("/api/rooms/{room_id:str}")
-async def get_room(room_id: str, bus: EdgeBus) -> Response[bytes]:
+async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Response[bytes]:
     meta = await bus.room_meta(_room_id(room_id))
     if meta is None:
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
@@ -134,11 +139,12 @@ async def get_room(room_id: str, bus: EdgeBus) -> Response[bytes]:
 
 @post("/api/rooms/{room_id:str}/join", status_code=200)
 async def join_room(
-    room_id: str,
+    room_id: FromPath[str],
     request: Request[Any, Any, Any],
-    bus: EdgeBus,
-    tokens: TokenService,
-    settings: EdgeSettings,
+    bus: NamedDependency[EdgeBus],
+    calls: NamedDependency[CallsProxy],
+    tokens: NamedDependency[TokenService],
+    settings: NamedDependency[EdgeSettings],
 ) -> dict[str, Any]:
     room_id = _room_id(room_id)
     body = await _decode(request, JoinBody)
@@ -152,7 +158,5 @@ async def join_room(
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
     participant_id = ids.new_id()
     token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
-    urls: str | list[str] = list(settings.stun_urls)
-    if len(urls) == 1:
-        urls = urls[0]
-    return {"token": token, "participant_id": participant_id, "ice_servers": [{"urls": urls}]}
+    ice_servers = await calls.ice.get()
+    return {"token": token, "participant_id": participant_id, "ice_servers": ice_servers}

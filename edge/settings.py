@@ -20,11 +20,18 @@ class EdgeSettings:
     calls_app_id: str | None = None
     calls_app_secret: str | None = None
     calls_api_url: str = "https://rtc.live.cloudflare.com/v1"
+    calls_proxy_auth: bool = True
+    """Off restores the old open proxy (no token, no ownership checks)."""
+    calls_timeout: float = 10.0
+    calls_retries: int = 2
+    turn_key_id: str | None = None
+    turn_key_token: str | None = None
+    turn_ttl: int = 86400
     token_ttl: int = 24 * 3600
     default_max_participants: int = 10
     max_participants_limit: int = 200
     max_frame_bytes: int = 64 * 1024
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = 256 * 1024
     max_name_length: int = 100
     send_queue_bytes: int = 1024 * 1024
     """A client whose unsent output passes this is disconnected (slow consumer)."""
@@ -38,6 +45,10 @@ class EdgeSettings:
     @property
     def calls_configured(self) -> bool:
         return bool(self.calls_app_id and self.calls_app_secret)
+
+    @property
+    def turn_configured(self) -> bool:
+        return bool(self.turn_key_id and self.turn_key_token)
 
     def __repr__(self) -> str:
         # Never print secrets, not even by accident in a traceback.
@@ -73,12 +84,18 @@ class EdgeSettings:
             cors_origin=env.text("CORS_ORIGIN", "*"),
             calls_app_id=env.optional("CLOUDFLARE_APP_ID"),
             calls_app_secret=env.optional("CLOUDFLARE_APP_SECRET"),
-            calls_api_url=env.text("CALLS_API_URL", "https://rtc.live.cloudflare.com/v1"),
+            calls_api_url=_url(env.text("CALLS_API_URL", "https://rtc.live.cloudflare.com/v1")),
+            calls_proxy_auth=env.flag("CALLS_PROXY_AUTH", True),
+            calls_timeout=env.number("CALLS_TIMEOUT", 10.0, minimum=0.1, maximum=120.0),
+            calls_retries=env.integer("CALLS_RETRIES", 2, minimum=0, maximum=5),
+            turn_key_id=env.optional("CLOUDFLARE_TURN_KEY_ID"),
+            turn_key_token=env.optional("CLOUDFLARE_TURN_KEY_API_TOKEN"),
+            turn_ttl=env.integer("TURN_CREDENTIALS_TTL", 86400, minimum=60, maximum=48 * 3600),
             token_ttl=env.integer("TOKEN_TTL", 24 * 3600, minimum=60),
             default_max_participants=default_max,
             max_participants_limit=limit,
             max_frame_bytes=env.integer("MAX_FRAME_BYTES", 64 * 1024, minimum=1024),
-            max_body_bytes=env.integer("MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             max_name_length=env.integer("MAX_NAME_LENGTH", 100, minimum=1, maximum=1000),
             send_queue_bytes=env.integer("SEND_QUEUE_BYTES", 1024 * 1024, minimum=64 * 1024),
             command_attempt_timeout=env.number("COMMAND_ATTEMPT_TIMEOUT", 2.0, minimum=0.05),
@@ -86,3 +103,9 @@ class EdgeSettings:
             heartbeat_interval=env.number("HEARTBEAT_INTERVAL", 1.0, minimum=0.1, maximum=60.0),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"CALLS_API_URL must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")

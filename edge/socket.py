@@ -202,6 +202,21 @@ class ClientSession:
         except CommandFailed:
             log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
 
+    async def _owns_session(self, session_id: str) -> bool:
+        """With the Calls proxy on and authenticated, a participant may only
+        announce a session it created through it."""
+        settings = self._settings
+        if not (settings.calls_configured and settings.calls_proxy_auth):
+            return True
+        if not ids.is_token_id(session_id):
+            return False
+        owner = await self._bus.calls_session(session_id)
+        return (
+            owner is not None
+            and owner.room_id == self._identity.room_id
+            and owner.participant_id == self._identity.participant_id
+        )
+
     def _relay_fields(self, inbound: protocol.Inbound) -> "_RelayFields":
         return {
             "cmd_id": ids.new_token_id(),
@@ -270,6 +285,14 @@ class ClientSession:
                 )
                 return
             case protocol.Route.SESSION:
+                if not await self._owns_session(inbound.session_id):
+                    conn.send(
+                        protocol.error(
+                            "session_not_owned",
+                            "sessionId must name a Calls session you created through this service",
+                        )
+                    )
+                    return
                 command: PublishSession | SetTrackState | Broadcast = PublishSession(
                     **self._relay_fields(inbound),
                     session_id=inbound.session_id,

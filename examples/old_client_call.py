@@ -6,6 +6,11 @@ a newcomer, mute, exchange a targeted P2P offer/answer, and leave. Messages the
 old service never sent (``welcome``) and fields it never set (``room_seq``) are
 ignored, as an old client ignores them.
 
+When the service has Cloudflare Calls configured, the sessions are created
+through its proxy (``POST /cloudflare/session``) with the join token, the one
+addition the proxy requires; otherwise (as with plain ``make run``) the
+announced session ids are made up, as a P2P-only client would.
+
     .venv/bin/python examples/old_client_call.py [--url http://127.0.0.1:8787]
 
 Exits 0 and prints "call OK" when every step behaved as the old service did.
@@ -14,6 +19,7 @@ Exits 0 and prints "call OK" when every step behaved as the old service did.
 import argparse
 import asyncio
 import json
+import secrets
 from typing import Any
 
 import httpx
@@ -42,6 +48,19 @@ class OldClient:
         await self.ws.send(json.dumps(message))
 
 
+async def calls_session(base_url: str, token: str) -> str:
+    """A Calls session created through the proxy, or a made-up id without Calls."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await http.post(
+            "/cloudflare/session", headers={"Authorization": f"Bearer {token}"}
+        )
+    if response.status_code == 503:
+        return f"p2p-{secrets.token_hex(8)}"
+    assert response.status_code == 201, response.text
+    session_id: str = response.json()["sessionId"]
+    return session_id
+
+
 async def call(base_url: str) -> None:
     ws_base = base_url.replace("http", "ws", 1)
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
@@ -61,6 +80,7 @@ async def call(base_url: str) -> None:
         ws = await websockets.connect(f"{ws_base}/ws?token={token}")
         return OldClient(name, ws, participant_id)
 
+    sessions = [await calls_session(base_url, token) for _, token, _ in tokens]
     alice = await connect(0)
     bob = await connect(1)
     joined = await alice.next("join")
@@ -73,12 +93,12 @@ async def call(base_url: str) -> None:
             "roomId": room_id,
             "participantId": alice.id,
             "participantName": "alice",
-            "sessionId": "alice-session",
+            "sessionId": sessions[0],
             "tracks": alice_tracks,
         }
     )
     session = await bob.next("cloudflare-session")
-    assert (session["participantId"], session["sessionId"]) == (alice.id, "alice-session")
+    assert (session["participantId"], session["sessionId"]) == (alice.id, sessions[0])
     assert session["tracks"] == alice_tracks
 
     bob_tracks = [{"trackName": "bob-audio", "kind": "audio"}]
@@ -88,11 +108,11 @@ async def call(base_url: str) -> None:
             "roomId": room_id,
             "participantId": bob.id,
             "participantName": "bob",
-            "sessionId": "bob-session",
+            "sessionId": sessions[1],
             "tracks": bob_tracks,
         }
     )
-    assert (await alice.next("cloudflare-session"))["sessionId"] == "bob-session"
+    assert (await alice.next("cloudflare-session"))["sessionId"] == sessions[1]
 
     carol = await connect(2)
     replayed = {(await carol.next("cloudflare-session"))["participantId"] for _ in range(2)}

@@ -20,11 +20,20 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus_schema import codec, ids, subjects
-from bus_schema.commands import Ack, Catchup, Command, CreateRoom, GetSnapshot, Rejected, Reply
-from bus_schema.control import CloseConnection
+from bus_schema.commands import (
+    Ack,
+    Catchup,
+    Command,
+    CreateRoom,
+    GetSnapshot,
+    RegisterCallsSession,
+    Rejected,
+    Reply,
+)
+from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import Event
-from bus_schema.state import RoomState
+from bus_schema.state import CallsSession, RoomState
 from room_actors.state import (
     Clock,
     ExpireDisconnected,
@@ -61,6 +70,9 @@ class _Turn:
     answers: list[tuple[Msg | None, Reply]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     control: list[tuple[str, CloseConnection]] = field(default_factory=list)
+    cleanup: list[CloseCallsTracks] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    """Calls sessions registered in this turn."""
     save: bool = False
     publish_meta: bool = False
     republish: bool = False
@@ -83,6 +95,7 @@ class RoomActor:
         limits: Limits,
         owns: Callable[[], bool],
         on_fenced: Callable[[str], None],
+        on_cleanup: Callable[[CloseCallsTracks], None],
     ) -> None:
         self.room_id = room_id
         self._nc = nc
@@ -90,6 +103,7 @@ class RoomActor:
         self._limits = limits
         self._owns = owns
         self._on_fenced = on_fenced
+        self._on_cleanup = on_cleanup
         self._mailbox: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
         self._loaded = False
@@ -186,17 +200,30 @@ class RoomActor:
             self._revision = await self._store.save(state, self._revision)
         self._state = state
         self._schedule_expiry(next_deadline(state))
-        if state is not None and turn.publish_meta:
-            await self._store.publish_meta(state.meta)
+        if state is not None:
+            await self._project(state, turn)
         if turn.republish:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         await self._publish(turn.events)
+        for cleanup in turn.cleanup:
+            self._on_cleanup(cleanup)
         for edge_id, message in turn.control:
             await self._nc.publish(subjects.edge_control(edge_id), codec.encode(message))
         for msg, reply in turn.answers:
             if msg is not None and msg.reply:
                 await msg.respond(codec.encode(reply))
+
+    async def _project(self, state: RoomState, turn: "_Turn") -> None:
+        """Keep the read models in KV in step with the saved state."""
+        if turn.publish_meta:
+            await self._store.publish_meta(state.meta)
+        sessions = state.calls_sessions if turn.publish_meta else dict.fromkeys(turn.registered)
+        for session_id in sessions:
+            owner = state.calls_sessions[session_id]
+            await self._store.publish_calls_session(
+                CallsSession(session_id=session_id, room_id=self.room_id, participant_id=owner)
+            )
 
     async def _load(self) -> None:
         loaded = await self._store.load(self.room_id)
@@ -231,12 +258,16 @@ class RoomActor:
                     turn.answers.append((pending.msg, catchup))
                     continue
             outcome = decide(turn.state, command, now, self._limits)
-            if isinstance(pending.command, CreateRoom) and isinstance(outcome.reply, Ack):
-                turn.publish_meta = True
+            if isinstance(outcome.reply, Ack):
+                if isinstance(command, CreateRoom):
+                    turn.publish_meta = True
+                elif isinstance(command, RegisterCallsSession):
+                    turn.registered.append(command.session_id)
             turn.state = outcome.state
             turn.answers.append((pending.msg, outcome.reply))
             turn.events.extend(outcome.events)
             turn.control.extend(outcome.control)
+            turn.cleanup.extend(outcome.cleanup)
         return turn
 
     def _catchup(self, since: int, turn: "_Turn") -> Catchup | None:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -14,6 +15,7 @@ from nats.js.errors import NoKeysError
 
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Rejected
+from bus_schema.control import CloseCallsTracks
 from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
 from room_actors.state import Limits, Republish
@@ -36,6 +38,7 @@ class Registry:
         self._owns = owns
         self._actors: dict[str, RoomActor] = {}
         self._subscriptions: dict[int, Subscription] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -56,6 +59,7 @@ class Registry:
                 limits=self._limits,
                 owns=lambda: self._owns(partition),
                 on_fenced=self._drop,
+                on_cleanup=self._cleanup,
             )
             self._actors[room_id] = actor
         return actor
@@ -135,6 +139,25 @@ class Registry:
         if actor is not None:
             actor.cancel_timers()
 
+    def _cleanup(self, request: CloseCallsTracks) -> None:
+        task = asyncio.create_task(self._send_cleanup(request))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _send_cleanup(self, request: CloseCallsTracks) -> None:
+        """Ask an edge with Calls configured to close a leaver's tracks (best effort)."""
+        data = codec.encode(request)
+        for attempt in range(3):
+            try:
+                await self._nc.request(subjects.CALLS_CLEANUP, data, timeout=15)
+                return
+            except nats.errors.NoRespondersError:
+                log.info("no edge closes Calls tracks (Calls not configured?)")
+                return
+            except (nats.errors.Error, TimeoutError):
+                await asyncio.sleep(0.5 * (attempt + 1))
+        log.warning("Calls tracks of %s were not closed", request.participant_id)
+
     # --- housekeeping ---------------------------------------------------------
 
     def passivate_idle(self, idle_for: float) -> int:
@@ -176,8 +199,10 @@ class Registry:
         return len(in_use)
 
     async def close(self) -> None:
-        """Stop serving everything; let running turns finish."""
+        """Stop serving everything; let running turns and cleanups finish."""
         await self.release(list(self._subscriptions))
+        if self._cleanups:
+            await asyncio.wait(self._cleanups, timeout=5)
 
 
 async def _answer(msg: Msg, reply: Rejected) -> None:

@@ -19,12 +19,13 @@ from bus_schema.commands import (
     Join,
     Leave,
     PublishSession,
+    RegisterCallsSession,
     Rejected,
     Reply,
     SetTrackState,
     Snapshot,
 )
-from bus_schema.control import CloseConnection
+from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import (
     Broadcasted,
@@ -44,6 +45,8 @@ class Outcome:
     events: tuple[Event, ...] = ()
     control: tuple[tuple[str, CloseConnection], ...] = ()
     """(edge id, message) pairs to send once the state is saved."""
+    cleanup: tuple[CloseCallsTracks, ...] = ()
+    """Calls sessions of participants who left, whose tracks edges should close."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,9 @@ def decide(
             outcome = _leave(state, command)
         case Disconnect():
             outcome = _disconnect(state, command, clock.epoch + limits.resume_grace)
+        case RegisterCallsSession():
+            sessions = {**state.calls_sessions, command.session_id: command.participant_id}
+            outcome = Outcome(replace(state, calls_sessions=sessions), Ack(seq=state.seq))
         case PublishSession() | SetTrackState() | Broadcast():
             outcome = _relay(state, command)
     if outcome.state is state or outcome.state is None:
@@ -150,6 +156,7 @@ def decide(
         outcome.reply,
         outcome.events,
         outcome.control,
+        outcome.cleanup,
     )
 
 
@@ -247,7 +254,12 @@ def _remove(state: RoomState, gone: list[Participant], reason: str) -> Outcome:
     seq = state.seq + len(events)
     participants = {k: v for k, v in state.participants.items() if k not in ids}
     new_state = replace(state, seq=seq, participants=participants)
-    return Outcome(new_state, Ack(seq=seq), events)
+    cleanup = tuple(
+        CloseCallsTracks(room_id=state.room_id, participant_id=p.id, session_ids=owned)
+        for p in gone
+        if (owned := sorted(sid for sid, pid in state.calls_sessions.items() if pid == p.id))
+    )
+    return Outcome(new_state, Ack(seq=seq), events, cleanup=cleanup)
 
 
 def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast) -> Outcome:

@@ -10,7 +10,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec
-from bus_schema.state import RoomMeta, RoomState
+from bus_schema.state import CallsSession, RoomMeta, RoomState
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ async def ensure_buckets(js: JetStreamContext, *, ttl: float, replicas: int) -> 
     for bucket, description in (
         (buckets.ROOMS, "room metadata, projected from room_state by the owning actor"),
         (buckets.ROOM_STATE, "room state, written only by the owning actor with CAS"),
+        (buckets.CALLS_SESSIONS, "Calls session owners, projected by the owning actor"),
     ):
         try:
             await js.key_value(bucket)
@@ -56,13 +57,18 @@ async def ensure_buckets(js: JetStreamContext, *, ttl: float, replicas: int) -> 
 
 
 class RoomStore:
-    def __init__(self, state_kv: KeyValue, rooms_kv: KeyValue) -> None:
+    def __init__(self, state_kv: KeyValue, rooms_kv: KeyValue, calls_kv: KeyValue) -> None:
         self._state = state_kv
         self._rooms = rooms_kv
+        self._calls = calls_kv
 
     @classmethod
     async def bind(cls, js: JetStreamContext) -> "RoomStore":
-        return cls(await js.key_value(buckets.ROOM_STATE), await js.key_value(buckets.ROOMS))
+        return cls(
+            await js.key_value(buckets.ROOM_STATE),
+            await js.key_value(buckets.ROOMS),
+            await js.key_value(buckets.CALLS_SESSIONS),
+        )
 
     async def load(self, room_id: str) -> Loaded:
         try:
@@ -88,6 +94,10 @@ class RoomStore:
     async def publish_meta(self, meta: RoomMeta) -> None:
         """Project the room's metadata into the ``rooms`` bucket (refreshing its age)."""
         await self._rooms.put(buckets.room_key(meta.id), codec.encode(meta))
+
+    async def publish_calls_session(self, session: CallsSession) -> None:
+        """Project a Calls session's owner into ``calls_sessions`` (refreshing its age)."""
+        await self._calls.put(buckets.calls_session_key(session.session_id), codec.encode(session))
 
     async def room_ids(self) -> list[str]:
         """Every room with stored state (raises ``NoKeysError`` when there is none)."""

@@ -10,6 +10,7 @@ import argparse
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     dev.add_argument("--port", type=int, default=8787, help="first edge port (default 8787)")
     dev.add_argument("--nats-port", type=int, default=4222, help="nats-server port (default 4222)")
     dev.add_argument("--data-dir", type=Path, default=Path(".data"), help="JetStream and logs")
+    dev.add_argument(
+        "--fake-calls",
+        action="store_true",
+        help="run a local stand-in for Cloudflare Calls and point the edges at it",
+    )
     commands.add_parser("edge", help="run one edge against NATS_URL")
     commands.add_parser("actors", help="run one room actor worker against NATS_URL")
     args = parser.parse_args(argv)
@@ -84,6 +90,37 @@ def wait_ready(url: str, process: "subprocess.Popen[bytes]", timeout: float = 30
     raise TimeoutError(f"{url} did not become ready")
 
 
+def start_fake_calls(logs: Path) -> tuple["subprocess.Popen[bytes]", dict[str, str]]:
+    """The Calls stand-in on a free port, and the edge settings that use it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "CLOUDFLARE_APP_ID": "dev-app",
+        "CLOUDFLARE_APP_SECRET": secrets.token_urlsafe(32),
+        "CALLS_API_URL": f"http://127.0.0.1:{port}/v1",
+        "CLOUDFLARE_TURN_KEY_ID": "dev-turn-key",
+        "CLOUDFLARE_TURN_KEY_API_TOKEN": secrets.token_urlsafe(32),
+    }
+    args = [
+        sys.executable, "-m", "signaling.fakecalls", "--port", str(port),
+        "--app-id", env["CLOUDFLARE_APP_ID"], "--app-secret", env["CLOUDFLARE_APP_SECRET"],
+        "--turn-key-id", env["CLOUDFLARE_TURN_KEY_ID"],
+        "--turn-key-token", env["CLOUDFLARE_TURN_KEY_API_TOKEN"],
+    ]  # fmt: skip
+    with open(logs / "fake-calls.log", "ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the Calls stand-in exited")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, env
+        time.sleep(0.05)
+    raise TimeoutError("the Calls stand-in did not start")
+
+
 def dev_main(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve()
     logs = data_dir / "logs"
@@ -108,6 +145,11 @@ def dev_main(args: argparse.Namespace) -> int:
         nats.start()
         print(f"nats-server   {nats.url}  (monitoring {nats.monitor_url or 'off'})")
         common = {"NATS_URL": nats.url, "JWT_SECRET": secret}
+        if args.fake_calls:
+            process, calls_env = start_fake_calls(logs)
+            children.append(process)
+            common |= calls_env
+            print(f"fake Calls    {calls_env['CALLS_API_URL']}")
         for index in range(args.actors):
             children.append(
                 python_module("room_actors", {**common, "WORKER_ID": f"dev-actors-{index}"})

@@ -14,13 +14,14 @@ from tests.harness import free_port
 EXAMPLE = Path(__file__).parents[2] / "examples" / "old_client_call.py"
 
 
-def test_dev_runs_a_call_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+def test_dev_runs_a_call_with_fake_calls_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port, nats_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
     process = subprocess.Popen(
         [
             sys.executable, "-m", "signaling", "dev",
             "--port", str(port), "--nats-port", str(nats_port), "--data-dir", str(tmp_path),
+            "--fake-calls",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -50,6 +51,17 @@ def test_dev_runs_a_call_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             check=False,
         )
         assert call.returncode == 0, call.stdout + call.stderr
+        # --fake-calls: the Calls proxy works against the local stand-in.
+        base = f"http://127.0.0.1:{port}"
+        room = httpx.post(f"{base}/api/rooms", json={"name": "dev"}, timeout=5).json()
+        joined = httpx.post(f"{base}/api/rooms/{room['room_id']}/join", timeout=5).json()
+        assert any("username" in server for server in joined["ice_servers"])
+        created = httpx.post(
+            f"{base}/cloudflare/session",
+            headers={"Authorization": f"Bearer {joined['token']}"},
+            timeout=5,
+        )
+        assert created.status_code == 201
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
         with_port = subprocess.run(["ss", "-ltn"], capture_output=True, text=True, check=False)

@@ -8,14 +8,14 @@ from litestar import Litestar, WebSocket, get, websocket
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
 
 from edge import rooms
 from edge import socket as client_socket
 from edge.auth import TokenService
 from edge.bus import EdgeBus, open_bus
 from edge.calls_proxy import CallsProxy, calls_proxy, open_calls
-from edge.errors import ApiError, http_error, internal_error
+from edge.errors import ApiError, exception_handlers
+from edge.limits import AddressLimits
 from edge.settings import EdgeSettings
 
 
@@ -25,17 +25,21 @@ async def ws_endpoint(
     bus: NamedDependency[EdgeBus],
     tokens: NamedDependency[TokenService],
     settings: NamedDependency[EdgeSettings],
+    addresses: NamedDependency[AddressLimits],
 ) -> None:
-    await client_socket.serve(socket, bus, tokens, settings)
+    await client_socket.serve(socket, bus, tokens, settings, addresses)
 
 
-@get("/ws", sync_to_thread=False)
+@get("/ws", sync_to_thread=False, include_in_schema=False)
 def ws_without_upgrade() -> None:
     raise ApiError(426, "Expected a WebSocket[Any, Any, Any] upgrade", "upgrade_required")
 
 
 def create_app(settings: EdgeSettings) -> Litestar:
-    tokens = TokenService(settings.jwt_secret, ttl=settings.token_ttl)
+    tokens = TokenService(
+        settings.jwt_secret, ttl=settings.token_ttl, previous=settings.jwt_secret_previous
+    )
+    addresses = AddressLimits(settings)
 
     @contextlib.asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -69,6 +73,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             "calls": Provide(provide_calls, sync_to_thread=False),
             "tokens": Provide(lambda: tokens, sync_to_thread=False, use_cache=True),
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
+            "addresses": Provide(lambda: addresses, sync_to_thread=False, use_cache=True),
         },
         cors_config=CORSConfig(
             allow_origins=[settings.cors_origin],
@@ -76,7 +81,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             allow_headers=["Content-Type", "Authorization"],
             max_age=86400,
         ),
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
     )

@@ -23,8 +23,13 @@ class Claims(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TokenService:
-    def __init__(self, secret: str, *, ttl: int, leeway: float = 30.0) -> None:
+    def __init__(
+        self, secret: str, *, ttl: int, previous: str | None = None, leeway: float = 30.0
+    ) -> None:
         self._secret = secret
+        self._keys = [secret] if previous is None else [secret, previous]
+        """New tokens are signed with the first; verification also accepts the
+        previous one during a rotation."""
         self._ttl = ttl
         self._leeway = leeway
 
@@ -44,16 +49,26 @@ class TokenService:
 
     def verify(self, token: str) -> Claims:
         """Verify signature (HS256 only), expiry and claim shapes."""
+        payload = None
+        for key in self._keys:
+            try:
+                payload = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[ALGORITHM],
+                    options={"require": ["exp", "iat", "room_id", "participant_id"]},
+                    leeway=self._leeway,
+                )
+                break
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as e:
+                raise InvalidToken(type(e).__name__) from None
+        if payload is None:
+            raise InvalidToken("InvalidSignatureError")
         try:
-            payload = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                options={"require": ["exp", "iat", "room_id", "participant_id"]},
-                leeway=self._leeway,
-            )
             claims = msgspec.convert(payload, Claims)
-        except (jwt.PyJWTError, msgspec.ValidationError) as e:
+        except msgspec.ValidationError as e:
             raise InvalidToken(type(e).__name__) from None
         if not (is_uuid(claims.room_id) and is_uuid(claims.participant_id)):
             raise InvalidToken("bad ids")

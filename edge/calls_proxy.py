@@ -359,6 +359,7 @@ async def open_calls(
 
 @route(
     "/cloudflare/{path:path}",
+    include_in_schema=False,  # a pass-through to Cloudflare's own API (docs/calls.md)
     http_method=[
         HttpMethod.GET,
         HttpMethod.POST,

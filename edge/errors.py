@@ -8,12 +8,22 @@ the detail goes to the server log under the same id.
 import logging
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from bus_schema.ids import new_token_id
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every HTTP error: a human message, and a machine-readable code."""
+
+    error: str
+    code: str | None = None
+    request_id: str | None = None
 
 
 class ApiError(HTTPException):
@@ -37,13 +47,26 @@ _DEFAULT_MESSAGES = {
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
     status = exc.status_code
-    body: dict[str, str] = {"error": exc.detail or _DEFAULT_MESSAGES.get(status, "Error")}
-    if isinstance(exc, ApiError) and exc.code:
-        body["code"] = exc.code
-    elif status != 400 and exc.detail in {"Not Found", "Method Not Allowed"}:
-        body["error"] = _DEFAULT_MESSAGES[status]
+    if isinstance(exc, ApiError):
+        body = ErrorBody(error=exc.detail, code=exc.code)
+    elif status == 400:
+        body = ErrorBody(
+            error=f"Invalid request body: {_validation_message(exc)}", code="invalid_body"
+        )
+    else:
+        body = ErrorBody(error=_DEFAULT_MESSAGES.get(status, exc.detail or "Error"))
     headers = dict(exc.headers or {})
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _validation_message(exc: HTTPException) -> str:
+    """Litestar's own 400s (a body that is not JSON or has the wrong shape)."""
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict) and "message" in first:
+            where = f" at `{first['key']}`" if first.get("key") not in (None, "data") else ""
+            return f"{first['message']}{where}"
+    return exc.detail
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
@@ -55,5 +78,19 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         request.url.path,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
-    body = {"error": "Internal server error", "code": "internal", "request_id": request_id}
+    body = ErrorBody(error="Internal server error", code="internal", request_id=request_id)
     return Response(body, status_code=500, media_type=MediaType.JSON)
+
+
+def not_ready(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
+    """NATS or KV unreachable while answering: 503, the client may retry."""
+    log.warning("%s %s: not ready (%s)", request.method, request.url.path, exc)
+    body = ErrorBody(error="Service not ready, try again", code="not_ready")
+    return Response(body, status_code=503, media_type=MediaType.JSON)
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """What the app installs: every exception becomes an ``ErrorBody``."""
+    from edge.bus import NotReady
+
+    return {HTTPException: http_error, NotReady: not_ready, Exception: internal_error}

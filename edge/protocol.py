@@ -22,6 +22,8 @@ TRACK_STATE = "track-state"
 RESERVED_TYPES = frozenset({"welcome", "join", "leave", "error"})
 """Types only the server sends: a client cannot forge a join or a welcome."""
 ALL = "all"
+MAX_TRACKS = 64
+"""As many as Cloudflare Calls accepts in one call."""
 
 _T = TypeVar("_T")
 _decoder = msgspec.json.Decoder()
@@ -98,6 +100,13 @@ def parse(data: str | bytes, who: Identity, *, max_string: int = 256) -> Inbound
         fields = _convert(message, _SessionFields)
         if not fields.sessionId or len(fields.sessionId) > max_string:
             raise ProtocolError("invalid_message", "`sessionId` must be a non-empty string")
+        if len(fields.tracks) > MAX_TRACKS or any(
+            len(t.trackName) > max_string or len(t.kind or "") > max_string for t in fields.tracks
+        ):
+            raise ProtocolError(
+                "invalid_message",
+                f"at most {MAX_TRACKS} tracks, names up to {max_string} characters",
+            )
         message["roomId"] = who.room_id
         message["participantId"] = who.participant_id
         message["participantName"] = who.participant_name

@@ -1,4 +1,8 @@
-"""HTTP: health, readiness and the room endpoints of PROTOCOL.md."""
+"""HTTP: health, readiness and the room endpoints of PROTOCOL.md.
+
+Bodies and answers are typed, so the OpenAPI schema (``/schema``) describes
+them; every error answers ``{"error", "code"}`` (see `edge.errors`).
+"""
 
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -6,17 +10,22 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
 
 from bus_schema import ids
 from bus_schema.commands import Ack, CreateRoom
 from bus_schema.errors import ErrorCode
+from bus_schema.state import RoomMeta
 from edge.auth import TokenService
 from edge.bus import EdgeBus, NotReady
 from edge.calls_proxy import CallsProxy
 from edge.commands import CommandFailed
-from edge.errors import ApiError
+from edge.errors import ApiError, ErrorBody
+from edge.limits import AddressLimits
 from edge.settings import EdgeSettings
+
+_V = TypeVar("_V")
 
 
 def iso_now() -> str:
@@ -24,11 +33,9 @@ def iso_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-_T = TypeVar("_T")
-_V = TypeVar("_V")
-
-
 class CreateRoomBody(msgspec.Struct):
+    """``name`` is required; the old service accepted both spellings of the others."""
+
     name: str | None = None
     max_participants: int | None = None
     maxParticipants: int | None = None
@@ -41,23 +48,35 @@ class JoinBody(msgspec.Struct):
     participantName: str | None = None
 
 
-async def _decode(request: Request[Any, Any, Any], shape: type[_T]) -> _T:
-    body = await request.body()
-    if not body.strip():
-        body = b"{}"
-    try:
-        return msgspec.json.decode(body, type=shape)
-    except msgspec.DecodeError as e:
-        raise ApiError(400, f"Invalid request body: {e}", "invalid_body") from None
+class Health(msgspec.Struct):
+    status: str
+    timestamp: str
+
+
+class Ready(msgspec.Struct):
+    status: str
+
+
+class CreatedRoom(msgspec.Struct):
+    room_id: str
+    created_at: str
+
+
+class JoinAnswer(msgspec.Struct):
+    token: str
+    participant_id: str
+    ice_servers: list[dict[str, Any]]
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return {status: ResponseSpec(ErrorBody, description="error") for status in statuses}
 
 
 def _name(value: str, field: str, settings: EdgeSettings) -> str:
     value = value.strip()
     if not value or len(value) > settings.max_name_length:
         raise ApiError(
-            400,
-            f"{field} must be 1 to {settings.max_name_length} characters",
-            "invalid_body",
+            400, f"{field} must be 1 to {settings.max_name_length} characters", "invalid_body"
         )
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ApiError(400, f"{field} must not contain control characters", "invalid_body")
@@ -79,26 +98,28 @@ def _room_id(room_id: str) -> str:
 
 
 @get("/health", sync_to_thread=False)
-def health() -> dict[str, str]:
-    return {"status": "ok", "timestamp": iso_now()}
+def health() -> Health:
+    return Health(status="ok", timestamp=iso_now())
 
 
-@get("/ready")
-async def ready(bus: NamedDependency[EdgeBus]) -> Response[dict[str, str]]:
+@get("/ready", responses=_errors(503))
+async def ready(bus: NamedDependency[EdgeBus]) -> Response[Ready | ErrorBody]:
     try:
         await bus.check_ready()
-    except NotReady as e:
-        return Response({"error": "Not ready", "detail": str(e)}, status_code=503)
-    return Response({"status": "ready"}, status_code=200)
+    except NotReady:
+        return Response(ErrorBody(error="Not ready", code="not_ready"), status_code=503)
+    return Response(Ready(status="ready"))
 
 
-@post("/api/rooms", status_code=200)
+@post("/api/rooms", status_code=200, responses=_errors(400, 413, 429, 503))
 async def create_room(
     request: Request[Any, Any, Any],
     bus: NamedDependency[EdgeBus],
     settings: NamedDependency[EdgeSettings],
-) -> dict[str, str]:
-    body = await _decode(request, CreateRoomBody)
+    addresses: NamedDependency[AddressLimits],
+    data: JSONBody[CreateRoomBody | None] = None,
+) -> CreatedRoom:
+    body = data or CreateRoomBody()
     if body.name is None:
         raise ApiError(400, "name is required", "invalid_body")
     name = _name(body.name, "name", settings)
@@ -109,6 +130,11 @@ async def create_room(
             400,
             f"max_participants must be between 1 and {settings.max_participants_limit}",
             "invalid_body",
+        )
+    address = addresses.address(request.client.host if request.client else None, request.headers)
+    if not addresses.create_room(address):
+        raise ApiError(
+            429, "Too many rooms created from your address; try again later", "rate_limited"
         )
     room_id = ids.new_id()
     created_at = iso_now()
@@ -126,30 +152,30 @@ async def create_room(
         raise ApiError(503, e.message, e.code) from None
     if not isinstance(reply, Ack):
         raise ApiError(503, "Room service unavailable, try again", ErrorCode.UNAVAILABLE)
-    return {"room_id": room_id, "created_at": created_at}
+    return CreatedRoom(room_id=room_id, created_at=created_at)
 
 
-@get("/api/rooms/{room_id:str}")
-async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Response[bytes]:
+@get("/api/rooms/{room_id:str}", responses=_errors(404))
+async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> RoomMeta:
     meta = await bus.room_meta(_room_id(room_id))
     if meta is None:
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
-    return Response(msgspec.json.encode(meta), media_type="application/json")
+    return meta
 
 
-@post("/api/rooms/{room_id:str}/join", status_code=200)
+@post("/api/rooms/{room_id:str}/join", status_code=200, responses=_errors(400, 404, 409, 413))
 async def join_room(
     room_id: FromPath[str],
-    request: Request[Any, Any, Any],
     bus: NamedDependency[EdgeBus],
     calls: NamedDependency[CallsProxy],
     tokens: NamedDependency[TokenService],
     settings: NamedDependency[EdgeSettings],
-) -> dict[str, Any]:
+    data: JSONBody[JoinBody | None] = None,
+) -> JoinAnswer:
     room_id = _room_id(room_id)
-    body = await _decode(request, JoinBody)
+    body = data or JoinBody()
     name = _name(
-        body.participant_name or body.participantName or "Guest", "participant_name", settings
+        _first(body.participant_name, body.participantName, "Guest"), "participant_name", settings
     )
     state = await bus.room_state(room_id)
     if state is None or await bus.room_meta(room_id) is None:
@@ -158,5 +184,4 @@ async def join_room(
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
     participant_id = ids.new_id()
     token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
-    ice_servers = await calls.ice.get()
-    return {"token": token, "participant_id": participant_id, "ice_servers": ice_servers}
+    return JoinAnswer(token=token, participant_id=participant_id, ice_servers=await calls.ice.get())

@@ -12,6 +12,8 @@ MIN_SECRET_BYTES = 32
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
     jwt_secret: str
+    jwt_secret_previous: str | None = None
+    """Still accepted when verifying tokens, during a key rotation."""
     nats_servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     host: str = "127.0.0.1"
     port: int = 8787
@@ -38,6 +40,16 @@ class EdgeSettings:
     command_attempt_timeout: float = 2.0
     command_deadline: float = 10.0
     stun_urls: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
+    messages_per_second: float = 20.0
+    messages_burst: float = 50.0
+    max_strikes: float = 10.0
+    """Refused messages (invalid, rate limited) a connection may send..."""
+    strikes_per_minute: float = 12.0
+    """...regaining this many per minute; out of strikes: close 1008."""
+    max_connections_per_address: int = 100
+    room_creations_per_minute: int = 30
+    client_ip_header: str | None = None
+    """Behind a trusted proxy: the header carrying the client address."""
     heartbeat_interval: float = 1.0
     """Seconds between heartbeats; workers' EDGE_TIMEOUT should be several of these."""
     log_level: str = "INFO"
@@ -62,8 +74,10 @@ class EdgeSettings:
             raise ConfigError(
                 "JWT_SECRET must be set (signaling dev generates one for development)"
             )
-        if len(secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
+        previous = env.optional("JWT_SECRET_PREVIOUS")
+        for name, value in (("JWT_SECRET", secret), ("JWT_SECRET_PREVIOUS", previous)):
+            if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
         # The configured name plus a per-process suffix: a restarted edge is a new
         # edge on the bus, so participants of the one that died are not taken
         # for alive.
@@ -77,6 +91,7 @@ class EdgeSettings:
             raise ConfigError("DEFAULT_MAX_PARTICIPANTS must not exceed MAX_PARTICIPANTS_LIMIT")
         return cls(
             jwt_secret=secret,
+            jwt_secret_previous=previous,
             nats_servers=tuple(nats_servers(env.text("NATS_URL", "nats://127.0.0.1:4222"))),
             host=env.text("EDGE_HOST", "127.0.0.1"),
             port=env.integer("EDGE_PORT", 8787, minimum=0, maximum=65535),
@@ -100,6 +115,13 @@ class EdgeSettings:
             send_queue_bytes=env.integer("SEND_QUEUE_BYTES", 1024 * 1024, minimum=64 * 1024),
             command_attempt_timeout=env.number("COMMAND_ATTEMPT_TIMEOUT", 2.0, minimum=0.05),
             command_deadline=env.number("COMMAND_DEADLINE", 10.0, minimum=0.1),
+            messages_per_second=env.number("RATE_LIMIT_MESSAGES", 20.0, minimum=0.1),
+            messages_burst=env.number("RATE_LIMIT_BURST", 50.0, minimum=1.0),
+            max_strikes=env.number("MAX_STRIKES", 10.0, minimum=1.0),
+            strikes_per_minute=env.number("STRIKES_PER_MINUTE", 12.0, minimum=0.0),
+            max_connections_per_address=env.integer("MAX_CONNECTIONS_PER_ADDRESS", 100, minimum=1),
+            room_creations_per_minute=env.integer("ROOM_CREATIONS_PER_MINUTE", 30, minimum=1),
+            client_ip_header=(env.optional("CLIENT_IP_HEADER") or "").lower() or None,
             heartbeat_interval=env.number("HEARTBEAT_INTERVAL", 1.0, minimum=0.1, maximum=60.0),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )

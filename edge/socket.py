@@ -32,6 +32,7 @@ from edge.auth import Claims, InvalidToken, TokenService
 from edge.bus import EdgeBus
 from edge.commands import CommandFailed
 from edge.fanout import Close, Connection, RoomFeed
+from edge.limits import AddressLimits, ConnectionLimits
 from edge.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,17 @@ async def deny(socket: WebSocket[Any, Any, Any], status: int, message: str) -> N
 
 
 async def serve(
-    socket: WebSocket[Any, Any, Any], bus: EdgeBus, tokens: TokenService, settings: EdgeSettings
+    socket: WebSocket[Any, Any, Any],
+    bus: EdgeBus,
+    tokens: TokenService,
+    settings: EdgeSettings,
+    addresses: AddressLimits,
 ) -> None:
+    """Everything is checked before the upgrade, with a real HTTP answer."""
+    origin = socket.headers.get("origin")
+    if settings.cors_origin != "*" and origin is not None and origin != settings.cors_origin:
+        await deny(socket, 403, "Origin not allowed")  # cross-site WebSocket hijacking
+        return
     token, subprotocol = token_from(socket.scope)  # type: ignore[arg-type]
     if token is None:
         await deny(socket, 401, "Missing token")
@@ -91,8 +101,15 @@ async def serve(
     except InvalidToken:
         await deny(socket, 401, "Invalid token")
         return
-    await socket.accept(subprotocols=subprotocol)
-    await ClientSession(socket, bus, claims, settings).run()
+    address = addresses.address(socket.client.host if socket.client else None, socket.headers)
+    if not addresses.open_connection(address):
+        await deny(socket, 429, "Too many connections from your address")
+        return
+    try:
+        await socket.accept(subprotocols=subprotocol)
+        await ClientSession(socket, bus, claims, settings).run()
+    finally:
+        addresses.close_connection(address)
 
 
 class ClientSession:
@@ -110,6 +127,7 @@ class ClientSession:
             participant_name=claims.participant_name,
         )
         self._conn = Connection(self._identity, limit_bytes=settings.send_queue_bytes)
+        self._limits = ConnectionLimits(settings)
 
     async def run(self) -> None:
         conn, fanout = self._conn, self._bus.fanout
@@ -202,6 +220,15 @@ class ClientSession:
         except CommandFailed:
             log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
 
+    def _refuse(self, code: str, message: str) -> None:
+        """Answer a refused message with an ``error``; a client that keeps
+        sending refused messages is disconnected (1008)."""
+        self._conn.send(protocol.error(code, message))
+        if not self._limits.strike():
+            self._conn.close(
+                CloseCode.POLICY_VIOLATION, "Too many invalid or rate-limited messages"
+            )
+
     async def _owns_session(self, session_id: str) -> bool:
         """With the Calls proxy on and authenticated, a participant may only
         announce a session it created through it."""
@@ -263,6 +290,9 @@ class ClientSession:
             if message["type"] != "websocket.receive":
                 return "reason" in message and message.get("code") != _ABNORMAL_CLOSURE
             data = message.get("text") or message.get("bytes") or b""
+            if not self._limits.allow_message():
+                self._refuse("rate_limited", "Too many messages; slow down")
+                continue
             await self._handle(data, feed)
 
     async def _handle(self, data: str | bytes, feed: RoomFeed) -> None:
@@ -270,15 +300,13 @@ class ClientSession:
         try:
             inbound = protocol.parse(data, identity)
         except protocol.ProtocolError as e:
-            conn.send(protocol.error(e.code, e.message))
+            self._refuse(e.code, e.message)
             return
         match inbound.route:
             case protocol.Route.DIRECT:
                 assert inbound.to is not None
                 if inbound.to == identity.participant_id or inbound.to not in feed.members:
-                    conn.send(
-                        protocol.error("unknown_participant", "`to` names no one else in this room")
-                    )
+                    self._refuse("unknown_participant", "`to` names no one else in this room")
                     return
                 await self._bus.nc.publish(
                     subjects.peer(identity.room_id, inbound.to), inbound.frame
@@ -286,11 +314,9 @@ class ClientSession:
                 return
             case protocol.Route.SESSION:
                 if not await self._owns_session(inbound.session_id):
-                    conn.send(
-                        protocol.error(
-                            "session_not_owned",
-                            "sessionId must name a Calls session you created through this service",
-                        )
+                    self._refuse(
+                        "session_not_owned",
+                        "sessionId must name a Calls session you created through this service",
                     )
                     return
                 command: PublishSession | SetTrackState | Broadcast = PublishSession(

@@ -26,6 +26,12 @@ from signaling.natsserver import NatsServer, python_module, terminate
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
 RECV_TIMEOUT = 10.0
+RELAXED_LIMITS = {
+    "ROOM_CREATIONS_PER_MINUTE": "100000",
+    "MAX_CONNECTIONS_PER_ADDRESS": "100000",
+    "RATE_LIMIT_MESSAGES": "100000",
+    "RATE_LIMIT_BURST": "100000",
+}
 
 
 def free_port() -> int:
@@ -113,6 +119,9 @@ class System:
             "NATS_URL": self.nats_url,
             "JWT_SECRET": JWT_SECRET,
             "LOG_LEVEL": "INFO",
+            # Every test client comes from 127.0.0.1 and some send in bursts: the
+            # abuse limits are raised here and tested on their own (test_limits).
+            **RELAXED_LIMITS,
             **self.extra_env,
         }
 

@@ -1,5 +1,9 @@
 """Settings: every process validates its environment with a clear message."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from edge.settings import EdgeSettings
@@ -53,3 +57,17 @@ def test_actor_settings() -> None:
     assert settings.room_ttl == 60.0
     with pytest.raises(ConfigError, match="ROOM_TTL must be a number"):
         ActorSettings.from_env({"ROOM_TTL": "soon"})
+
+
+def test_edge_refuses_to_start_without_a_secret() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JWT_SECRET")}
+    result = subprocess.run(
+        [sys.executable, "-m", "edge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "JWT_SECRET must be set" in result.stderr

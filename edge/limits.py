@@ -1,0 +1,108 @@
+"""Abuse limits: messages per connection, misbehaviour strikes, connections and
+room creations per client address.
+
+All are token buckets kept in this edge's memory: with N edges behind a load
+balancer a client address gets up to N times the per-edge allowance, which is
+what per-edge limits are for (stopping one noisy client from hurting an edge).
+Entries for idle addresses are dropped, so memory stays bounded.
+"""
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from edge.settings import EdgeSettings
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+class ConnectionLimits:
+    """Per WebSocket: messages per second (with a burst), and strikes for
+    refused messages; a client out of strikes is closed (1008)."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.messages = TokenBucket(settings.messages_per_second, settings.messages_burst)
+        self.strikes = TokenBucket(settings.strikes_per_minute / 60.0, settings.max_strikes)
+
+    def allow_message(self) -> bool:
+        return self.messages.take()
+
+    def strike(self) -> bool:
+        """Count a refused message; False once the client has used up its strikes."""
+        return self.strikes.take()
+
+
+class AddressLimits:
+    """Per client address: open connections and room creations per minute."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self._max_connections = settings.max_connections_per_address
+        self._creations_per_minute = settings.room_creations_per_minute
+        self._header = settings.client_ip_header
+        self._connections: dict[str, int] = {}
+        self._creations: dict[str, TokenBucket] = {}
+        self._last_prune = time.monotonic()
+
+    def address(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        """The client's address: the socket peer, or with ``CLIENT_IP_HEADER``
+        set (behind a trusted proxy), the last address in that header."""
+        if self._header:
+            forwarded = headers.get(self._header, "")
+            last = forwarded.split(",")[-1].strip()
+            if last:
+                return last
+        return peer or "unknown"
+
+    def open_connection(self, address: str) -> bool:
+        count = self._connections.get(address, 0)
+        if count >= self._max_connections:
+            return False
+        self._connections[address] = count + 1
+        return True
+
+    def close_connection(self, address: str) -> None:
+        count = self._connections.get(address, 0) - 1
+        if count > 0:
+            self._connections[address] = count
+        else:
+            self._connections.pop(address, None)
+
+    def create_room(self, address: str) -> bool:
+        now = time.monotonic()
+        self._prune(now)
+        bucket = self._creations.get(address)
+        if bucket is None:
+            rate = self._creations_per_minute / 60.0
+            bucket = self._creations[address] = TokenBucket(rate, self._creations_per_minute)
+        return bucket.take(now)
+
+    def _prune(self, now: float) -> None:
+        if now - self._last_prune < 60:
+            return
+        self._last_prune = now
+        for address in [a for a, b in self._creations.items() if b.full(now)]:
+            del self._creations[address]

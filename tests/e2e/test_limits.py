@@ -1,0 +1,186 @@
+"""Every abuse limit and token rule, against real processes."""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import jwt
+import pytest
+import websockets
+
+from tests.harness import JWT_SECRET, Api, System, WsClient, enter
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def status_before_upgrade(url: str, **kwargs: object) -> int:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url, open_timeout=10, **kwargs)  # type: ignore[arg-type]
+    return refused.value.response.status_code
+
+
+async def test_frame_size_limit_closes_with_1009(make_system: Callable[..., System]) -> None:
+    system = make_system(MAX_FRAME_BYTES="2048")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("frames")
+    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    await ann.send({"type": "chat", "pad": "x" * 1000})  # under the limit: fine
+    await ann.send({"type": "chat", "pad": "x" * 4000})
+    code, _ = await ann.client.closed()
+    assert code == 1009
+    await api.close()
+
+
+async def test_messages_per_second_are_limited_with_an_error_each(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(RATE_LIMIT_MESSAGES="2", RATE_LIMIT_BURST="5", MAX_STRIKES="100")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("rate")
+    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    ben = await enter(api, system.edges[0].ws_url, room_id, "Ben")
+    await ann.recv_type("join")
+    for n in range(8):
+        await ann.send({"type": "chat", "n": n})
+    relayed = [(await ben.recv_type("chat"))["n"] for _ in range(5)]
+    assert relayed == [0, 1, 2, 3, 4]  # the burst
+    errors = [await ann.recv_type("error") for _ in range(3)]
+    assert {e["code"] for e in errors} == {"rate_limited"}  # never a silent drop
+    await asyncio.sleep(1.0)  # the bucket refills: time passing is what is tested
+    await ann.send({"type": "chat", "n": 99})
+    assert (await ben.recv_type("chat"))["n"] == 99
+    await api.close()
+
+
+async def test_a_client_that_keeps_misbehaving_is_closed_with_1008(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(MAX_STRIKES="3", STRIKES_PER_MINUTE="0")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("strikes")
+    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    for _ in range(3):
+        await ann.send("not json")
+        assert (await ann.recv_type("error"))["code"] == "invalid_json"
+    await ann.send("not json")
+    code, reason = await ann.client.closed()
+    assert code == 1008
+    assert reason == "Too many invalid or rate-limited messages"
+    await api.close()
+
+
+async def test_http_body_size_limit_is_413(make_system: Callable[..., System]) -> None:
+    system = make_system(MAX_BODY_BYTES="2048")
+    await system.start()
+    async with httpx.AsyncClient(base_url=system.edges[0].url) as http:
+        response = await http.post("/api/rooms", content=b'{"name":"' + b"x" * 5000 + b'"}')
+        assert response.status_code == 413
+        assert response.json()["error"] == "Request body too large"
+
+
+async def test_name_lengths(api: Api) -> None:
+    long = "x" * 101
+    created = await api.http.post("/api/rooms", json={"name": long})
+    assert created.status_code == 400
+    room_id = await api.create_room("names")
+    joined = await api.http.post(f"/api/rooms/{room_id}/join", json={"participant_name": long})
+    assert joined.status_code == 400
+    assert "participant_name" in joined.json()["error"]
+
+
+async def test_connections_per_address(make_system: Callable[..., System]) -> None:
+    system = make_system(MAX_CONNECTIONS_PER_ADDRESS="2")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("many")
+    first = await enter(api, system.edges[0].ws_url, room_id, "a")
+    await enter(api, system.edges[0].ws_url, room_id, "b")
+    third = await api.join(room_id, "c")
+    url = f"{system.edges[0].ws_url}?token={third['token']}"
+    assert await status_before_upgrade(url) == 429
+    await first.client.close()
+    deadline = time.monotonic() + 10
+    while True:  # the edge counts the closed socket out as soon as it has ended
+        try:
+            client = await WsClient.connect(system.edges[0].ws_url, third["token"])
+            break
+        except websockets.InvalidStatus:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    await client.recv_type("welcome")
+    await api.close()
+
+
+async def test_room_creations_per_address_per_minute(make_system: Callable[..., System]) -> None:
+    system = make_system(ROOM_CREATIONS_PER_MINUTE="3")
+    await system.start()
+    async with httpx.AsyncClient(base_url=system.edges[0].url) as http:
+        for _ in range(3):
+            assert (await http.post("/api/rooms", json={"name": "r"})).status_code == 200
+        refused = await http.post("/api/rooms", json={"name": "r"})
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "rate_limited"
+
+
+async def test_cross_site_websocket_upgrades_are_refused(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(CORS_ORIGIN="https://app.example")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("origin")
+    joined = await api.join(room_id, "Ann")
+    url = f"{system.edges[0].ws_url}?token={joined['token']}"
+    evil = await status_before_upgrade(url, origin="https://evil.example")
+    assert evil == 403
+    ok = await websockets.connect(url, origin="https://app.example", open_timeout=10)  # type: ignore[arg-type]
+    assert '"welcome"' in str(await ok.recv())
+    await ok.close()
+    await api.close()
+
+
+# --- tokens ---------------------------------------------------------------------
+
+
+def token(secret: str, room_id: str, **changes: object) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "room_id": room_id,
+        "participant_id": "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa",
+        "participant_name": "T",
+        "iat": now,
+        "exp": now + 60,
+        **changes,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def test_clock_leeway_is_small(api: Api, ws_url: str) -> None:
+    room_id = await api.create_room("leeway")
+    recent = token(JWT_SECRET, room_id, exp=int(time.time()) - 10)
+    client = await WsClient.connect(ws_url, recent)
+    await client.recv_type("welcome")  # 10 s late: within the leeway
+    await client.close()
+    stale = token(JWT_SECRET, room_id, exp=int(time.time()) - 120)
+    assert await status_before_upgrade(f"{ws_url}?token={stale}") == 401
+
+
+async def test_key_rotation_accepts_the_previous_secret(make_system: Callable[..., System]) -> None:
+    new_secret = "the-new-secret-after-rotation-0123456789abcdefghijklmnop"
+    system = make_system(JWT_SECRET=new_secret, JWT_SECRET_PREVIOUS=JWT_SECRET)
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("rotation")
+    old = token(JWT_SECRET, room_id)
+    client = await WsClient.connect(system.edges[0].ws_url, old)
+    await client.recv_type("welcome")
+    issued = await api.join(room_id, "New")
+    jwt.decode(issued["token"], new_secret, algorithms=["HS256"])  # signed with the new one
+    other = token("some-other-secret-that-is-long-enough-0123456789abcdef", room_id)
+    assert await status_before_upgrade(f"{system.edges[0].ws_url}?token={other}") == 401
+    await client.close()
+    await api.close()

@@ -18,3 +18,12 @@ class EdgeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     started_at: str
     connections: int
     rooms: int
+
+
+class EdgeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    edge_id: str
+    version: str
+    started_at: str
+    connections: int
+    rooms: int
+    draining: bool

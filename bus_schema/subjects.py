@@ -15,6 +15,8 @@ Delivery guarantees, by subject:
   edge silent for ``EDGE_TIMEOUT`` as dead.
 - ``signal.calls.cleanup``: request/reply, actor -> any one edge with Calls
   configured (queue group ``calls-cleanup``): close a leaver's pushed tracks.
+- ``signal.edge.<edge>.status``: request/reply: the edge's view
+  (`bus_schema.status.EdgeStatus`).
 - ``signal.actors.<worker>.status``: request/reply, anyone -> one worker: its view
   (`bus_schema.status.WorkerStatus`).
 
@@ -102,3 +104,8 @@ def edge_heartbeat(edge_id: str) -> str:
 
 CALLS_CLEANUP = f"{PREFIX}.calls.cleanup"
 CALLS_CLEANUP_QUEUE = "calls-cleanup"
+
+
+def edge_status(edge_id: str) -> str:
+    """An edge's status endpoint (request/reply)."""
+    return f"{PREFIX}.edge.{_token(edge_id)}.status"

@@ -4,10 +4,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, WebSocket, get, websocket
+from litestar import Litestar, Response, WebSocket, get, websocket
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import rooms
 from edge import socket as client_socket
@@ -28,6 +29,12 @@ async def ws_endpoint(
     addresses: NamedDependency[AddressLimits],
 ) -> None:
     await client_socket.serve(socket, bus, tokens, settings, addresses)
+
+
+@get("/metrics", sync_to_thread=False, include_in_schema=False)
+def metrics_endpoint() -> Response[bytes]:
+    """Prometheus metrics of this edge."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @get("/ws", sync_to_thread=False, include_in_schema=False)
@@ -65,6 +72,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             rooms.join_room,
             ws_endpoint,
             ws_without_upgrade,
+            metrics_endpoint,
             calls_proxy,
         ],
         lifespan=[resources],

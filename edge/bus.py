@@ -8,17 +8,20 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
 from bus_schema.state import CallsSession, RoomMeta, RoomState
-from bus_schema.status import EdgeHeartbeat
+from bus_schema.status import EdgeHeartbeat, EdgeStatus
+from edge import metrics
 from edge.commands import RoomCommands
 from edge.fanout import Fanout
 from edge.settings import EdgeSettings
 from signaling.natsconn import connect
+from signaling.services import MicroService, version
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,18 @@ class EdgeBus:
         self._kv: dict[str, KeyValue] = {}
         self._settings = settings
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.draining = False
+        """Set on SIGTERM: /ready answers 503 and new sockets are refused."""
+
+    def status(self) -> EdgeStatus:
+        return EdgeStatus(
+            edge_id=self.fanout.edge_id,
+            version=version(),
+            started_at=self._started_at,
+            connections=self.fanout.connection_count,
+            rooms=self.fanout.room_count,
+            draining=self.draining,
+        )
 
     async def heartbeat(self) -> None:
         """Tell the workers this edge is alive, until cancelled."""
@@ -91,6 +106,8 @@ class EdgeBus:
         return codec.calls_session.decode(entry.value) if entry.value else None
 
     async def check_ready(self) -> None:
+        if self.draining:
+            raise NotReady("draining")
         if not self.nc.is_connected:
             raise NotReady("NATS is not connected")
         for name in (buckets.ROOMS, buckets.ROOM_STATE):
@@ -110,15 +127,39 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
             bus.fanout.resync_all()
 
     nc = await connect(
-        list(settings.nats_servers), name=f"edge-{settings.edge_id}", on_reconnected=on_reconnected
+        list(settings.nats_servers),
+        name=f"edge-{settings.edge_id}",
+        on_reconnected=on_reconnected,
+        credentials=settings.nats_credentials,
     )
     bus = EdgeBus(nc, settings)
     heartbeat: asyncio.Task[None] | None = None
+    service: MicroService | None = None
     try:
         await bus.fanout.start()
+        service = await MicroService.start(
+            nc,
+            name="signaling-edge",
+            instance=settings.edge_id,
+            description="Edges: HTTP, WebSockets, join tokens, the Calls proxy",
+        )
+
+        async def status(msg: Msg) -> None:
+            await msg.respond(codec.encode(bus.status()))
+
+        await service.add(
+            "status",
+            subjects.edge_status(settings.edge_id),
+            status,
+            queue_group=f"edge-{settings.edge_id}",
+        )
+        metrics.CONNECTIONS.set_function(lambda: bus.fanout.connection_count)
+        metrics.ROOMS.set_function(lambda: bus.fanout.room_count)
         heartbeat = asyncio.create_task(bus.heartbeat(), name="heartbeat")
         yield bus
     finally:
+        if service is not None:
+            await service.stop()
         if heartbeat is not None:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -32,6 +32,7 @@ from nats.aio.subscription import Subscription
 
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Ack, RegisterCallsSession
+from edge import metrics
 from edge.auth import Claims, InvalidToken, TokenService
 from edge.bus import EdgeBus
 from edge.commands import CommandFailed
@@ -142,6 +143,18 @@ class CallsProxy:
 
     async def handle(self, request: Request[Any, Any, Any], path: str) -> Response[bytes]:
         found = find_route(request.method, path.strip("/"))
+        route = found[0].upstream or "/ice-servers" if found else "unknown"
+        try:
+            response = await self._handle(request, found)
+        except ApiError as e:
+            metrics.CALLS_REQUESTS.labels(route, str(e.status_code)).inc()
+            raise
+        metrics.CALLS_REQUESTS.labels(route, str(response.status_code)).inc()
+        return response
+
+    async def _handle(
+        self, request: Request[Any, Any, Any], found: "tuple[_Route, str | None] | None"
+    ) -> Response[bytes]:
         if found is None:
             raise _error(404, "Unknown Cloudflare endpoint", "unknown_endpoint")
         entry, session_id = found

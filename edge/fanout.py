@@ -37,7 +37,7 @@ from bus_schema.events import (
     SessionPublished,
     TrackStateChanged,
 )
-from edge import protocol
+from edge import metrics, protocol
 from edge.commands import CommandFailed, RoomCommands
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Connection:
 
     def send_direct(self, text: str) -> None:
         """A targeted frame from a peer; held until the ``welcome`` went out."""
+        metrics.MESSAGES_OUT.labels("direct").inc()
         if self._held is not None:
             self._held.append(text)
         else:
@@ -241,10 +242,20 @@ class RoomFeed:
 
 
 def _send_welcome(connection: Connection, snapshot: Snapshot, *, replays: bool) -> None:
+    metrics.MESSAGES_OUT.labels("welcome").inc()
     connection.send(protocol.welcome(connection.participant_id, snapshot))
     if replays:
         for text in protocol.session_replays(connection.participant_id, snapshot):
             connection.send(text)
+
+
+_OUT_KIND: dict[type, str] = {
+    ParticipantJoined: "join",
+    ParticipantLeft: "leave",
+    SessionPublished: "cloudflare-session",
+    TrackStateChanged: "track-state",
+    Broadcasted: "other",
+}
 
 
 def _render(event: Event) -> str:

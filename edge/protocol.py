@@ -52,6 +52,7 @@ class Inbound:
 
     route: Route
     frame: bytes
+    type: str = ""
     to: str | None = None
     session_id: str = ""
     tracks: list[dict[str, Any]] | None = None
@@ -112,19 +113,27 @@ def parse(data: str | bytes, who: Identity, *, max_string: int = 256) -> Inbound
         message["participantName"] = who.participant_name
         tracks = message.get("tracks", [])
         return Inbound(
-            Route.SESSION, _encoder.encode(message), session_id=fields.sessionId, tracks=tracks
+            Route.SESSION,
+            _encoder.encode(message),
+            type=kind,
+            session_id=fields.sessionId,
+            tracks=tracks,
         )
     if kind == TRACK_STATE:
         state = _convert(message, _TrackStateFields)
         return Inbound(
-            Route.TRACK_STATE, _encoder.encode(message), kind=state.kind, enabled=state.enabled
+            Route.TRACK_STATE,
+            _encoder.encode(message),
+            type=kind,
+            kind=state.kind,
+            enabled=state.enabled,
         )
     to = message.get("to", ALL)
     if not isinstance(to, str):
         raise ProtocolError("invalid_message", '`to` must be a participant id or "all"')
     if to == ALL:
-        return Inbound(Route.BROADCAST, _encoder.encode(message))
-    return Inbound(Route.DIRECT, _encoder.encode(message), to=to)
+        return Inbound(Route.BROADCAST, _encoder.encode(message), type=kind)
+    return Inbound(Route.DIRECT, _encoder.encode(message), type=kind, to=to)
 
 
 def _convert(message: dict[str, Any], shape: type[_T]) -> _T:

@@ -1,10 +1,10 @@
 """Settings of an edge process, read once from the environment."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bus_schema.ids import is_token_id, new_token_id
-from signaling.config import ConfigError, Env, nats_servers
+from signaling.config import ConfigError, Env, NatsCredentials, nats_servers
 
 MIN_SECRET_BYTES = 32
 
@@ -52,7 +52,12 @@ class EdgeSettings:
     """Behind a trusted proxy: the header carrying the client address."""
     heartbeat_interval: float = 1.0
     """Seconds between heartbeats; workers' EDGE_TIMEOUT should be several of these."""
+    drain_delay: float = 1.0
+    """On SIGTERM: seconds answering /ready 503 (and refusing new sockets)
+    before the sockets are closed with 1012 and the edge exits."""
+    nats_credentials: NatsCredentials = field(default_factory=NatsCredentials)
     log_level: str = "INFO"
+    log_format: str = "json"
 
     @property
     def calls_configured(self) -> bool:
@@ -123,7 +128,10 @@ class EdgeSettings:
             room_creations_per_minute=env.integer("ROOM_CREATIONS_PER_MINUTE", 30, minimum=1),
             client_ip_header=(env.optional("CLIENT_IP_HEADER") or "").lower() or None,
             heartbeat_interval=env.number("HEARTBEAT_INTERVAL", 1.0, minimum=0.1, maximum=60.0),
+            drain_delay=env.number("DRAIN_DELAY", 1.0, minimum=0.0, maximum=300.0),
+            nats_credentials=NatsCredentials.from_env(env),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=env.choice("LOG_FORMAT", "json", ("json", "text")),
         )
 
 

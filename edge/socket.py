@@ -4,6 +4,7 @@ then relay client frames while the fan-out writes server frames."""
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, TypedDict
 from urllib.parse import parse_qs
 
@@ -27,7 +28,7 @@ from bus_schema.commands import (
     Snapshot,
 )
 from bus_schema.errors import ErrorCode
-from edge import protocol
+from edge import metrics, protocol
 from edge.auth import Claims, InvalidToken, TokenService
 from edge.bus import EdgeBus
 from edge.commands import CommandFailed
@@ -88,6 +89,9 @@ async def serve(
     addresses: AddressLimits,
 ) -> None:
     """Everything is checked before the upgrade, with a real HTTP answer."""
+    if bus.draining:
+        await deny(socket, 503, "This edge is shutting down; connect to another")
+        return
     origin = socket.headers.get("origin")
     if settings.cors_origin != "*" and origin is not None and origin != settings.cors_origin:
         await deny(socket, 403, "Origin not allowed")  # cross-site WebSocket hijacking
@@ -184,11 +188,11 @@ class ClientSession:
         try:
             reply = await self._bus.commands.send(command)
         except CommandFailed as e:
-            self._conn.send(protocol.error(e.code, e.message))
+            self._error(e.code, e.message)
             self._conn.close(CloseCode.TRY_AGAIN_LATER, e.message)
             return None
         if isinstance(reply, Rejected):
-            self._conn.send(protocol.error(reply.code, reply.message))
+            self._error(reply.code, reply.message)
             code = _REJECTION_CLOSE.get(ErrorCode(reply.code), CloseCode.POLICY_VIOLATION)
             self._conn.close(code, reply.message)
             return None
@@ -220,10 +224,14 @@ class ClientSession:
         except CommandFailed:
             log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
 
+    def _error(self, code: str, message: str) -> None:
+        metrics.ERRORS.labels(code).inc()
+        self._conn.send(protocol.error(code, message))
+
     def _refuse(self, code: str, message: str) -> None:
         """Answer a refused message with an ``error``; a client that keeps
         sending refused messages is disconnected (1008)."""
-        self._conn.send(protocol.error(code, message))
+        self._error(code, message)
         if not self._limits.strike():
             self._conn.close(
                 CloseCode.POLICY_VIOLATION, "Too many invalid or rate-limited messages"
@@ -296,12 +304,15 @@ class ClientSession:
             await self._handle(data, feed)
 
     async def _handle(self, data: str | bytes, feed: RoomFeed) -> None:
-        conn, identity = self._conn, self._identity
+        identity = self._identity
+        arrived = time.monotonic()
         try:
             inbound = protocol.parse(data, identity)
         except protocol.ProtocolError as e:
+            metrics.MESSAGES_IN.labels("invalid").inc()
             self._refuse(e.code, e.message)
             return
+        metrics.MESSAGES_IN.labels(metrics.kind(inbound.type)).inc()
         match inbound.route:
             case protocol.Route.DIRECT:
                 assert inbound.to is not None
@@ -311,6 +322,7 @@ class ClientSession:
                 await self._bus.nc.publish(
                     subjects.peer(identity.room_id, inbound.to), inbound.frame
                 )
+                metrics.RELAY_SECONDS.labels("direct").observe(time.monotonic() - arrived)
                 return
             case protocol.Route.SESSION:
                 if not await self._owns_session(inbound.session_id):
@@ -333,12 +345,14 @@ class ClientSession:
         try:
             reply = await self._bus.commands.send(command)
         except CommandFailed as e:
-            conn.send(protocol.error(e.code, e.message))
+            self._error(e.code, e.message)
             return
         if isinstance(reply, Rejected):
-            conn.send(protocol.error(reply.code, reply.message))
+            self._error(reply.code, reply.message)
             if reply.code == ErrorCode.NOT_IN_ROOM:
-                conn.close(CloseCode.NOT_IN_ROOM, reply.message)
+                self._conn.close(CloseCode.NOT_IN_ROOM, reply.message)
+            return
+        metrics.RELAY_SECONDS.labels(inbound.route.value).observe(time.monotonic() - arrived)
 
 
 class _RelayFields(TypedDict):

@@ -14,7 +14,7 @@ def main() -> None:
         settings = ActorSettings.from_env(os.environ)
     except ConfigError as e:
         sys.exit(f"configuration error: {e}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run_until_signalled(Worker(settings).run)
 
 

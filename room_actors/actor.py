@@ -34,6 +34,7 @@ from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import Event
 from bus_schema.state import CallsSession, RoomState
+from room_actors import metrics
 from room_actors.state import (
     Clock,
     ExpireDisconnected,
@@ -67,7 +68,7 @@ class _Turn:
     """What one turn decided, before it is saved and published."""
 
     state: RoomState | None
-    answers: list[tuple[Msg | None, Reply]] = field(default_factory=list)
+    answers: list["_Answer"] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     control: list[tuple[str, CloseConnection]] = field(default_factory=list)
     cleanup: list[CloseCallsTracks] = field(default_factory=list)
@@ -83,6 +84,26 @@ class _Pending:
     command: Command | Internal | None
     """``None`` asks for a keep-alive save of the unchanged state."""
     msg: Msg | None
+    arrived: float = field(default_factory=time.monotonic)
+
+    def answer(self, reply: Reply) -> "_Answer":
+        kind = getattr(self.command, "__struct_config__", None)
+        return _Answer(self.msg, reply, kind.tag if kind else "internal", self.arrived)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    msg: Msg | None
+    reply: Reply
+    command: str
+    arrived: float
+
+    async def send(self) -> None:
+        outcome = self.reply.code if isinstance(self.reply, Rejected) else type(self.reply).__name__
+        metrics.COMMANDS.labels(self.command, outcome.lower()).inc()
+        if self.msg is not None and self.msg.reply:
+            await self.msg.respond(codec.encode(self.reply))
+            metrics.COMMAND_SECONDS.labels(self.command).observe(time.monotonic() - self.arrived)
 
 
 class RoomActor:
@@ -151,6 +172,7 @@ class RoomActor:
                 try:
                     await self._turn(batch)
                 except Fenced:
+                    metrics.FENCED.inc()
                     log.warning("room %s: fenced, another worker owns it; dropping", self.room_id)
                     self._forget()
                     await self._answer_all(batch, RETRY)
@@ -210,9 +232,8 @@ class RoomActor:
             self._on_cleanup(cleanup)
         for edge_id, message in turn.control:
             await self._nc.publish(subjects.edge_control(edge_id), codec.encode(message))
-        for msg, reply in turn.answers:
-            if msg is not None and msg.reply:
-                await msg.respond(codec.encode(reply))
+        for answer in turn.answers:
+            await answer.send()
 
     async def _project(self, state: RoomState, turn: "_Turn") -> None:
         """Keep the read models in KV in step with the saved state."""
@@ -255,7 +276,7 @@ class RoomActor:
             if isinstance(command, GetSnapshot) and command.since is not None:
                 catchup = self._catchup(command.since, turn)
                 if catchup is not None:
-                    turn.answers.append((pending.msg, catchup))
+                    turn.answers.append(pending.answer(catchup))
                     continue
             outcome = decide(turn.state, command, now, self._limits)
             if isinstance(outcome.reply, Ack):
@@ -264,7 +285,7 @@ class RoomActor:
                 elif isinstance(command, RegisterCallsSession):
                     turn.registered.append(command.session_id)
             turn.state = outcome.state
-            turn.answers.append((pending.msg, outcome.reply))
+            turn.answers.append(pending.answer(outcome.reply))
             turn.events.extend(outcome.events)
             turn.control.extend(outcome.control)
             turn.cleanup.extend(outcome.cleanup)
@@ -285,10 +306,8 @@ class RoomActor:
 
     @staticmethod
     async def _answer_all(batch: list[_Pending], reply: Reply) -> None:
-        data = codec.encode(reply)
         for pending in batch:
-            if pending.msg is not None and pending.msg.reply:
-                try:
-                    await pending.msg.respond(data)
-                except Exception:
-                    log.exception("could not answer a command")
+            try:
+                await pending.answer(reply).send()
+            except Exception:
+                log.exception("could not answer a command")

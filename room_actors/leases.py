@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
 from bus_schema.state import PartitionLease, WorkerLease
+from room_actors import metrics
 from room_actors.placement import assign
 from signaling.natsconn import until_ready
 
@@ -108,6 +109,10 @@ class Leases:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.ownership_changes = 0
+
+    def _count(self, change: str, partitions: int) -> None:
+        self.ownership_changes += partitions
+        metrics.OWNERSHIP_CHANGES.labels(change).inc(partitions)
 
     # --- queries ------------------------------------------------------------
 
@@ -205,7 +210,7 @@ class Leases:
             self._owned.clear()
             self._valid_until = 0.0
             if lost:
-                self.ownership_changes += len(lost)
+                self._count("lost", len(lost))
                 await self._on_lost(lost)
             with contextlib.suppress(Exception):
                 await self._register()
@@ -321,7 +326,7 @@ class Leases:
             if await self._claim(partition, revision):
                 acquired.append(partition)
         if acquired:
-            self.ownership_changes += len(acquired)
+            self._count("acquired", len(acquired))
             log.info("worker %s acquired partitions %s", self.worker_id, acquired)
             await self._on_acquire(acquired)
 
@@ -338,7 +343,7 @@ class Leases:
             log.warning("worker %s: partitions %s were taken over", self.worker_id, taken)
             for partition in taken:
                 del self._owned[partition]
-            self.ownership_changes += len(taken)
+            self._count("lost", len(taken))
             await self._on_lost(taken)
 
     async def _claim(self, partition: int, revision: int) -> bool:
@@ -362,6 +367,6 @@ class Leases:
             revision = self._owned.pop(partition, None)
             if revision is None:
                 continue
-            self.ownership_changes += 1
+            self._count("released", 1)
             with contextlib.suppress(KeyWrongLastSequenceError, NatsError):
                 await self._kv.delete(buckets.partition_key(partition), last=revision)

@@ -2,7 +2,6 @@
 dispatch and passivation."""
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -10,7 +9,6 @@ from collections.abc import Callable
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.errors import NoKeysError
 
 from bus_schema import codec, ids, subjects
@@ -20,6 +18,7 @@ from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
 from room_actors.state import Limits, Republish
 from room_actors.store import RoomStore
+from signaling.services import MicroService
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,18 @@ class Registry:
         store: RoomStore,
         limits: Limits,
         owns: Callable[[int], bool],
+        service: MicroService,
+        worker_id: str,
     ) -> None:
         self._nc = nc
+        self._service = service
+        self._queue = f"worker-{worker_id}"
+        """A queue group of one: only this worker, as a plain subscription."""
         self._store = store
         self._limits = limits
         self._owns = owns
         self._actors: dict[str, RoomActor] = {}
-        self._subscriptions: dict[int, Subscription] = {}
+        self._partitions: set[int] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -45,7 +49,7 @@ class Registry:
 
     @property
     def partitions(self) -> list[int]:
-        return sorted(self._subscriptions)
+        return sorted(self._partitions)
 
     def actor(self, room_id: str) -> RoomActor:
         """The room's actor, activated on first use."""
@@ -87,10 +91,15 @@ class Registry:
         """Start serving partitions this worker now owns, and load their rooms
         that have participants (so they stay alive and are watched)."""
         for partition in partitions:
-            if partition not in self._subscriptions:
-                self._subscriptions[partition] = await self._nc.subscribe(
-                    subjects.partition_commands(partition), cb=self.dispatch
+            if partition not in self._partitions:
+                await self._service.add(
+                    f"partition-{partition}",
+                    subjects.partition_commands(partition),
+                    self.dispatch,
+                    queue_group=self._queue,
+                    metadata={"partition": str(partition)},
                 )
+                self._partitions.add(partition)
         wanted = set(partitions)
         try:
             room_ids = await self._store.room_ids()
@@ -121,10 +130,9 @@ class Registry:
 
     async def _unsubscribe(self, partitions: list[int]) -> None:
         for partition in partitions:
-            subscription = self._subscriptions.pop(partition, None)
-            if subscription is not None:
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
+            if partition in self._partitions:
+                self._partitions.discard(partition)
+                await self._service.remove(f"partition-{partition}")
 
     def _actors_in(self, partitions: list[int]) -> dict[str, RoomActor]:
         wanted = set(partitions)
@@ -200,7 +208,7 @@ class Registry:
 
     async def close(self) -> None:
         """Stop serving everything; let running turns and cleanups finish."""
-        await self.release(list(self._subscriptions))
+        await self.release(list(self._partitions))
         if self._cleanups:
             await asyncio.wait(self._cleanups, timeout=5)
 

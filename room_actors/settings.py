@@ -1,10 +1,10 @@
 """Settings of a room actor worker, read once from the environment."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bus_schema.ids import is_token_id, new_token_id
-from signaling.config import ConfigError, Env, nats_servers
+from signaling.config import ConfigError, Env, NatsCredentials, nats_servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,12 @@ class ActorSettings:
     """Seconds a participant whose connection dropped keeps its place."""
     recent_commands: int = 64
     """How many applied command ids each room remembers for deduplication."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9102
+    """Prometheus metrics port; ``None`` (METRICS_PORT=off) serves none."""
+    nats_credentials: NatsCredentials = field(default_factory=NatsCredentials)
     log_level: str = "INFO"
+    log_format: str = "json"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "ActorSettings":
@@ -40,7 +45,11 @@ class ActorSettings:
             lease_ttl=env.number("LEASE_TTL", 2.0, minimum=1.0, maximum=60.0),
             edge_timeout=env.number("EDGE_TIMEOUT", 3.0, minimum=0.5, maximum=600.0),
             resume_grace=env.number("RESUME_GRACE", 10.0, minimum=0.0, maximum=3600.0),
+            metrics_host=env.text("METRICS_HOST", "127.0.0.1"),
+            metrics_port=_port(env.text("METRICS_PORT", "9102")),
+            nats_credentials=NatsCredentials.from_env(env),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=env.choice("LOG_FORMAT", "json", ("json", "text")),
         )
 
 
@@ -48,3 +57,15 @@ def _worker_id(value: str) -> str:
     if not is_token_id(value):
         raise ConfigError("WORKER_ID may contain only letters, digits, '-' and '_' (max 64)")
     return value
+
+
+def _port(value: str) -> int | None:
+    if value.lower() == "off":
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"METRICS_PORT must be a port number or off, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"METRICS_PORT must be between 1 and 65535, got {port}")
+    return port

@@ -4,10 +4,13 @@ import asyncio
 import contextlib
 import logging
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import start_http_server
 
 from bus_schema import codec, subjects
 from bus_schema.status import WorkerStatus
+from room_actors import metrics
 from room_actors.leases import Leases, open_leases_bucket
 from room_actors.liveness import EdgeLiveness
 from room_actors.registry import Registry
@@ -15,6 +18,7 @@ from room_actors.settings import ActorSettings
 from room_actors.state import EdgesLost, Limits
 from room_actors.store import RoomStore, ensure_buckets
 from signaling.natsconn import connect, until_ready
+from signaling.services import MicroService
 
 log = logging.getLogger(__name__)
 
@@ -36,61 +40,100 @@ class Worker:
             list(settings.nats_servers),
             name=f"actors-{settings.worker_id}",
             on_reconnected=on_reconnected,
+            credentials=settings.nats_credentials,
         )
+        service: MicroService | None = None
         try:
-            js = nc.jetstream()
-            await until_ready(
-                lambda: ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas),
-                what="KV buckets",
+            service = await MicroService.start(
+                nc,
+                name="signaling-actors",
+                instance=settings.worker_id,
+                description="Room actors: own room state, answer room commands",
             )
-            store = await until_ready(lambda: RoomStore.bind(js), what="KV buckets")
-            leases_kv = await until_ready(
-                lambda: open_leases_bucket(js, replicas=settings.kv_replicas), what="leases bucket"
-            )
-            # The two refer to each other: leases call the registry when
-            # ownership changes; the registry asks the leases what it owns.
-            leases = Leases(
-                js,
-                leases_kv,
-                worker_id=settings.worker_id,
-                ttl=settings.lease_ttl,
-                on_acquire=lambda partitions: registry.serve(partitions),
-                on_release=lambda partitions: registry.release(partitions),
-                on_lost=lambda partitions: registry.drop(partitions),
-            )
-            limits = Limits(
-                recent_commands=settings.recent_commands, resume_grace=settings.resume_grace
-            )
-            registry = Registry(nc, store, limits, owns=leases.owns)
+            registry, leases = await self._assemble(nc, service)
             serving.append(registry)
             liveness = EdgeLiveness(settings.edge_timeout)
             await nc.subscribe(subjects.EDGE_HEARTBEATS, cb=liveness.on_heartbeat)
             await leases.start()
-
-            async def status(msg: Msg) -> None:
-                reply = WorkerStatus(
-                    worker_id=settings.worker_id,
-                    partitions=registry.partitions,
-                    rooms_active=len(registry),
-                    ownership_changes=leases.ownership_changes,
-                )
-                await msg.respond(codec.encode(reply))
-
-            await nc.subscribe(subjects.worker_status(settings.worker_id), cb=status)
-            maintenance = asyncio.gather(
+            await self._serve_status(service, registry, leases)
+            self._export_metrics(registry, leases)
+            background = asyncio.gather(
                 self._maintain(registry), self._watch_edges(registry, liveness)
             )
             log.info("worker %s started", settings.worker_id)
             self.ready.set()
             await stop.wait()
             log.info("worker %s stopping: handing partitions over", settings.worker_id)
-            maintenance.cancel()
+            background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+                await background
             await leases.stop()
             await registry.close()
         finally:
+            if service is not None:
+                await service.stop()
             await nc.drain()
+
+    async def _assemble(self, nc: Client, service: MicroService) -> tuple[Registry, Leases]:
+        """The buckets, the registry of room actors and the leases deciding what it serves."""
+        settings = self.settings
+        js = nc.jetstream()
+        await until_ready(
+            lambda: ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas),
+            what="KV buckets",
+        )
+        store = await until_ready(lambda: RoomStore.bind(js), what="KV buckets")
+        leases_kv = await until_ready(
+            lambda: open_leases_bucket(js, replicas=settings.kv_replicas), what="leases bucket"
+        )
+        # The two refer to each other: leases call the registry when ownership
+        # changes; the registry asks the leases what it owns.
+        leases = Leases(
+            js,
+            leases_kv,
+            worker_id=settings.worker_id,
+            ttl=settings.lease_ttl,
+            on_acquire=lambda partitions: registry.serve(partitions),
+            on_release=lambda partitions: registry.release(partitions),
+            on_lost=lambda partitions: registry.drop(partitions),
+        )
+        limits = Limits(
+            recent_commands=settings.recent_commands, resume_grace=settings.resume_grace
+        )
+        registry = Registry(
+            nc, store, limits, owns=leases.owns, service=service, worker_id=settings.worker_id
+        )
+        return registry, leases
+
+    async def _serve_status(
+        self, service: MicroService, registry: Registry, leases: Leases
+    ) -> None:
+        """``signal.actors.<worker>.status``, an endpoint of the micro service."""
+        worker_id = self.settings.worker_id
+
+        async def status(msg: Msg) -> None:
+            reply = WorkerStatus(
+                worker_id=worker_id,
+                partitions=registry.partitions,
+                rooms_active=len(registry),
+                ownership_changes=leases.ownership_changes,
+            )
+            await msg.respond(codec.encode(reply))
+
+        await service.add(
+            "status", subjects.worker_status(worker_id), status, queue_group=f"worker-{worker_id}"
+        )
+
+    def _export_metrics(self, registry: Registry, leases: Leases) -> None:
+        metrics.ROOMS_ACTIVE.set_function(lambda: len(registry))
+        metrics.PARTITIONS_OWNED.set_function(lambda: len(leases.owned))
+        if self.settings.metrics_port is not None:
+            start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
+            log.info(
+                "metrics on http://%s:%d/metrics",
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+            )
 
     async def _watch_edges(self, registry: Registry, liveness: EdgeLiveness) -> None:
         """Participants connected through a dead edge leave their rooms."""

@@ -144,16 +144,15 @@ def dev_main(args: argparse.Namespace) -> int:
     try:
         nats.start()
         print(f"nats-server   {nats.url}  (monitoring {nats.monitor_url or 'off'})")
-        common = {"NATS_URL": nats.url, "JWT_SECRET": secret}
+        common = {"NATS_URL": nats.url, "JWT_SECRET": secret, "LOG_FORMAT": "text"}
         if args.fake_calls:
             process, calls_env = start_fake_calls(logs)
             children.append(process)
             common |= calls_env
             print(f"fake Calls    {calls_env['CALLS_API_URL']}")
         for index in range(args.actors):
-            children.append(
-                python_module("room_actors", {**common, "WORKER_ID": f"dev-actors-{index}"})
-            )
+            worker = {"WORKER_ID": f"dev-actors-{index}", "METRICS_PORT": str(9102 + index)}
+            children.append(python_module("room_actors", {**common, **worker}))
         edge_urls = []
         for index in range(args.edges):
             port = args.port + index

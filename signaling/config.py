@@ -5,6 +5,7 @@ settings object.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 _N = TypeVar("_N", int, float)
@@ -80,6 +81,23 @@ class Env:
             upper = "" if maximum is None else f" and at most {maximum}"
             raise ConfigError(f"{name} must be at least {minimum}{upper}, got {number}")
         return number
+
+
+@dataclass(frozen=True, slots=True)
+class NatsCredentials:
+    """How a process authenticates to NATS: a user and password (``NATS_USER``,
+    ``NATS_PASSWORD``) or a credentials file (``NATS_CREDS``), or nothing."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: "Env") -> "NatsCredentials":
+        user, password = env.optional("NATS_USER"), env.optional("NATS_PASSWORD")
+        if (user is None) != (password is None):
+            raise ConfigError("NATS_USER and NATS_PASSWORD go together")
+        return cls(user=user, password=password, creds_file=env.optional("NATS_CREDS"))
 
 
 def nats_servers(value: str) -> list[str]:

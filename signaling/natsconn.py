@@ -8,6 +8,8 @@ from typing import TypeVar
 import nats
 from nats.aio.client import Client
 
+from signaling.config import NatsCredentials
+
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -19,6 +21,7 @@ async def connect(
     deadline: float = 30.0,
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
     on_disconnected: Callable[[], Awaitable[None]] | None = None,
+    credentials: NatsCredentials | None = None,
 ) -> Client:
     """Connect, retrying the first connection until ``deadline`` seconds passed;
     afterwards the client reconnects on its own, forever."""
@@ -36,6 +39,11 @@ async def connect(
         if on_disconnected is not None:
             await on_disconnected()
 
+    auth: dict[str, str] = {}
+    if credentials is not None and credentials.user and credentials.password:
+        auth = {"user": credentials.user, "password": credentials.password}
+    if credentials is not None and credentials.creds_file:
+        auth["user_credentials"] = credentials.creds_file
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline
     delay = 0.1
@@ -53,6 +61,7 @@ async def connect(
                 error_cb=error_cb,
                 reconnected_cb=reconnected_cb,
                 disconnected_cb=disconnected_cb,
+                **auth,
             )
         except (OSError, TimeoutError, nats.errors.NoServersError) as e:
             if loop.time() + delay > give_up:

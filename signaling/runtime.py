@@ -1,9 +1,11 @@
 """Process plumbing shared by every entry point: logging and signal handling."""
 
 import asyncio
+import json
 import logging
 import re
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 _SECRETS = re.compile(
@@ -29,9 +31,51 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+CONTEXT_FIELDS = ("room_id", "participant_id", "conn_id", "edge_id", "worker_id", "partition")
+"""Passed as ``extra=`` on log calls; JSON lines carry them as fields."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, context ids, and
+    the exception (already redacted by `RedactingFilter`) if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = " ".join(
+            f"{name}={getattr(record, name)}"
+            for name in CONTEXT_FIELDS
+            if getattr(record, name, None) is not None
+        )
+        return redact(f"{text} [{context}]" if context else text)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Logs to stderr, JSON lines or plain text, every line filtered for secrets."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -156,7 +156,7 @@ class System:
         name = self._next("actors")
         proc = Proc(
             "room_actors",
-            {**self.base_env(), "WORKER_ID": name, **env},
+            {**self.base_env(), "WORKER_ID": name, "METRICS_PORT": str(free_port()), **env},
             self.root / f"{name}.log",
         ).start()
         self.actors.append(proc)

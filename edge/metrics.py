@@ -1,0 +1,47 @@
+"""Prometheus metrics of an edge (``GET /metrics``).
+
+Label values come from small fixed sets: client message types other than the
+protocol's own are counted as ``other``, so a client cannot create series.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("signaling_edge_connections", "Open WebSocket connections")
+ROOMS = Gauge("signaling_edge_rooms", "Rooms with at least one client on this edge")
+MESSAGES_IN = Counter(
+    "signaling_edge_messages_in_total", "Client messages received, by type", ["type"]
+)
+MESSAGES_OUT = Counter(
+    "signaling_edge_messages_out_total", "Messages sent to clients, by type", ["type"]
+)
+ERRORS = Counter("signaling_edge_errors_total", "Errors sent to clients, by code", ["code"])
+RELAY_SECONDS = Histogram(
+    "signaling_edge_relay_seconds",
+    "From a client message's arrival to its relay being published (acknowledged by the "
+    "room's actor for ordered messages)",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+CALLS_REQUESTS = Counter(
+    "signaling_edge_calls_requests_total",
+    "Calls proxy requests, by route and answered status",
+    ["route", "status"],
+)
+
+KNOWN_TYPES = frozenset(
+    {
+        "cloudflare-session",
+        "track-state",
+        "offer",
+        "answer",
+        "ice-candidate",
+        "welcome",
+        "join",
+        "leave",
+        "error",
+    }
+)
+
+
+def kind(message_type: str) -> str:
+    return message_type if message_type in KNOWN_TYPES else "other"

@@ -1,0 +1,26 @@
+"""Prometheus metrics of a room actor worker (served on ``METRICS_PORT``)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ROOMS_ACTIVE = Gauge("signaling_actor_rooms_active", "Rooms in this worker's memory")
+PARTITIONS_OWNED = Gauge("signaling_actor_partitions_owned", "Partitions this worker serves")
+COMMANDS = Counter(
+    "signaling_actor_commands_total",
+    "Room commands handled, by type and outcome",
+    ["type", "outcome"],
+)
+COMMAND_SECONDS = Histogram(
+    "signaling_actor_command_seconds",
+    "From a command's arrival to its answer (queueing, KV write, publish included)",
+    ["type"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+OWNERSHIP_CHANGES = Counter(
+    "signaling_actor_ownership_changes_total",
+    "Partitions acquired, released or lost",
+    ["change"],
+)
+FENCED = Counter(
+    "signaling_actor_fenced_total",
+    "Turns refused because this worker no longer owned the room (writes not made)",
+)

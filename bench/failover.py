@@ -25,7 +25,7 @@ from bench.common import Results, summary
 from bus_schema import ids, subjects
 from bus_schema.commands import Ack, Broadcast, CreateRoom, Join
 from edge.commands import RoomCommands
-from tests.harness import Bus, System
+from tests.harness import System
 
 FRAME = msgspec.Raw(b'{"type":"bench"}')
 
@@ -83,7 +83,7 @@ async def acknowledged(commands: RoomCommands, room_id: str, participant: str) -
 async def failover(root: Path, kills: int, results: Results) -> None:
     system = System(root / "failover")
     await system.start(actors=3, edges=0)
-    bus = await Bus.connect(system.nats.url)
+    bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=2.0, deadline=60.0)
     try:
         rooms = await make_rooms(commands, subjects.PARTITIONS)
@@ -122,7 +122,7 @@ async def failover(root: Path, kills: int, results: Results) -> None:
 async def throughput(root: Path, workers: int, seconds: float, inflight: int) -> dict[str, float]:
     system = System(root / f"throughput-{workers}")
     await system.start(actors=workers, edges=0)
-    bus = await Bus.connect(system.nats.url)
+    bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=5.0, deadline=30.0)
     try:
         await bus.balanced([a.env["WORKER_ID"] for a in system.actors])

@@ -153,12 +153,16 @@ class RoomFeed:
             case ParticipantLeft():
                 self.members.discard(event.participant_id)
         self._recent.append((event.seq, event.participant_id, text))
+        delivered = 0
         for connection in self.connections.values():
             if (
                 event.seq > connection.start_seq
                 and event.participant_id != connection.participant_id
             ):
                 connection.send(text)
+                delivered += 1
+        if delivered:
+            metrics.MESSAGES_OUT.labels(_OUT_KIND[type(event)]).inc(delivered)
 
     def add(self, connection: Connection, snapshot: Snapshot) -> None:
         """Start delivering to a connection whose Join returned ``snapshot``:

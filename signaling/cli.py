@@ -20,7 +20,7 @@ from types import FrameType
 
 import httpx
 
-from signaling.natsserver import NatsServer, python_module, terminate
+from signaling.natsserver import NatsServer, NatsUsers, python_module, terminate
 
 DEV_SECRET_FILE = "dev-jwt-secret"  # noqa: S105 - a file name, not a secret
 
@@ -126,11 +126,13 @@ def dev_main(args: argparse.Namespace) -> int:
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     secret = dev_secret(data_dir)
+    users = NatsUsers.generate()
     nats = NatsServer(
         data_dir=data_dir / "nats",
         port=args.nats_port,
         monitor_port=8222 if args.nats_port == 4222 else -1,
         log_file=logs / "nats-server.log",
+        users=users,
     )
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -144,6 +146,10 @@ def dev_main(args: argparse.Namespace) -> int:
     try:
         nats.start()
         print(f"nats-server   {nats.url}  (monitoring {nats.monitor_url or 'off'})")
+        admin = data_dir / "nats-admin-password"
+        admin.write_text(users.passwords["admin"])
+        admin.chmod(0o600)
+        print(f"nats CLI      nats -s {nats.url} --user admin --password $(cat {admin}) ...")
         common = {"NATS_URL": nats.url, "JWT_SECRET": secret, "LOG_FORMAT": "text"}
         if args.fake_calls:
             process, calls_env = start_fake_calls(logs)
@@ -152,6 +158,7 @@ def dev_main(args: argparse.Namespace) -> int:
             print(f"fake Calls    {calls_env['CALLS_API_URL']}")
         for index in range(args.actors):
             worker = {"WORKER_ID": f"dev-actors-{index}", "METRICS_PORT": str(9102 + index)}
+            worker |= users.client_env("actors")
             children.append(python_module("room_actors", {**common, **worker}))
         edge_urls = []
         for index in range(args.edges):
@@ -161,6 +168,7 @@ def dev_main(args: argparse.Namespace) -> int:
                 "EDGE_HOST": args.host,
                 "EDGE_PORT": str(port),
                 "EDGE_ID": f"dev-edge-{index}",
+                **users.client_env("edge"),
             }
             process = python_module("edge", env)
             children.append(process)

@@ -6,6 +6,7 @@ Used by ``signaling dev`` (the embedded default) and by the test fixtures.
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,32 @@ def _output(log_file: Path | None) -> Iterator[IO[bytes] | None]:
         return
     with open(log_file, "ab") as out:
         yield out
+
+
+AUTH_CONFIG = Path(__file__).parent / "nats_auth.conf"
+ROLES = ("edge", "actors", "admin")
+
+
+@dataclass(frozen=True)
+class NatsUsers:
+    """Passwords for the users of `AUTH_CONFIG`, and the environment that goes
+    with each role."""
+
+    passwords: dict[str, str]
+
+    @classmethod
+    def generate(cls) -> "NatsUsers":
+        return cls({role: secrets.token_urlsafe(24) for role in ROLES})
+
+    def render(self, config: str) -> str:
+        """The permissions file with its password variables filled in (quoted:
+        nats-server would read an unquoted value such as ``5x…`` as a number)."""
+        for role, password in self.passwords.items():
+            config = config.replace(f"${role.upper()}_NATS_PASSWORD", json.dumps(password))
+        return config
+
+    def client_env(self, role: str) -> dict[str, str]:
+        return {"NATS_USER": role, "NATS_PASSWORD": self.passwords[role]}
 
 
 def binary() -> Path:
@@ -52,6 +79,8 @@ class NatsServer:
     host: str = "127.0.0.1"
     name: str = "signaling"
     config_file: Path | None = None
+    users: NatsUsers | None = None
+    """With users, the server enforces `AUTH_CONFIG`'s accounts and permissions."""
     cluster_name: str | None = None
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
@@ -64,8 +93,14 @@ class NatsServer:
 
     def command(self) -> list[str]:
         args = [str(binary())]
-        if self.config_file is not None:
-            args += ["-c", str(self.config_file)]
+        config = self.config_file
+        if config is None and self.users is not None:
+            config = self.data_dir / "auth.conf"
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            config.write_text(self.users.render(AUTH_CONFIG.read_text()))
+            config.chmod(0o600)
+        if config is not None:
+            args += ["-c", str(config)]
         args += [
             "-a", self.host,
             "-p", str(self.port),
@@ -93,6 +128,7 @@ class NatsServer:
         self._ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in self._ports_dir.glob("*.ports"):
             stale.unlink()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         with _output(self.log_file) as out:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=out)
         ports_file = self._ports_dir / f"nats-server_{self.process.pid}.ports"

@@ -15,6 +15,7 @@ import httpx
 import msgspec
 import nats
 import websockets
+from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import ClientConnection
 
 from bus_schema import buckets, codec, ids, subjects
@@ -22,7 +23,7 @@ from bus_schema.commands import GetSnapshot
 from bus_schema.state import RoomState
 from bus_schema.status import WorkerStatus
 from signaling.cli import wait_ready
-from signaling.natsserver import NatsServer, python_module, terminate
+from signaling.natsserver import NatsServer, NatsUsers, python_module, terminate
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
 RECV_TIMEOUT = 10.0
@@ -31,6 +32,7 @@ RELAXED_LIMITS = {
     "MAX_CONNECTIONS_PER_ADDRESS": "100000",
     "RATE_LIMIT_MESSAGES": "100000",
     "RATE_LIMIT_BURST": "100000",
+    "DRAIN_DELAY": "0",
 }
 
 
@@ -102,9 +104,14 @@ class System:
     extra_env: dict[str, str] = field(default_factory=dict)
     _counter: int = 0
 
+    users: NatsUsers = field(default_factory=NatsUsers.generate)
+    """The same NATS accounts and permissions as production (nats_auth.conf)."""
+
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(data_dir=self.root / "nats", log_file=self.root / "nats.log")
+        self.nats = NatsServer(
+            data_dir=self.root / "nats", log_file=self.root / "nats.log", users=self.users
+        )
 
     def _next(self, kind: str) -> str:
         self._counter += 1
@@ -145,6 +152,7 @@ class System:
                 cluster_port=cluster_ports[i],
                 routes=tuple(r for j, r in enumerate(routes) if j != i),
                 log_file=self.root / f"nats-{i}.log",
+                users=self.users,
             )
             for i in range(size)
         ]
@@ -156,7 +164,13 @@ class System:
         name = self._next("actors")
         proc = Proc(
             "room_actors",
-            {**self.base_env(), "WORKER_ID": name, "METRICS_PORT": str(free_port()), **env},
+            {
+                **self.base_env(),
+                **self.users.client_env("actors"),
+                "WORKER_ID": name,
+                "METRICS_PORT": str(free_port()),
+                **env,
+            },
             self.root / f"{name}.log",
         ).start()
         self.actors.append(proc)
@@ -167,7 +181,13 @@ class System:
         port = free_port()
         edge = Edge(
             "edge",
-            {**self.base_env(), "EDGE_PORT": str(port), "EDGE_ID": name, **env},
+            {
+                **self.base_env(),
+                **self.users.client_env("edge"),
+                "EDGE_PORT": str(port),
+                "EDGE_ID": name,
+                **env,
+            },
             self.root / f"{name}.log",
             port=port,
         )
@@ -184,7 +204,7 @@ class System:
 
     async def wait_actors_ready(self, timeout: float = 30.0) -> None:
         """Until every partition answers a command (an unknown room is fine)."""
-        nc = await nats.connect(self.nats_url.split(","))
+        nc = await self.connect()
         try:
             pending = set(range(subjects.PARTITIONS))
             deadline = time.monotonic() + timeout
@@ -237,8 +257,13 @@ class System:
     def actor(self, worker_id: str) -> Proc:
         return next(a for a in self.actors if a.env["WORKER_ID"] == worker_id)
 
+    async def connect(self, role: str = "admin") -> NatsClient:
+        """A NATS connection of the test's own, as ``role`` (admin: anything)."""
+        password = self.users.passwords[role]
+        return await nats.connect(self.nats_url.split(","), user=role, password=password)
+
     async def bus(self) -> "Bus":
-        return await Bus.connect(self.nats_url)
+        return Bus(await self.connect())
 
     def logs(self) -> str:
         parts = [f"--- {p.log_file.name}\n{p.log()}" for p in [*self.actors, *self.edges]]
@@ -251,10 +276,6 @@ class Bus:
     def __init__(self, nc: nats.aio.client.Client) -> None:
         self.nc = nc
         self.js = nc.jetstream()
-
-    @classmethod
-    async def connect(cls, url: str) -> "Bus":
-        return cls(await nats.connect(url.split(",")))
 
     async def close(self) -> None:
         await self.nc.close()

@@ -26,7 +26,7 @@ async def request(nc: nats.aio.client.Client, command: object) -> object:
 
 
 async def test_a_retried_command_is_applied_once(system: System) -> None:
-    nc = await nats.connect(system.nats.url)
+    nc = await system.connect()
     room_id = ids.new_id()
     events: asyncio.Queue[object] = asyncio.Queue()
 
@@ -84,7 +84,7 @@ async def test_a_retried_command_is_applied_once(system: System) -> None:
 
 
 async def test_malformed_commands_are_refused(system: System) -> None:
-    nc = await nats.connect(system.nats.url)
+    nc = await system.connect()
     room_id = ids.new_id()
     msg = await nc.request(subjects.room_command(room_id), b'{"type":"nope"}', timeout=5)
     reply = codec.replies.decode(msg.data)

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import msgspec
-import nats
 import pytest
 import websockets
 
@@ -189,7 +188,7 @@ async def test_an_edge_that_sees_a_gap_catches_up_without_a_wrong_view(
     join = await ann.recv_type("join")
     # An event from the future: the edge has not seen the ones in between, so it
     # asks the actor, which has nothing newer: the bogus event is never delivered.
-    nc = await nats.connect(system.nats.url)
+    nc = await system.connect()
     bogus = Broadcasted(
         room_id=room_id,
         seq=join["room_seq"] + 5,

@@ -11,5 +11,5 @@ COPY room_actors ./room_actors
 COPY signaling ./signaling
 RUN pip install --no-cache-dir --no-deps .
 USER nobody
-EXPOSE 8787
+EXPOSE 8787 9102
 CMD ["signaling", "edge"]

@@ -72,14 +72,14 @@ class EdgeSettings:
         return f"EdgeSettings(edge_id={self.edge_id!r}, host={self.host!r}, port={self.port})"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "EdgeSettings":
-        env = Env(environ)
-        secret = env.optional("JWT_SECRET")
+    def from_env(cls, environ: Mapping[str, str], record: set[str] | None = None) -> "EdgeSettings":
+        env = Env(environ, record)
+        secret = env.secret("JWT_SECRET")
         if secret is None:
             raise ConfigError(
                 "JWT_SECRET must be set (signaling dev generates one for development)"
             )
-        previous = env.optional("JWT_SECRET_PREVIOUS")
+        previous = env.secret("JWT_SECRET_PREVIOUS")
         for name, value in (("JWT_SECRET", secret), ("JWT_SECRET_PREVIOUS", previous)):
             if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
                 raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
@@ -103,13 +103,13 @@ class EdgeSettings:
             edge_id=edge_id,
             cors_origin=env.text("CORS_ORIGIN", "*"),
             calls_app_id=env.optional("CLOUDFLARE_APP_ID"),
-            calls_app_secret=env.optional("CLOUDFLARE_APP_SECRET"),
+            calls_app_secret=env.secret("CLOUDFLARE_APP_SECRET"),
             calls_api_url=_url(env.text("CALLS_API_URL", "https://rtc.live.cloudflare.com/v1")),
             calls_proxy_auth=env.flag("CALLS_PROXY_AUTH", True),
             calls_timeout=env.number("CALLS_TIMEOUT", 10.0, minimum=0.1, maximum=120.0),
             calls_retries=env.integer("CALLS_RETRIES", 2, minimum=0, maximum=5),
             turn_key_id=env.optional("CLOUDFLARE_TURN_KEY_ID"),
-            turn_key_token=env.optional("CLOUDFLARE_TURN_KEY_API_TOKEN"),
+            turn_key_token=env.secret("CLOUDFLARE_TURN_KEY_API_TOKEN"),
             turn_ttl=env.integer("TURN_CREDENTIALS_TTL", 86400, minimum=60, maximum=48 * 3600),
             token_ttl=env.integer("TOKEN_TTL", 24 * 3600, minimum=60),
             default_max_participants=default_max,

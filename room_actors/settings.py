@@ -34,8 +34,10 @@ class ActorSettings:
     log_format: str = "json"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "ActorSettings":
-        env = Env(environ)
+    def from_env(
+        cls, environ: Mapping[str, str], record: set[str] | None = None
+    ) -> "ActorSettings":
+        env = Env(environ, record)
         return cls(
             nats_servers=tuple(nats_servers(env.text("NATS_URL", "nats://127.0.0.1:4222"))),
             worker_id=_worker_id(env.text("WORKER_ID", new_token_id())),

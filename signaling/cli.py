@@ -25,7 +25,7 @@ from signaling.natsserver import NatsServer, NatsUsers, python_module, terminate
 DEV_SECRET_FILE = "dev-jwt-secret"  # noqa: S105 - a file name, not a secret
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signaling", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     dev = commands.add_parser("dev", help="run nats-server, actor workers and edges locally")
@@ -42,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     commands.add_parser("edge", help="run one edge against NATS_URL")
     commands.add_parser("actors", help="run one room actor worker against NATS_URL")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.command == "edge":
         from edge.__main__ import main as edge_main
 

@@ -18,14 +18,31 @@ class ConfigError(ValueError):
 class Env:
     """Typed access to a mapping of environment variables."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], record: set[str] | None = None) -> None:
         self._environ = environ
+        self._record = record
+        """Every variable name looked up is added here (the compose test uses it)."""
 
     def raw(self, name: str) -> str | None:
+        if self._record is not None:
+            self._record.add(name)
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def secret(self, name: str) -> str | None:
+        """``NAME``, or the contents of the file named by ``NAME_FILE`` (for
+        Docker/Kubernetes secrets)."""
+        value = self.raw(name)
+        path = self.raw(f"{name}_FILE")
+        if value is not None or path is None:
+            return value
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {e.strerror}") from None
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -94,7 +111,7 @@ class NatsCredentials:
 
     @classmethod
     def from_env(cls, env: "Env") -> "NatsCredentials":
-        user, password = env.optional("NATS_USER"), env.optional("NATS_PASSWORD")
+        user, password = env.optional("NATS_USER"), env.secret("NATS_PASSWORD")
         if (user is None) != (password is None):
             raise ConfigError("NATS_USER and NATS_PASSWORD go together")
         return cls(user=user, password=password, creds_file=env.optional("NATS_CREDS"))

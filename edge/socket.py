@@ -150,6 +150,7 @@ class ClientSession:
             if isinstance(reply, Snapshot):
                 feed.add(conn, reply)
                 joined = True
+                log.info("%s", "resumed" if reply.resumed else "joined", extra=self._context())
                 reader = asyncio.create_task(self._read(feed), name=f"ws-read-{conn.conn_id}")
                 abandoned = asyncio.create_task(conn.abandoned.wait())
                 await asyncio.wait({reader, writer, abandoned}, return_when=asyncio.FIRST_COMPLETED)
@@ -173,6 +174,7 @@ class ClientSession:
             if joined:
                 # A Close frame from the client: it left. Anything else (a drop,
                 # a slow client, an edge restart): it may come back and resume.
+                log.info("%s", "left" if clean else "disconnected", extra=self._context())
                 await (self._leave() if clean else self._disconnect())
 
     async def _join(self) -> Reply | None:
@@ -223,6 +225,14 @@ class ClientSession:
             await self._bus.commands.send(command)
         except CommandFailed:
             log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
+
+    def _context(self) -> dict[str, str]:
+        """Log fields for this connection."""
+        return {
+            "room_id": self._identity.room_id,
+            "participant_id": self._identity.participant_id,
+            "conn_id": self._conn.conn_id,
+        }
 
     def _error(self, code: str, message: str) -> None:
         metrics.ERRORS.labels(code).inc()

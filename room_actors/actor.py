@@ -173,12 +173,15 @@ class RoomActor:
                     await self._turn(batch)
                 except Fenced:
                     metrics.FENCED.inc()
-                    log.warning("room %s: fenced, another worker owns it; dropping", self.room_id)
+                    log.warning(
+                        "fenced: another worker owns the room; dropping it",
+                        extra={"room_id": self.room_id},
+                    )
                     self._forget()
                     await self._answer_all(batch, RETRY)
                     self._on_fenced(self.room_id)
                 except Exception:
-                    log.exception("room %s: turn failed; state dropped", self.room_id)
+                    log.exception("turn failed; state dropped", extra={"room_id": self.room_id})
                     self._forget()
                     await self._answer_all(batch, RETRY)
         finally:

@@ -106,11 +106,13 @@ def start_fake_calls(logs: Path) -> tuple["subprocess.Popen[bytes]", dict[str, s
         "CLOUDFLARE_TURN_KEY_ID": "dev-turn-key",
         "CLOUDFLARE_TURN_KEY_API_TOKEN": secrets.token_urlsafe(32),
     }
+    # --name=value: a secret may start with "-", which argparse would take for an option.
     args = [
-        sys.executable, "-m", "signaling.fakecalls", "--port", str(port),
-        "--app-id", env["CLOUDFLARE_APP_ID"], "--app-secret", env["CLOUDFLARE_APP_SECRET"],
-        "--turn-key-id", env["CLOUDFLARE_TURN_KEY_ID"],
-        "--turn-key-token", env["CLOUDFLARE_TURN_KEY_API_TOKEN"],
+        sys.executable, "-m", "signaling.fakecalls", f"--port={port}",
+        f"--app-id={env['CLOUDFLARE_APP_ID']}",
+        f"--app-secret={env['CLOUDFLARE_APP_SECRET']}",
+        f"--turn-key-id={env['CLOUDFLARE_TURN_KEY_ID']}",
+        f"--turn-key-token={env['CLOUDFLARE_TURN_KEY_API_TOKEN']}",
     ]  # fmt: skip
     with open(logs / "fake-calls.log", "ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)

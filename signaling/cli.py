@@ -94,11 +94,16 @@ def wait_ready(url: str, process: "subprocess.Popen[bytes]", timeout: float = 30
     raise TimeoutError(f"{url} did not become ready")
 
 
-def start_fake_calls(logs: Path) -> tuple["subprocess.Popen[bytes]", dict[str, str]]:
-    """The Calls stand-in on a free port, and the edge settings that use it."""
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_fake_calls(logs: Path) -> tuple["subprocess.Popen[bytes]", dict[str, str]]:
+    """The Calls stand-in on a free port, and the edge settings that use it."""
+    port = free_port()
     env = {
         "CLOUDFLARE_APP_ID": "dev-app",
         "CLOUDFLARE_APP_SECRET": secrets.token_urlsafe(32),
@@ -163,7 +168,7 @@ def dev_main(args: argparse.Namespace) -> int:
             common |= calls_env
             print(f"fake Calls    {calls_env['CALLS_API_URL']}")
         for index in range(args.actors):
-            worker = {"WORKER_ID": f"dev-actors-{index}", "METRICS_PORT": str(9102 + index)}
+            worker = {"WORKER_ID": f"dev-actors-{index}", "METRICS_PORT": str(free_port())}
             worker |= users.client_env("actors")
             children.append(python_module("room_actors", {**common, **worker}))
         edge_urls = []

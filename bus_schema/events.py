@@ -12,6 +12,10 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     seq: int
     participant_id: str
     """Who the event is about; clients never receive events about themselves."""
+    cmd_id: str = ""
+    """The command that caused it, for events relaying a client's message: an
+    edge that sees the same command twice (retried across a failover) delivers
+    it once."""
 
 
 class ParticipantJoined(_Event, frozen=True, tag="joined"):

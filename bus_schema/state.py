@@ -45,6 +45,10 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     meta: RoomMeta
     seq: int = 0
     """The room's event sequence number: every published event increments it."""
+    seq_reserved: int = 0
+    """Sequence numbers up to this one may already be in use. Broadcasts (which
+    change nothing but the sequence number) are numbered from this reservation
+    without a write; a new owner starts after it, so no number is ever reused."""
     participants: dict[str, Participant] = msgspec.field(default_factory=dict)
     recent_commands: list[str] = msgspec.field(default_factory=list)
     """Ids of the last applied commands, oldest first: a retried command is a no-op."""

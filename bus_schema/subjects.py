@@ -84,6 +84,12 @@ def peer(room_id: str, participant_id: str) -> str:
     return f"{PREFIX}.room.{_uuid(room_id)}.peer.{_uuid(participant_id)}"
 
 
+def room_peers(room_id: str) -> str:
+    """Targeted messages for every participant of a room: what an edge with
+    clients in the room subscribes to (one subscription per room, not per socket)."""
+    return f"{PREFIX}.room.{_uuid(room_id)}.peer.*"
+
+
 def edge_control(edge_id: str) -> str:
     """Control messages for one edge (close a connection)."""
     return f"{PREFIX}.edge.{_token(edge_id)}.ctl"

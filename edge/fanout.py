@@ -58,6 +58,19 @@ class Close:
 class Connection:
     """A client socket as the fan-out sees it."""
 
+    __slots__ = (
+        "_held",
+        "_limit",
+        "_pending",
+        "_queue",
+        "_wakeup",
+        "closing",
+        "conn_id",
+        "identity",
+        "on_abandon",
+        "start_seq",
+    )
+
     def __init__(self, identity: protocol.Identity, *, limit_bytes: int) -> None:
         self.conn_id = ids.new_token_id()
         self.identity = identity
@@ -65,12 +78,15 @@ class Connection:
         """Room events with a higher seq than this are delivered; the rest are in
         the client's ``welcome`` already."""
         self._limit = limit_bytes
-        self._queue: asyncio.Queue[str | Close] = asyncio.Queue()
+        self._queue: deque[str | Close] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        """Set while the writer waits for output (a deque and one future weigh
+        less than an asyncio.Queue, and there is one per socket)."""
         self._pending = 0
         self._held: list[str] | None = []
         self.closing: Close | None = None
-        self.abandoned = asyncio.Event()
-        """Set for a slow consumer: stop writing to it at once."""
+        self.on_abandon: Callable[[], object] | None = None
+        """Called for a slow consumer: stop reading and writing it at once."""
 
     @property
     def participant_id(self) -> str:
@@ -85,7 +101,12 @@ class Connection:
             log.info("conn %s: slow consumer, disconnecting", self.conn_id)
             self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full", discard=True)
             return
-        self._queue.put_nowait(text)
+        self._push(text)
+
+    def _push(self, item: "str | Close") -> None:
+        self._queue.append(item)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def send_direct(self, text: str) -> None:
         """A targeted frame from a peer; held until the ``welcome`` went out."""
@@ -103,12 +124,18 @@ class Connection:
     def close(self, code: int, reason: str, *, discard: bool = False) -> None:
         if self.closing is None:
             self.closing = Close(code, reason, discard)
-            self._queue.put_nowait(self.closing)
-            if discard:
-                self.abandoned.set()
+            self._push(self.closing)
+            if discard and self.on_abandon is not None:
+                self.on_abandon()
 
     async def next_output(self) -> str | Close:
-        item = await self._queue.get()
+        while not self._queue:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        item = self._queue.popleft()
         if isinstance(item, str):
             self._pending -= len(item)
         return item
@@ -121,12 +148,16 @@ class RoomFeed:
         self.room_id = room_id
         self.refs = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.subscription: Subscription | None = None
+        self.subscriptions: list[Subscription] = []
         self.seq: int | None = None
         """The last event applied; ``None`` until the first snapshot arrives."""
         self.members: set[str] = set()
         self.connections: dict[str, Connection] = {}
+        self._by_participant: dict[str, Connection] = {}
+        """Where targeted messages for a local participant go (its newest socket)."""
         self._recent: deque[tuple[int, str, str]] = deque(maxlen=RECENT_EVENTS)
+        self._commands_order: deque[str] = deque(maxlen=RECENT_EVENTS)
+        self._commands_seen: set[str] = set()
         self._buffer: list[Event] = []
         self._request_resync = request_resync
         self.resyncing = False
@@ -146,6 +177,13 @@ class RoomFeed:
 
     def _apply(self, event: Event) -> None:
         self.seq = event.seq
+        if event.cmd_id:
+            if event.cmd_id in self._commands_seen:
+                return  # a command applied again by a new owner: delivered already
+            if len(self._commands_order) == self._commands_order.maxlen:
+                self._commands_seen.discard(self._commands_order[0])
+            self._commands_order.append(event.cmd_id)
+            self._commands_seen.add(event.cmd_id)
         text = _render(event)
         match event:
             case ParticipantJoined():
@@ -184,8 +222,21 @@ class RoomFeed:
                     connection.send(text)
             connection.start_seq = self.seq
 
+    def expect(self, connection: Connection) -> None:
+        """A socket about to join: targeted messages for it are held until its
+        ``welcome`` is sent."""
+        self._by_participant[connection.participant_id] = connection
+
+    def on_peer(self, participant_id: str, text: str) -> None:
+        """A targeted message for a participant of this room (maybe not local)."""
+        connection = self._by_participant.get(participant_id)
+        if connection is not None:
+            connection.send_direct(text)
+
     def remove(self, connection: Connection) -> None:
         self.connections.pop(connection.conn_id, None)
+        if self._by_participant.get(connection.participant_id) is connection:
+            del self._by_participant[connection.participant_id]
 
     def caught_up(self, events: list[Event]) -> None:
         """The actor still had the events we missed: deliver them as if they had
@@ -305,9 +356,10 @@ class Fanout:
             self._feeds[room_id] = feed
             feed.refs += 1
             try:
-                feed.subscription = await self._nc.subscribe(
-                    subjects.room_events(room_id), cb=self._on_event
-                )
+                feed.subscriptions = [
+                    await self._nc.subscribe(subjects.room_events(room_id), cb=self._on_event),
+                    await self._nc.subscribe(subjects.room_peers(room_id), cb=self._on_peer),
+                ]
             except BaseException as e:
                 feed.ready.set_exception(e)
                 await self.release(feed)
@@ -328,9 +380,9 @@ class Fanout:
             return
         if self._feeds.get(feed.room_id) is feed:
             del self._feeds[feed.room_id]
-        if feed.subscription is not None:
+        for subscription in feed.subscriptions:
             with contextlib.suppress(Exception):
-                await feed.subscription.unsubscribe()
+                await subscription.unsubscribe()
 
     def feed(self, room_id: str) -> RoomFeed | None:
         return self._feeds.get(room_id)
@@ -350,6 +402,12 @@ class Fanout:
         feed = self._feeds.get(event.room_id)
         if feed is not None:
             feed.on_event(event)
+
+    async def _on_peer(self, msg: Msg) -> None:
+        _, room_id, _, participant_id = msg.subject.rsplit(".", 3)
+        feed = self._feeds.get(room_id)
+        if feed is not None:
+            feed.on_peer(participant_id, msg.data.decode())
 
     async def _on_control(self, msg: Msg) -> None:
         try:

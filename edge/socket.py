@@ -11,8 +11,6 @@ from urllib.parse import parse_qs
 import msgspec
 from litestar import WebSocket
 from litestar.types.asgi_types import WebSocketSendEvent
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from bus_schema import ids, subjects
 from bus_schema.closecodes import CloseCode
@@ -109,6 +107,7 @@ async def serve(
     if not addresses.open_connection(address):
         await deny(socket, 429, "Too many connections from your address")
         return
+    del token  # verified; do not keep it for the session
     try:
         await socket.accept(subprotocols=subprotocol)
         await ClientSession(socket, bus, claims, settings).run()
@@ -138,27 +137,25 @@ class ClientSession:
         fanout.register(conn)
         writer = asyncio.create_task(self._write(), name=f"ws-write-{conn.conn_id}")
         feed: RoomFeed | None = None
-        peer: Subscription | None = None
         joined = clean = False
         try:
             feed = await fanout.acquire(self._identity.room_id)
-            peer = await self._bus.nc.subscribe(
-                subjects.peer(self._identity.room_id, self._identity.participant_id),
-                cb=self._on_peer,
-            )
+            feed.expect(conn)  # targeted messages may come before the welcome: held
             reply = await self._join()
             if isinstance(reply, Snapshot):
                 feed.add(conn, reply)
                 joined = True
                 log.info("%s", "resumed" if reply.resumed else "joined", extra=self._context())
+                del reply  # the snapshot is in the welcome; do not keep it for the session
                 reader = asyncio.create_task(self._read(feed), name=f"ws-read-{conn.conn_id}")
-                abandoned = asyncio.create_task(conn.abandoned.wait())
-                await asyncio.wait({reader, writer, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+                # A slow consumer is dropped at once, even while the writer waits.
+                conn.on_abandon = reader.cancel
+                await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
                 clean = reader.done() and not reader.cancelled() and reader.result()
                 clean = clean and conn.closing is None
                 await _cancel(reader)
-                await _cancel(abandoned)
-                if conn.abandoned.is_set():
+                if conn.closing is not None and conn.closing.discard_pending:
+                    await _cancel(writer)
                     await self._abandon()
             else:
                 await _settle(writer)
@@ -168,9 +165,6 @@ class ClientSession:
                 feed.remove(conn)
                 await fanout.release(feed)
             fanout.unregister(conn)
-            if peer is not None:
-                with contextlib.suppress(Exception):
-                    await peer.unsubscribe()
             if joined:
                 # A Close frame from the client: it left. Anything else (a drop,
                 # a slow client, an edge restart): it may come back and resume.
@@ -270,9 +264,6 @@ class ClientSession:
             "conn_id": self._conn.conn_id,
             "frame": msgspec.Raw(inbound.frame),
         }
-
-    async def _on_peer(self, msg: Msg) -> None:
-        self._conn.send_direct(msg.data.decode())
 
     async def _write(self) -> None:
         conn, socket = self._conn, self._socket

@@ -43,6 +43,7 @@ from room_actors.state import (
     Republish,
     decide,
     next_deadline,
+    resumed,
 )
 from room_actors.store import Fenced, RoomStore
 
@@ -75,6 +76,9 @@ class _Turn:
     registered: list[str] = field(default_factory=list)
     """Calls sessions registered in this turn."""
     save: bool = False
+    """Write the state even if nothing changed (a keep-alive)."""
+    durable: bool = False
+    """A change that must be written before it is published."""
     publish_meta: bool = False
     republish: bool = False
 
@@ -213,7 +217,9 @@ class RoomActor:
             await self._load()
         turn = self._apply(batch)
         state = turn.state
-        if state is not None and (turn.save or state is not self._state):
+        # A turn of broadcasts only (numbered within the reservation) is
+        # published without a write; the next write carries its sequence number.
+        if state is not None and (turn.save or turn.durable):
             if turn.events:
                 # The transactional outbox: a worker that saves and dies before
                 # publishing leaves the events in the state for the next owner.
@@ -251,7 +257,8 @@ class RoomActor:
 
     async def _load(self) -> None:
         loaded = await self._store.load(self.room_id)
-        self._state, self._revision, self._loaded = loaded.state, loaded.revision, True
+        state = resumed(loaded.state) if loaded.state is not None else None
+        self._state, self._revision, self._loaded = state, loaded.revision, True
         if loaded.state is not None and loaded.state.outbox:
             # The last turn's events may never have gone out (the previous
             # owner died between its save and its publish). Edges drop the
@@ -287,6 +294,8 @@ class RoomActor:
                     turn.publish_meta = True
                 elif isinstance(command, RegisterCallsSession):
                     turn.registered.append(command.session_id)
+            if outcome.state is not turn.state and outcome.durable:
+                turn.durable = True
             turn.state = outcome.state
             turn.answers.append(pending.answer(outcome.reply))
             turn.events.extend(outcome.events)

@@ -4,6 +4,7 @@ Nothing here does I/O. `decide` never mutates its input; an unchanged state is
 returned as the same object, so the caller knows whether to save.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 from msgspec.structs import replace
@@ -47,6 +48,13 @@ class Outcome:
     """(edge id, message) pairs to send once the state is saved."""
     cleanup: tuple[CloseCallsTracks, ...] = ()
     """Calls sessions of participants who left, whose tracks edges should close."""
+    durable: bool = True
+    """False when the change need not be written before it is published: a
+    broadcast numbered within the sequence reservation."""
+
+
+SEQ_BLOCK = 1000
+"""How many sequence numbers one write reserves for broadcasts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,14 @@ def snapshot(state: RoomState, *, resumed: bool = False) -> Snapshot:
     )
 
 
+def resumed(state: RoomState) -> RoomState:
+    """The state as a new owner takes it over: numbering continues after the
+    reservation, since the previous owner may have used any number up to it."""
+    if state.seq < state.seq_reserved:
+        return replace(state, seq=state.seq_reserved)
+    return state
+
+
 def next_deadline(state: RoomState | None) -> float | None:
     """When the next resume grace period ends (Unix seconds), if any."""
     if state is None:
@@ -151,13 +167,7 @@ def decide(
             outcome = _relay(state, command)
     if outcome.state is state or outcome.state is None:
         return outcome
-    return Outcome(
-        _remember(outcome.state, command.cmd_id, limits),
-        outcome.reply,
-        outcome.events,
-        outcome.control,
-        outcome.cleanup,
-    )
+    return dataclasses.replace(outcome, state=_remember(outcome.state, command.cmd_id, limits))
 
 
 def _replay_reply(state: RoomState, command: Command) -> Reply:
@@ -278,6 +288,7 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
                 participant_id=sender.id,
                 session_id=command.session_id,
                 frame=command.frame,
+                cmd_id=command.cmd_id,
             )
         case SetTrackState():
             if command.kind not in ("audio", "video"):
@@ -291,11 +302,22 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
                 kind=command.kind,
                 enabled=command.enabled,
                 frame=command.frame,
+                cmd_id=command.cmd_id,
             )
         case Broadcast():
             event = Broadcasted(
-                room_id=state.room_id, seq=seq, participant_id=sender.id, frame=command.frame
+                room_id=state.room_id,
+                seq=seq,
+                participant_id=sender.id,
+                frame=command.frame,
+                cmd_id=command.cmd_id,
             )
+            # Nothing but the sequence number changes: within the reservation
+            # the broadcast goes out without a write.
+            if seq <= state.seq_reserved:
+                return Outcome(replace(state, seq=seq), Ack(seq=seq), (event,), durable=False)
+            reserved = replace(state, seq=seq, seq_reserved=seq + SEQ_BLOCK)
+            return Outcome(reserved, Ack(seq=seq), (event,))
     participants = state.participants
     if updated is not sender:
         participants = {**participants, sender.id: updated}

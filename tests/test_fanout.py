@@ -28,8 +28,8 @@ def said(seq: int, who: str = BEN) -> Event:
 def drained(connection: Connection) -> list[dict[str, object]]:
     out = []
     queue = connection._queue  # the frames the socket writer would send
-    while not queue.empty():
-        item = queue.get_nowait()
+    while queue:
+        item = queue.popleft()
         assert isinstance(item, str)
         out.append(msgspec.json.decode(item))
     return out

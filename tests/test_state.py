@@ -24,7 +24,16 @@ from bus_schema.events import (
     TrackStateChanged,
 )
 from bus_schema.state import RoomState
-from room_actors.state import Clock, EdgesLost, ExpireDisconnected, Limits, decide, next_deadline
+from room_actors.state import (
+    SEQ_BLOCK,
+    Clock,
+    EdgesLost,
+    ExpireDisconnected,
+    Limits,
+    decide,
+    next_deadline,
+    resumed,
+)
 
 ROOM = "11111111-1111-4111-8111-111111111111"
 ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
@@ -195,7 +204,9 @@ def test_relays_update_state_and_carry_the_frame() -> None:
     assert session.state is not None
     assert session.state.participants[ANN].session_id == "sess"
     assert session.events == (
-        SessionPublished(room_id=ROOM, seq=2, participant_id=ANN, session_id="sess", frame=FRAME),
+        SessionPublished(
+            room_id=ROOM, seq=2, participant_id=ANN, session_id="sess", frame=FRAME, cmd_id="s1"
+        ),
     )
     muted = decide(
         session.state,
@@ -221,7 +232,9 @@ def test_relays_update_state_and_carry_the_frame() -> None:
         NOW,
         LIMITS,
     )
-    assert said.events == (Broadcasted(room_id=ROOM, seq=4, participant_id=ANN, frame=FRAME),)
+    assert said.events == (
+        Broadcasted(room_id=ROOM, seq=4, participant_id=ANN, frame=FRAME, cmd_id="b1"),
+    )
     assert said.reply == Ack(seq=4)
 
 
@@ -309,3 +322,29 @@ def test_participants_of_a_lost_edge_leave_but_not_those_in_grace() -> None:
     assert lost.events[0].reason == "edge_lost"
     assert lost.state is not None
     assert list(lost.state.participants) == [BEN]
+
+
+def test_broadcasts_within_the_reservation_need_no_write() -> None:
+    state = join(created(), ANN, "j1")
+    first = decide(
+        state,
+        Broadcast(cmd_id="b1", room_id=ROOM, participant_id=ANN, conn_id="conn", frame=FRAME),
+        NOW,
+        LIMITS,
+    )
+    assert first.durable  # the first one reserves a block of numbers: written
+    assert first.state is not None
+    assert first.state.seq_reserved == first.state.seq + SEQ_BLOCK
+    second = decide(
+        first.state,
+        Broadcast(cmd_id="b2", room_id=ROOM, participant_id=ANN, conn_id="conn", frame=FRAME),
+        NOW,
+        LIMITS,
+    )
+    assert not second.durable
+    assert second.state is not None
+    assert second.state.seq == first.state.seq + 1
+    assert second.events[0].cmd_id == "b2"
+    # A new owner continues after the reservation: no number is used twice.
+    assert resumed(first.state).seq == first.state.seq_reserved
+    assert resumed(state) is state

@@ -1,0 +1,305 @@
+"""The load generator: its own process, one asyncio loop on uvloop, picows
+clients. Prints one JSON object per measurement on stdout.
+
+    python -m bench.loadgen relay   --target ours --rate 2000 \\
+        --http http://127.0.0.1:8787,http://127.0.0.1:8788
+    python -m bench.loadgen relay   --target floor --ws ws://127.0.0.1:8799 --rate 2000
+    python -m bench.loadgen fanout  --target ours --http http://127.0.0.1:8787 --size 50
+    python -m bench.loadgen capacity --http http://127.0.0.1:8787 --count 10000 --edge-pid 1234
+    python -m bench.loadgen joins   --http http://127.0.0.1:8787 --count 1000 --rooms 100
+
+Sends are timed by sleeping to a schedule, never by spinning.
+"""
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.client import BenchClient, Stats, connect, timestamped
+from bench.common import summary
+
+
+class Target:
+    """Where clients connect: our service (HTTP join, then /ws) or the floor."""
+
+    def __init__(self, kind: str, http_urls: list[str], ws_urls: list[str]) -> None:
+        self.kind = kind
+        self.http_urls = http_urls
+        self.ws_urls = ws_urls or [u.replace("http", "ws", 1) for u in http_urls]
+        self.http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200))
+
+    async def new_room(self, size: int) -> str:
+        if self.kind == "floor":
+            return str(uuid.uuid4())
+        response = await self.http.post(
+            f"{self.http_urls[0]}/api/rooms", json={"name": "bench", "max_participants": size}
+        )
+        response.raise_for_status()
+        room_id: str = response.json()["room_id"]
+        return room_id
+
+    async def url(self, room: str, index: int) -> str:
+        ws = self.ws_urls[index % len(self.ws_urls)]
+        if self.kind == "floor":
+            return f"{ws}/ws?room={room}&pid={uuid.uuid4()}"
+        http = self.http_urls[index % len(self.http_urls)]
+        for attempt in range(3):  # a kept-alive connection the server just closed
+            try:
+                response = await self.http.post(
+                    f"{http}/api/rooms/{room}/join", json={"participant_name": f"p{index}"}
+                )
+                break
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                if attempt == 2:
+                    raise
+        response.raise_for_status()
+        return f"{ws}/ws?token={response.json()['token']}"
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def open_clients(
+    target: Target, rooms: int, size: int, stats: Stats, concurrency: int = 100
+) -> list[list[BenchClient]]:
+    """``rooms`` rooms of ``size`` clients each, spread over the edges, all welcomed."""
+    gate = asyncio.Semaphore(concurrency)
+    room_ids = [await target.new_room(size) for _ in range(rooms)]
+
+    async def one(room: str, index: int) -> BenchClient:
+        async with gate:
+            client = await connect(await target.url(room, index), stats)
+            await asyncio.wait_for(client.welcomed, 30)
+            return client
+
+    return [
+        list(await asyncio.gather(*(one(room, r * size + i) for i in range(size))))
+        for r, room in enumerate(room_ids)
+    ]
+
+
+async def send_at_rate(senders: list[BenchClient], rate: float, duration: float) -> int:
+    """Send ``rate`` timestamped broadcasts per second in total, round robin over
+    ``senders``, in small batches on a 1 ms schedule."""
+    tick = 0.001
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    index = 0
+    while (now := loop.time()) < start + duration:
+        due = int((now - start) * rate) - sent
+        for _ in range(max(0, due)):
+            senders[index % len(senders)].send(timestamped())
+            index += 1
+            sent += 1
+        await asyncio.sleep(tick)
+    return sent
+
+
+async def relay(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    stats = Stats()
+    rooms = await open_clients(target, args.rooms, args.size, stats)
+    clients = [c for room in rooms for c in room]
+    await send_at_rate(clients, args.rate, 1.0)  # warm up
+    await asyncio.sleep(0.5)
+    stats.reset()
+    stats.recording = True
+    sent = await send_at_rate(clients, args.rate, args.duration)
+    await asyncio.sleep(1.0)  # let the last deliveries arrive
+    stats.recording = False
+    expected = sent * (args.size - 1)
+    for client in clients:
+        client.close()
+    return {
+        "scenario": "relay",
+        "target": target.kind,
+        "rooms": args.rooms,
+        "size": args.size,
+        "edges": len(target.ws_urls),
+        "rate": args.rate,
+        "sent": sent,
+        "expected": expected,
+        "received": stats.received,
+        "errors": stats.errors,
+        "latency_ms": {k: v * 1000 if k != "n" else v for k, v in summary(stats.latencies).items()},
+    }
+
+
+async def fanout(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    """One room; raise the send rate step by step until p99 passes the bound."""
+    stats = Stats()
+    [clients] = await open_clients(target, 1, args.size, stats)
+    senders = clients[: min(5, len(clients))]
+    steps = []
+    best = 0.0
+    for deliveries in args.steps:
+        rate = deliveries / (args.size - 1)
+        stats.reset()
+        stats.recording = True
+        sent = await send_at_rate(senders, rate, args.duration)
+        await asyncio.sleep(0.5)
+        stats.recording = False
+        latency = summary(stats.latencies)
+        achieved = stats.received / (args.duration + 0.5)
+        step = {
+            "offered_per_s": deliveries,
+            "delivered": stats.received,
+            "expected": sent * (args.size - 1),
+            "p50_ms": latency["p50"] * 1000,
+            "p99_ms": latency["p99"] * 1000,
+        }
+        steps.append(step)
+        print(
+            json.dumps(
+                {"scenario": "fanout-step", "target": target.kind, "size": args.size, **step}
+            ),
+            file=sys.stderr,
+        )
+        if latency["p99"] * 1000 > args.p99_ms or stats.received < 0.99 * sent * (args.size - 1):
+            break
+        best = max(best, min(achieved, deliveries))
+        await asyncio.sleep(0.5)
+    for client in clients:
+        client.close()
+    return {
+        "scenario": "fanout",
+        "target": target.kind,
+        "size": args.size,
+        "max_deliveries_per_s": best,
+        "p99_bound_ms": args.p99_ms,
+        "steps": steps,
+    }
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def capacity(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    stats = Stats()
+    before = rss_kib(args.edge_pid)
+    started = time.perf_counter()
+    per_room = args.size
+    rooms = await open_clients(target, args.count // per_room, per_room, stats, concurrency=200)
+    opened = time.perf_counter() - started
+    clients = [c for room in rooms for c in room]
+    await asyncio.sleep(2)
+    after = rss_kib(args.edge_pid)
+    await asyncio.sleep(args.hold)
+    alive = sum(1 for c in clients if not c.closed)
+    for client in clients:
+        client.close()
+    return {
+        "scenario": "capacity",
+        "connections": len(clients),
+        "open_seconds": opened,
+        "rss_before_mib": before / 1024,
+        "rss_after_mib": after / 1024,
+        "kib_per_connection": (after - before) / max(1, len(clients)),
+        "held_seconds": args.hold,
+        "alive_after_hold": alive,
+    }
+
+
+async def joins(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    """Participants join (HTTP join, WebSocket, welcome) as fast as possible, or
+    paced at ``--rate`` per second."""
+    stats = Stats()
+    per_room = args.count // args.rooms
+    room_ids = [await target.new_room(per_room) for _ in range(args.rooms)]
+    times: list[float] = []
+    errors = 0
+    clients: list[BenchClient] = []
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(index: int) -> None:
+        nonlocal errors
+        async with gate:
+            started = time.perf_counter()
+            try:
+                client = await connect(await target.url(room_ids[index % args.rooms], index), stats)
+                clients.append(client)
+                await asyncio.wait_for(client.welcomed, 30)
+                times.append(time.perf_counter() - started)
+            except Exception:
+                errors += 1
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for index in range(args.count):
+        if args.rate:
+            await asyncio.sleep(max(0.0, start + index / args.rate - loop.time()))
+        tasks.append(asyncio.create_task(one(index)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    for client in clients:
+        client.close()
+    return {
+        "scenario": "joins",
+        "count": args.count,
+        "rooms": args.rooms,
+        "rate": args.rate or "max",
+        "joins_per_s": args.count / elapsed,
+        "errors": errors + stats.errors,
+        "join_to_welcome_ms": {k: v * 1000 if k != "n" else v for k, v in summary(times).items()},
+    }
+
+
+SCENARIOS = {"relay": relay, "fanout": fanout, "capacity": capacity, "joins": joins}
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    target = Target(
+        args.target,
+        [u for u in args.http.split(",") if u],
+        [u for u in args.ws.split(",") if u],
+    )
+    try:
+        result = await SCENARIOS[args.scenario](args, target)
+    finally:
+        await target.close()
+    print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--target", choices=("ours", "floor"), default="ours")
+    parser.add_argument("--http", default="", help="edge base URLs, comma-separated")
+    parser.add_argument("--ws", default="", help="WebSocket base URLs (the floor)")
+    parser.add_argument("--rooms", type=int, default=20)
+    parser.add_argument("--size", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--steps",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[5000, 10000, 20000, 40000, 60000, 80000],
+    )
+    parser.add_argument("--p99-ms", type=float, default=50.0)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--hold", type=float, default=60.0)
+    parser.add_argument("--edge-pid", type=int, default=0)
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    import uvloop
+
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench bench-quick clean
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## The standard benchmarks (under ten minutes): results in bench/results/.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-bench.lock
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.failover --kills 5 --seconds 5
+	$(BIN)/python -m bench.liveness --rounds 5
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-bench.lock
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .pytest_cache .ruff_cache

@@ -18,16 +18,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from bench.common import Results, summary
-from bus_schema import ids, subjects
+from bus_schema import codec, ids, subjects
 from bus_schema.commands import Ack, Broadcast, CreateRoom, Join
+from bus_schema.status import EdgeHeartbeat
 from edge.commands import RoomCommands
 from tests.harness import System
 
 FRAME = msgspec.Raw(b'{"type":"bench"}')
+
+
+async def beat(nc: Any) -> None:
+    """The benchmark's participants sit on a pretend edge "bench": it beats like
+    an edge, or the workers would make them leave (edge_lost)."""
+    heartbeat = EdgeHeartbeat(edge_id="bench", started_at="", connections=0, rooms=0)
+    while True:
+        await nc.publish(subjects.edge_heartbeat("bench"), codec.encode(heartbeat))
+        await asyncio.sleep(0.5)
 
 
 async def make_rooms(commands: RoomCommands, count: int) -> dict[str, str]:
@@ -85,6 +96,7 @@ async def failover(root: Path, kills: int, results: Results) -> None:
     await system.start(actors=3, edges=0)
     bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=2.0, deadline=60.0)
+    beating = asyncio.create_task(beat(bus.nc))
     try:
         rooms = await make_rooms(commands, subjects.PARTITIONS)
         first_ack, all_acked = [], []
@@ -115,6 +127,7 @@ async def failover(root: Path, kills: int, results: Results) -> None:
             results.say(f"| {label} | {s['p50']:.2f} s | {s['max']:.2f} s | {s['n']} |")
         results.say("")
     finally:
+        beating.cancel()
         await bus.close()
         system.stop()
 
@@ -124,6 +137,7 @@ async def throughput(root: Path, workers: int, seconds: float, inflight: int) ->
     await system.start(actors=workers, edges=0)
     bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=5.0, deadline=30.0)
+    beating = asyncio.create_task(beat(bus.nc))
     try:
         await bus.balanced([a.env["WORKER_ID"] for a in system.actors])
         rooms = list((await make_rooms(commands, 64)).items())
@@ -144,6 +158,7 @@ async def throughput(root: Path, workers: int, seconds: float, inflight: int) ->
         s = summary([latency * 1000 for latency in latencies])
         return {"commands_per_s": len(latencies) / elapsed, "p50_ms": s["p50"], "p99_ms": s["p99"]}
     finally:
+        beating.cancel()
         await bus.close()
         system.stop()
 

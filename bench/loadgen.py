@@ -212,22 +212,29 @@ async def capacity(args: argparse.Namespace, target: Target) -> dict[str, Any]:
 
 
 async def joins(args: argparse.Namespace, target: Target) -> dict[str, Any]:
-    """Participants join (HTTP join, WebSocket, welcome) as fast as possible, or
-    paced at ``--join-rate`` per second."""
+    """Participants join their rooms (WebSocket connect, Join, welcome) as fast
+    as possible, or paced at ``--join-rate`` per second. Their tokens are fetched
+    over HTTP first, untimed: the HTTP client would otherwise be what is measured."""
     stats = Stats()
     per_room = args.count // args.rooms
     room_ids = [await target.new_room(per_room) for _ in range(args.rooms)]
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def token_url(index: int) -> str:
+        async with gate:
+            return await target.url(room_ids[index % args.rooms], index)
+
+    urls = await asyncio.gather(*(token_url(i) for i in range(args.count)))
     times: list[float] = []
     errors = 0
     clients: list[BenchClient] = []
-    gate = asyncio.Semaphore(args.concurrency)
 
-    async def one(index: int) -> None:
+    async def one(url: str) -> None:
         nonlocal errors
         async with gate:
             started = time.perf_counter()
             try:
-                client = await connect(await target.url(room_ids[index % args.rooms], index), stats)
+                client = await connect(url, stats)
                 clients.append(client)
                 await asyncio.wait_for(client.welcomed, 30)
                 times.append(time.perf_counter() - started)
@@ -237,10 +244,10 @@ async def joins(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     start = loop.time()
     tasks = []
-    for index in range(args.count):
+    for index, url in enumerate(urls):
         if args.join_rate:
             await asyncio.sleep(max(0.0, start + index / args.join_rate - loop.time()))
-        tasks.append(asyncio.create_task(one(index)))
+        tasks.append(asyncio.create_task(one(url)))
     await asyncio.gather(*tasks)
     elapsed = loop.time() - start
     for client in clients:

@@ -142,12 +142,12 @@ def joins_section(results: Results, http: str, quick: bool) -> None:
         count,
         "--rooms",
         "100" if not quick else "20",
-        "--rate",
+        "--join-rate",
         "100",
     )
     results.record(**storm)
     results.record(**paced)
-    results.say("## Joins (HTTP join, WebSocket, welcome)")
+    results.say("## Joins (WebSocket connect to welcome; tokens fetched beforehand)")
     results.say("")
     results.say("| load | joins/s | join-to-welcome p50 / p99 (ms) | errors |")
     results.say("| --- | --- | --- | --- |")

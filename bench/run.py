@@ -36,6 +36,7 @@ def loadgen(*args: str) -> dict[str, Any]:
     )
     if result.returncode != 0:
         raise RuntimeError(f"loadgen {args[0]} failed:\n{result.stderr[-3000:]}")
+    time.sleep(2)  # let the system settle (leaves of the clients just closed) before the next
     parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return parsed
 

@@ -133,6 +133,9 @@ class Catchup(_Reply, frozen=True, tag="catchup"):
 
     room_id: str
     events: list[Event]
+    skip_to: int = 0
+    """Numbers up to this one carried only broadcasts of a previous owner that
+    cannot be replayed: go on from here."""
 
 
 Reply = Ack | Snapshot | Catchup | Rejected

@@ -1,5 +1,6 @@
 """Identifier formats. Every id that becomes a subject token or KV key is checked here."""
 
+import itertools
 import re
 import secrets
 import uuid
@@ -14,8 +15,18 @@ def new_id() -> str:
 
 
 def new_token_id() -> str:
-    """An edge, worker, connection or command id: 16 hex characters."""
+    """An edge, worker or request id: 16 random hex characters."""
     return secrets.token_hex(8)
+
+
+_PROCESS = secrets.token_hex(6)
+_COUNTER = itertools.count(1)
+
+
+def new_command_id() -> str:
+    """A command or connection id: unique (a random per-process prefix and a
+    counter), cheap to make on every message; not meant to be unguessable."""
+    return f"{_PROCESS}{next(_COUNTER):x}"
 
 
 def is_uuid(value: str) -> bool:

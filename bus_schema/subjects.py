@@ -23,6 +23,8 @@ Delivery guarantees, by subject:
 ``nats sub 'signal.room.<room>.>'`` shows everything that happens in one room.
 """
 
+import functools
+
 from bus_schema.ids import is_token_id, is_uuid
 
 PREFIX = "signal"
@@ -57,11 +59,13 @@ def fnv1a32(data: bytes) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=65536)
 def partition_of(room_id: str) -> int:
     """The partition that owns a room: stable, shared by edges and actors."""
     return fnv1a32(room_id.encode()) % PARTITIONS
 
 
+@functools.lru_cache(maxsize=65536)
 def room_command(room_id: str) -> str:
     """Where an edge sends a command for a room (request/reply)."""
     return f"{PREFIX}.room.{_uuid(room_id)}.cmd.{partition_of(room_id)}"
@@ -74,6 +78,7 @@ def partition_commands(partition: int) -> str:
     return f"{PREFIX}.room.*.cmd.{partition}"
 
 
+@functools.lru_cache(maxsize=65536)
 def room_events(room_id: str) -> str:
     """Ordered room events, actor -> edges with clients in the room."""
     return f"{PREFIX}.room.{_uuid(room_id)}.evt"

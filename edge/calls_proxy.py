@@ -147,9 +147,9 @@ class CallsProxy:
         try:
             response = await self._handle(request, found)
         except ApiError as e:
-            metrics.CALLS_REQUESTS.labels(route, str(e.status_code)).inc()
+            metrics.child(metrics.CALLS_REQUESTS, route, str(e.status_code)).inc()
             raise
-        metrics.CALLS_REQUESTS.labels(route, str(response.status_code)).inc()
+        metrics.child(metrics.CALLS_REQUESTS, route, str(response.status_code)).inc()
         return response
 
     async def _handle(
@@ -225,7 +225,7 @@ class CallsProxy:
         if not ids.is_token_id(session_id):
             raise _error(502, "Unexpected response from Cloudflare Calls", "bad_upstream")
         command = RegisterCallsSession(
-            cmd_id=ids.new_token_id(),
+            cmd_id=ids.new_command_id(),
             room_id=claims.room_id,
             participant_id=claims.participant_id,
             session_id=session_id,

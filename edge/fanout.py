@@ -72,7 +72,7 @@ class Connection:
     )
 
     def __init__(self, identity: protocol.Identity, *, limit_bytes: int) -> None:
-        self.conn_id = ids.new_token_id()
+        self.conn_id = ids.new_command_id()
         self.identity = identity
         self.start_seq = 0
         """Room events with a higher seq than this are delivered; the rest are in
@@ -110,7 +110,7 @@ class Connection:
 
     def send_direct(self, text: str) -> None:
         """A targeted frame from a peer; held until the ``welcome`` went out."""
-        metrics.MESSAGES_OUT.labels("direct").inc()
+        metrics.child(metrics.MESSAGES_OUT, "direct").inc()
         if self._held is not None:
             self._held.append(text)
         else:
@@ -200,7 +200,7 @@ class RoomFeed:
                 connection.send(text)
                 delivered += 1
         if delivered:
-            metrics.MESSAGES_OUT.labels(_OUT_KIND[type(event)]).inc(delivered)
+            metrics.child(metrics.MESSAGES_OUT, _OUT_KIND[type(event)]).inc(delivered)
 
     def add(self, connection: Connection, snapshot: Snapshot) -> None:
         """Start delivering to a connection whose Join returned ``snapshot``:
@@ -238,10 +238,13 @@ class RoomFeed:
         if self._by_participant.get(connection.participant_id) is connection:
             del self._by_participant[connection.participant_id]
 
-    def caught_up(self, events: list[Event]) -> None:
+    def caught_up(self, events: list[Event], skip_to: int = 0) -> None:
         """The actor still had the events we missed: deliver them as if they had
-        arrived in order. Clients notice nothing."""
+        arrived in order. Clients notice nothing (but a skip in ``room_seq``
+        after the room moved to another worker)."""
         self.resyncing = False
+        if self.seq is not None and skip_to > self.seq:
+            self.seq = skip_to
         for event in events:
             if self.seq is not None and event.seq == self.seq + 1:
                 self._apply(event)
@@ -297,7 +300,7 @@ class RoomFeed:
 
 
 def _send_welcome(connection: Connection, snapshot: Snapshot, *, replays: bool) -> None:
-    metrics.MESSAGES_OUT.labels("welcome").inc()
+    metrics.child(metrics.MESSAGES_OUT, "welcome").inc()
     connection.send(protocol.welcome(connection.participant_id, snapshot))
     if replays:
         for text in protocol.session_replays(connection.participant_id, snapshot):
@@ -435,13 +438,13 @@ class Fanout:
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, feed: RoomFeed) -> None:
-        command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=feed.room_id, since=feed.seq)
+        command = GetSnapshot(cmd_id=ids.new_command_id(), room_id=feed.room_id, since=feed.seq)
         try:
             reply = await self._commands.send(command)
         except CommandFailed:
             reply = None
         if isinstance(reply, Catchup):
-            feed.caught_up(reply.events)
+            feed.caught_up(reply.events, reply.skip_to)
             return
         if not isinstance(reply, Snapshot):
             log.warning("room %s: resync failed, closing its connections", feed.room_id)

@@ -139,7 +139,7 @@ async def create_room(
     room_id = ids.new_id()
     created_at = iso_now()
     command = CreateRoom(
-        cmd_id=ids.new_token_id(),
+        cmd_id=ids.new_command_id(),
         room_id=room_id,
         name=name,
         created_by=created_by,

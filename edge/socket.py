@@ -174,7 +174,7 @@ class ClientSession:
     async def _join(self) -> Reply | None:
         identity = self._identity
         command = Join(
-            cmd_id=ids.new_token_id(),
+            cmd_id=ids.new_command_id(),
             room_id=identity.room_id,
             participant_id=identity.participant_id,
             name=identity.participant_name,
@@ -197,7 +197,7 @@ class ClientSession:
     async def _leave(self) -> None:
         await self._farewell(
             Leave(
-                cmd_id=ids.new_token_id(),
+                cmd_id=ids.new_command_id(),
                 room_id=self._identity.room_id,
                 participant_id=self._identity.participant_id,
                 conn_id=self._conn.conn_id,
@@ -207,7 +207,7 @@ class ClientSession:
     async def _disconnect(self) -> None:
         await self._farewell(
             Disconnect(
-                cmd_id=ids.new_token_id(),
+                cmd_id=ids.new_command_id(),
                 room_id=self._identity.room_id,
                 participant_id=self._identity.participant_id,
                 conn_id=self._conn.conn_id,
@@ -229,7 +229,7 @@ class ClientSession:
         }
 
     def _error(self, code: str, message: str) -> None:
-        metrics.ERRORS.labels(code).inc()
+        metrics.child(metrics.ERRORS, code).inc()
         self._conn.send(protocol.error(code, message))
 
     def _refuse(self, code: str, message: str) -> None:
@@ -258,7 +258,7 @@ class ClientSession:
 
     def _relay_fields(self, inbound: protocol.Inbound) -> "_RelayFields":
         return {
-            "cmd_id": ids.new_token_id(),
+            "cmd_id": ids.new_command_id(),
             "room_id": self._identity.room_id,
             "participant_id": self._identity.participant_id,
             "conn_id": self._conn.conn_id,
@@ -310,10 +310,10 @@ class ClientSession:
         try:
             inbound = protocol.parse(data, identity)
         except protocol.ProtocolError as e:
-            metrics.MESSAGES_IN.labels("invalid").inc()
+            metrics.child(metrics.MESSAGES_IN, "invalid").inc()
             self._refuse(e.code, e.message)
             return
-        metrics.MESSAGES_IN.labels(metrics.kind(inbound.type)).inc()
+        metrics.child(metrics.MESSAGES_IN, metrics.kind(inbound.type)).inc()
         match inbound.route:
             case protocol.Route.DIRECT:
                 assert inbound.to is not None
@@ -323,7 +323,7 @@ class ClientSession:
                 await self._bus.nc.publish(
                     subjects.peer(identity.room_id, inbound.to), inbound.frame
                 )
-                metrics.RELAY_SECONDS.labels("direct").observe(time.monotonic() - arrived)
+                metrics.child(metrics.RELAY_SECONDS, "direct").observe(time.monotonic() - arrived)
                 return
             case protocol.Route.SESSION:
                 if not await self._owns_session(inbound.session_id):
@@ -353,7 +353,9 @@ class ClientSession:
             if reply.code == ErrorCode.NOT_IN_ROOM:
                 self._conn.close(CloseCode.NOT_IN_ROOM, reply.message)
             return
-        metrics.RELAY_SECONDS.labels(inbound.route.value).observe(time.monotonic() - arrived)
+        metrics.child(metrics.RELAY_SECONDS, inbound.route.value).observe(
+            time.monotonic() - arrived
+        )
 
 
 class _RelayFields(TypedDict):

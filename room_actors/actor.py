@@ -104,10 +104,12 @@ class _Answer:
 
     async def send(self) -> None:
         outcome = self.reply.code if isinstance(self.reply, Rejected) else type(self.reply).__name__
-        metrics.COMMANDS.labels(self.command, outcome.lower()).inc()
+        metrics.child(metrics.COMMANDS, self.command, outcome.lower()).inc()
         if self.msg is not None and self.msg.reply:
             await self.msg.respond(codec.encode(self.reply))
-            metrics.COMMAND_SECONDS.labels(self.command).observe(time.monotonic() - self.arrived)
+            metrics.child(metrics.COMMAND_SECONDS, self.command).observe(
+                time.monotonic() - self.arrived
+            )
 
 
 class RoomActor:
@@ -137,6 +139,9 @@ class RoomActor:
         self.last_active = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
         self._recent: deque[Event] = deque(maxlen=_RECENT_EVENTS)
+        self._skipped: tuple[int, int] | None = None
+        """(last saved, first usable) sequence numbers when this actor took the
+        room over past a reservation."""
         """The last events published, to catch up an edge that missed some."""
 
     @property
@@ -152,7 +157,7 @@ class RoomActor:
 
     def activate(self) -> None:
         """Load the room now (a partition was taken over), without a command."""
-        self.submit(GetSnapshot(cmd_id=ids.new_token_id(), room_id=self.room_id), None)
+        self.submit(GetSnapshot(cmd_id=ids.new_command_id(), room_id=self.room_id), None)
 
     def touch(self) -> None:
         """Save the state unchanged, refreshing its age in KV (a room in use never expires)."""
@@ -258,6 +263,8 @@ class RoomActor:
     async def _load(self) -> None:
         loaded = await self._store.load(self.room_id)
         state = resumed(loaded.state) if loaded.state is not None else None
+        if loaded.state is not None and state is not None and state.seq != loaded.state.seq:
+            self._skipped = (loaded.state.seq, state.seq)
         self._state, self._revision, self._loaded = state, loaded.revision, True
         if loaded.state is not None and loaded.state.outbox:
             # The last turn's events may never have gone out (the previous
@@ -305,16 +312,24 @@ class RoomActor:
 
     def _catchup(self, since: int, turn: "_Turn") -> Catchup | None:
         """The events after ``since`` if this actor still has all of them (and
-        they are not too many to send in one reply)."""
+        they are not too many to send in one reply).
+
+        After a takeover the numbers between the last saved event and the
+        reservation may have been used by the previous owner for broadcasts,
+        which no one can replay: an edge that has every saved event is told to
+        skip them rather than being resynchronised from a snapshot."""
         state = turn.state
         if state is None or since > state.seq:
             return None
+        skip_to = 0
+        if self._skipped is not None and self._skipped[0] <= since < self._skipped[1]:
+            since = skip_to = self._skipped[1]
         wanted = [e for e in (*self._recent, *turn.events) if e.seq > since]
         if [e.seq for e in wanted] != list(range(since + 1, state.seq + 1)):
             return None
         if sum(len(codec.encode(e)) for e in wanted) > _CATCHUP_BYTES:
             return None
-        return Catchup(room_id=self.room_id, events=wanted)
+        return Catchup(room_id=self.room_id, events=wanted, skip_to=skip_to)
 
     @staticmethod
     async def _answer_all(batch: list[_Pending], reply: Reply) -> None:

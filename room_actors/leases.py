@@ -112,7 +112,7 @@ class Leases:
 
     def _count(self, change: str, partitions: int) -> None:
         self.ownership_changes += partitions
-        metrics.OWNERSHIP_CHANGES.labels(change).inc(partitions)
+        metrics.child(metrics.OWNERSHIP_CHANGES, change).inc(partitions)
 
     # --- queries ------------------------------------------------------------
 

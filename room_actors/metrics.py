@@ -1,5 +1,8 @@
 """Prometheus metrics of a room actor worker (served on ``METRICS_PORT``)."""
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 ROOMS_ACTIVE = Gauge("signaling_actor_rooms_active", "Rooms in this worker's memory")
@@ -24,3 +27,14 @@ FENCED = Counter(
     "signaling_actor_fenced_total",
     "Turns refused because this worker no longer owned the room (writes not made)",
 )
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached: label values come from small fixed sets,
+    and looking a child up costs more than the increment itself."""
+    return _child(metric, labels)
+
+
+@functools.lru_cache(maxsize=1024)
+def _child(metric: Any, labels: tuple[str, ...]) -> Any:
+    return metric.labels(*labels)

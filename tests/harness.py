@@ -297,13 +297,21 @@ class Bus:
         msg = await self.nc.request(subjects.worker_status(worker_id), b"", timeout=5)
         return msgspec.json.decode(msg.data, type=WorkerStatus)
 
-    async def room_state(self, room_id: str) -> RoomState | None:
-        kv = await self.js.key_value(buckets.ROOM_STATE)
-        try:
-            entry = await kv.get(room_id)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return codec.room_state.decode(entry.value) if entry.value else None
+    async def room_state(self, room_id: str, timeout: float = 30.0) -> RoomState | None:
+        """The room's state in KV (retried while JetStream elects leaders)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kv = await self.js.key_value(buckets.ROOM_STATE)
+                entry = await kv.get(room_id)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            except (nats.errors.Error, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            return codec.room_state.decode(entry.value) if entry.value else None
 
     async def balanced(self, worker_ids: list[str], timeout: float = 30.0) -> dict[str, list[int]]:
         """Wait until the workers own every partition between them, evenly, and

@@ -2,12 +2,15 @@
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Response, WebSocket, get, websocket
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.response import File
+from litestar.static_files import create_static_files_router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import rooms
@@ -35,6 +38,35 @@ async def ws_endpoint(
 def metrics_endpoint() -> Response[bytes]:
     """Prometheus metrics of this edge."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    # The page loads only its own script and style and talks only to this edge.
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@get("/", sync_to_thread=False, include_in_schema=False)
+def index_page() -> File:
+    """The web client (edge/static): create or join a room, talk."""
+    return File(
+        STATIC_DIR / "index.html",
+        filename="index.html",
+        media_type="text/html; charset=utf-8",
+        content_disposition_type="inline",
+        headers=PAGE_HEADERS,
+    )
+
+
+static_files = create_static_files_router(
+    path="/static", directories=[STATIC_DIR], include_in_schema=False, name="static"
+)
 
 
 @get("/ws", sync_to_thread=False, include_in_schema=False)
@@ -74,6 +106,8 @@ def create_app(settings: EdgeSettings) -> Litestar:
             ws_without_upgrade,
             metrics_endpoint,
             calls_proxy,
+            index_page,
+            static_files,
         ],
         lifespan=[resources],
         dependencies={

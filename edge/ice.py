@@ -44,7 +44,9 @@ class IceServers:
         self._settings = settings
         self._http = http
         urls = list(settings.stun_urls)
-        self._stun: list[IceServer] = [{"urls": urls[0] if len(urls) == 1 else urls}]
+        self._stun: list[IceServer] = (
+            [{"urls": urls[0] if len(urls) == 1 else urls}] if urls else []
+        )
         self._cached: list[IceServer] | None = None
         self._refresh_after = 0.0
         self._lock = asyncio.Lock()

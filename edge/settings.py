@@ -108,6 +108,7 @@ class EdgeSettings:
             calls_proxy_auth=env.flag("CALLS_PROXY_AUTH", True),
             calls_timeout=env.number("CALLS_TIMEOUT", 10.0, minimum=0.1, maximum=120.0),
             calls_retries=env.integer("CALLS_RETRIES", 2, minimum=0, maximum=5),
+            stun_urls=_stun_urls(env.text("STUN_URLS", "stun:stun.cloudflare.com:3478")),
             turn_key_id=env.optional("CLOUDFLARE_TURN_KEY_ID"),
             turn_key_token=env.secret("CLOUDFLARE_TURN_KEY_API_TOKEN"),
             turn_ttl=env.integer("TURN_CREDENTIALS_TTL", 86400, minimum=60, maximum=48 * 3600),
@@ -133,6 +134,14 @@ class EdgeSettings:
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=env.choice("LOG_FORMAT", "json", ("json", "text")),
         )
+
+
+def _stun_urls(value: str) -> tuple[str, ...]:
+    urls = tuple(url.strip() for url in value.split(",") if url.strip())
+    for url in urls:
+        if not url.startswith(("stun:", "stuns:")):
+            raise ConfigError(f"STUN_URLS must be stun: or stuns: URLs, got {url!r}")
+    return urls
 
 
 def _url(value: str) -> str:

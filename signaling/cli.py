@@ -188,6 +188,7 @@ def dev_main(args: argparse.Namespace) -> int:
             edge_urls.append(url)
         for url in edge_urls:
             print(f"edge ready    {url}   (WebSocket: {url.replace('http', 'ws', 1)}/ws)")
+        print(f"web client    {edge_urls[0]}/   (open it in two tabs to make a call)")
         print("Press Ctrl-C to stop.")
         while not stopping:
             if any(child.poll() is not None for child in children):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.harness import Api, System
+from signaling.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
+from tests.harness import CALLS_APP_ID, CALLS_APP_SECRET, TURN_KEY, TURN_TOKEN, Api, System
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -48,3 +49,14 @@ def make_system(tmp_path: Path) -> Iterator[Callable[..., System]]:
     for running in made:
         with contextlib.suppress(Exception):
             running.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_calls() -> AsyncIterator[FakeCallsServer]:
+    """The local stand-in for Cloudflare's Calls API (the only stand-in we use)."""
+    config = FakeCallsConfig(
+        apps={CALLS_APP_ID: CALLS_APP_SECRET}, turn_keys={TURN_KEY: TURN_TOKEN}
+    )
+    server = await FakeCallsServer(FakeCalls(config)).start()
+    yield server
+    await server.stop()

@@ -36,6 +36,25 @@ RELAXED_LIMITS = {
 }
 
 
+# The Calls stand-in's credentials in tests (the fixture is ``fake_calls``).
+CALLS_APP_ID = "calls-app-1"
+CALLS_APP_SECRET = "calls-app-secret-DO-NOT-LEAK-0123456789"
+TURN_KEY = "turn-key-1"
+TURN_TOKEN = "turn-api-token-DO-NOT-LEAK-987654321"
+
+
+def calls_env(calls_url: str, **extra: str) -> dict[str, str]:
+    """Edge settings pointing at the Calls stand-in at ``calls_url``."""
+    return {
+        "CLOUDFLARE_APP_ID": CALLS_APP_ID,
+        "CLOUDFLARE_APP_SECRET": CALLS_APP_SECRET,
+        "CALLS_API_URL": calls_url,
+        "CLOUDFLARE_TURN_KEY_ID": TURN_KEY,
+        "CLOUDFLARE_TURN_KEY_API_TOKEN": TURN_TOKEN,
+        **extra,
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

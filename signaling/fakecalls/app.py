@@ -89,9 +89,13 @@ class Session:
     pending_offer: bool = False
     next_mid: int = 0
     recent: deque[float] = field(default_factory=deque)
+    transport: sdp.Transport = field(default_factory=sdp.Transport)
+    sections: list[sdp.Media] = field(default_factory=list)
+    """The negotiated m-sections in order, each with the SFU's direction."""
 
     def new_mid(self) -> str:
-        while str(self.next_mid) in self.tracks:
+        taken = {m.mid for m in self.sections}
+        while str(self.next_mid) in self.tracks or str(self.next_mid) in taken:
             self.next_mid += 1
         mid = str(self.next_mid)
         self.next_mid += 1
@@ -273,6 +277,24 @@ _APP = r"v1/apps/(?P<app>[^/]+)"
 _SID = _APP + r"/sessions/(?P<sid>[^/]+)"
 
 
+def _answer(session: Session, offered: list[sdp.Media]) -> str:
+    """Answer a client's offer; its m-sections become the session's."""
+    names = {t.mid: t.track_name for t in session.tracks.values()}
+    session.sections = [
+        sdp.Media(m.kind, m.mid, names.get(m.mid, ""), _SFU_SIDE.get(m.direction, "recvonly"))
+        for m in offered
+    ]
+    return sdp.answer(offered, session.transport)
+
+
+_SFU_SIDE = {
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "sendrecv": "sendrecv",
+    "inactive": "inactive",
+}
+
+
 @_handles("POST", _APP + r"/sessions/new")
 async def _new_session(
     fake: FakeCalls, request: Request[Any, Any, Any], match: "re.Match[str]"
@@ -287,7 +309,7 @@ async def _new_session(
         description = legacy.get("sessionDescription") if isinstance(legacy, dict) else None
         if isinstance(description, dict) and isinstance(description.get("sdp"), str):
             offered = sdp.media_of(description["sdp"])
-            body["sessionDescription"] = {"type": "answer", "sdp": sdp.answer(offered)}
+            body["sessionDescription"] = {"type": "answer", "sdp": _answer(session, offered)}
     return _json(body, 201)
 
 
@@ -325,11 +347,11 @@ def _push(session: Session, body: _TracksNew) -> Response[Any]:
     if description is None or description.type != "offer":
         raise CallsError(406, "invalid_params", "pushing tracks needs an offer")
     try:
-        offered = {m.mid: m for m in sdp.media_of(description.sdp)}
+        sections = sdp.media_of(description.sdp)
     except sdp.SdpError as e:
         raise CallsError(406, "invalid_session_description", str(e)) from None
+    offered = {m.mid: m for m in sections}
     out = []
-    answered = []
     for track in body.tracks:
         if not track.trackName or track.mid is None or track.mid not in offered:
             raise CallsError(
@@ -337,12 +359,11 @@ def _push(session: Session, body: _TracksNew) -> Response[Any]:
             )
         media = offered[track.mid]
         session.tracks[track.mid] = Track(track.mid, track.trackName, "local", media.kind)
-        answered.append(sdp.Media(media.kind, track.mid, track.trackName))
         out.append({"location": "local", "mid": track.mid, "trackName": track.trackName})
     return _json(
         {
             "requiresImmediateRenegotiation": False,
-            "sessionDescription": {"type": "answer", "sdp": sdp.answer(answered)},
+            "sessionDescription": {"type": "answer", "sdp": _answer(session, sections)},
             "tracks": out,
         }
     )
@@ -380,7 +401,7 @@ def _pull(fake: FakeCalls, session: Session, body: _TracksNew) -> Response[Any]:
         kind = track.kind or source.kind
         assert publisher is not None
         session.tracks[mid] = Track(mid, source.track_name, "remote", kind, publisher.id)
-        offered.append(sdp.Media(kind, mid, source.track_name))
+        offered.append(sdp.Media(kind, mid, source.track_name, "sendonly"))
         out.append(
             {
                 "location": "remote",
@@ -392,7 +413,11 @@ def _pull(fake: FakeCalls, session: Session, body: _TracksNew) -> Response[Any]:
     body_out: dict[str, Any] = {"requiresImmediateRenegotiation": bool(offered), "tracks": out}
     if offered:
         session.pending_offer = True
-        body_out["sessionDescription"] = {"type": "offer", "sdp": sdp.offer(offered)}
+        session.sections.extend(offered)
+        body_out["sessionDescription"] = {
+            "type": "offer",
+            "sdp": sdp.offer(session.sections, session.transport),
+        }
     return _json(body_out)
 
 
@@ -441,8 +466,11 @@ async def _close_tracks(
         out.append({"mid": item.mid})
     reply: dict[str, Any] = {"requiresImmediateRenegotiation": False, "tracks": out}
     if not body.force and body.sessionDescription is not None:
-        closing = [sdp.Media("audio", item.mid or "0") for item in body.tracks]
-        reply["sessionDescription"] = {"type": "answer", "sdp": sdp.answer(closing)}
+        try:
+            sections = sdp.media_of(body.sessionDescription.sdp)
+        except sdp.SdpError as e:
+            raise CallsError(406, "invalid_session_description", str(e)) from None
+        reply["sessionDescription"] = {"type": "answer", "sdp": _answer(session, sections)}
     return _json(reply)
 
 
@@ -520,12 +548,14 @@ async def _establish_channel(
         channel_id, name, body.dataChannel.location or "remote"
     )
     session.pending_offer = True
+    if not any(m.kind == "application" for m in session.sections):
+        session.sections.append(sdp.Media("application", session.new_mid()))
     return _json(
         {
             "requiresImmediateRenegotiation": True,
             "sessionDescription": {
                 "type": "offer",
-                "sdp": sdp.offer([sdp.Media("application", session.new_mid())]),
+                "sdp": sdp.offer(session.sections, session.transport),
             },
             "dataChannel": {"dataChannelName": name, "id": channel_id},
         }

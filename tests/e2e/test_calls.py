@@ -2,44 +2,25 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-import pytest_asyncio
 
 from bus_schema import buckets, codec
-from signaling.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer, sdp
-from tests.harness import Api, Member, System, enter
+from signaling.fakecalls import FakeCallsServer, sdp
+from tests.harness import CALLS_APP_SECRET as APP_SECRET
+from tests.harness import TURN_TOKEN, Api, Member, System, enter
+from tests.harness import calls_env as _calls_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-APP_ID = "calls-app-1"
-APP_SECRET = "calls-app-secret-DO-NOT-LEAK-0123456789"
-TURN_KEY = "turn-key-1"
-TURN_TOKEN = "turn-api-token-DO-NOT-LEAK-987654321"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fake_calls() -> AsyncIterator[FakeCallsServer]:
-    fake = FakeCalls(FakeCallsConfig(apps={APP_ID: APP_SECRET}, turn_keys={TURN_KEY: TURN_TOKEN}))
-    server = await FakeCallsServer(fake).start()
-    yield server
-    await server.stop()
-
 
 def calls_env(server: FakeCallsServer, **extra: str) -> dict[str, str]:
-    return {
-        "CLOUDFLARE_APP_ID": APP_ID,
-        "CLOUDFLARE_APP_SECRET": APP_SECRET,
-        "CALLS_API_URL": server.base_url,
-        "CLOUDFLARE_TURN_KEY_ID": TURN_KEY,
-        "CLOUDFLARE_TURN_KEY_API_TOKEN": TURN_TOKEN,
-        **extra,
-    }
+    return _calls_env(server.base_url, **extra)
 
 
 @dataclass

@@ -1,0 +1,673 @@
+// A small client of this signaling service: create or join a room by link, see
+// who is there with their mute state, and talk. P2P (offer/answer/ice-candidate
+// relayed with `to`) by default; through the Cloudflare Calls SFU, via the
+// edge's proxy, when the service has Calls configured. No build step.
+
+const $ = (selector) => document.querySelector(selector);
+
+// Close codes after which reconnecting would not help (docs/protocol.md).
+const FINAL_CLOSE = {
+  1008: "The connection was closed because this client kept sending invalid messages.",
+  1009: "The connection was closed because a message was too large.",
+  4000: "This call was opened again somewhere else (another tab or device).",
+  4003: "You are no longer in this room. Join again to come back.",
+  4004: "This room no longer exists.",
+  4009: "This room is full.",
+};
+const ERROR_WORDS = {
+  room_full: "This room is full.",
+  room_not_found: "This room does not exist or has expired. Check the link or create a new room.",
+  unavailable: "The service is busy right now; trying again.",
+  rate_limited: "Slow down: too many messages.",
+};
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000];
+const GIVE_UP_AFTER_MS = 30000;
+
+// What tests (and curious people) can look at from the console.
+const debug = { events: [], call: null, mode: null };
+window.signaling = debug;
+
+// --- HTTP ------------------------------------------------------------------------
+
+class HttpError extends Error {
+  constructor(status, body) {
+    super(body && body.error ? body.error : `HTTP ${status}`);
+    this.status = status;
+    this.code = body && body.code;
+  }
+}
+
+async function http(method, path, body, token) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) throw new HttpError(response.status, data);
+  return data;
+}
+
+// --- UI helpers --------------------------------------------------------------------
+
+function show(view) {
+  for (const id of ["create-view", "join-view", "call-view"]) $(`#${id}`).hidden = id !== view;
+}
+
+function showError(text) {
+  const box = $("#error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function setStatus(state, text) {
+  const status = $("#status");
+  status.dataset.state = state;
+  status.textContent = text || state;
+}
+
+function roomLink(roomId) {
+  return `${location.origin}/?room=${encodeURIComponent(roomId)}`;
+}
+
+function plainWords(error) {
+  if (error instanceof HttpError) {
+    if (error.status === 404) return ERROR_WORDS.room_not_found;
+    if (error.status === 409) return ERROR_WORDS.room_full;
+    if (error.status === 429) return "Too many attempts; wait a moment and try again.";
+    return error.message;
+  }
+  if (error && error.name === "NotAllowedError") {
+    return "Camera and microphone access was refused. Allow it in the browser and join again.";
+  }
+  if (error && error.name === "NotFoundError") return "No camera or microphone was found.";
+  return String(error && error.message ? error.message : error);
+}
+
+// --- the call ------------------------------------------------------------------------
+
+class Call {
+  constructor({ roomId, token, me, name, iceServers, stream }) {
+    Object.assign(this, { roomId, token, me, name, iceServers, stream });
+    this.participants = new Map(); // id -> {name, audio, video, session, tracks}
+    this.peers = new Map(); // id -> PeerLink (P2P mode)
+    this.sfu = null; // SfuLink (Calls mode)
+    this.ws = null;
+    this.closing = false;
+    this.attempt = 0;
+    this.lostSince = null;
+    this.connectedOnce = false;
+  }
+
+  // -- WebSocket ----------------------------------------------------------------------
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    // The token travels as the subprotocol: it stays out of URLs and access logs.
+    const ws = new WebSocket(`${scheme}://${location.host}/ws`, [this.token]);
+    this.ws = ws;
+    setStatus(this.connectedOnce ? "reconnecting" : "connecting");
+    ws.onmessage = (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      debug.events.push({ type: message.type, from: message.from || message.participantId });
+      this.onMessage(message).catch((error) => console.error("handling", message.type, error));
+    };
+    ws.onclose = (event) => this.onClose(event);
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  onClose(event) {
+    if (this.closing) return;
+    const final = FINAL_CLOSE[event.code];
+    if (final) {
+      this.end(final);
+      return;
+    }
+    this.lostSince = this.lostSince || Date.now();
+    if (Date.now() - this.lostSince > GIVE_UP_AFTER_MS) {
+      this.end("The connection to the service was lost. Join again to come back.");
+      return;
+    }
+    const delay = RECONNECT_DELAYS_MS[Math.min(this.attempt, RECONNECT_DELAYS_MS.length - 1)];
+    this.attempt += 1;
+    setStatus("reconnecting", `reconnecting (attempt ${this.attempt})`);
+    setTimeout(() => this.connect(), delay);
+  }
+
+  leave() {
+    this.closing = true;
+    // A Close frame: the others see `leave` at once.
+    if (this.ws) this.ws.close(1000, "left");
+    this.teardown();
+    setStatus("closed", "left the call");
+  }
+
+  end(text) {
+    this.closing = true;
+    this.teardown();
+    setStatus("closed", "disconnected");
+    showError(text);
+  }
+
+  teardown() {
+    for (const peer of this.peers.values()) peer.close();
+    this.peers.clear();
+    if (this.sfu) this.sfu.close();
+    for (const track of this.stream.getTracks()) track.stop();
+  }
+
+  // -- messages -------------------------------------------------------------------------
+
+  async onMessage(message) {
+    switch (message.type) {
+      case "welcome":
+        return this.onWelcome(message);
+      case "join": {
+        const data = message.data || {};
+        if (data.participant_id === this.me) return;
+        this.upsert(data.participant_id, { name: data.participant_name || "Guest" });
+        return;
+      }
+      case "leave": {
+        const id = (message.data || {}).participant_id || message.from;
+        this.remove(id);
+        return;
+      }
+      case "track-state": {
+        if (!this.participants.has(message.from)) return;
+        this.upsert(message.from, { [message.kind]: message.enabled });
+        return;
+      }
+      case "cloudflare-session": {
+        const id = message.participantId || message.from;
+        if (id === this.me) return;
+        this.upsert(id, {
+          name: message.participantName,
+          session: message.sessionId,
+          tracks: message.tracks || [],
+        });
+        if (this.sfu) this.sfu.pull(id);
+        return;
+      }
+      case "offer":
+      case "answer":
+        return this.peer(message.from).onDescription(message.description);
+      case "ice-candidate":
+        return this.peer(message.from).onCandidate(message.candidate);
+      case "error":
+        showError(ERROR_WORDS[message.code] || message.message);
+        return;
+      default:
+        return;
+    }
+  }
+
+  async onWelcome(message) {
+    // A first welcome, or a fresh one after a reconnect or a resync: the whole room.
+    this.attempt = 0;
+    this.lostSince = null;
+    this.connectedOnce = true;
+    showError("");
+    setStatus("connected", "connected");
+    const present = new Set();
+    for (const p of message.participants) {
+      present.add(p.id);
+      if (p.id === this.me) continue;
+      this.upsert(p.id, {
+        name: p.name,
+        audio: p.audio,
+        video: p.video,
+        session: p.session,
+        tracks: p.tracks,
+      });
+    }
+    for (const id of [...this.participants.keys()]) {
+      if (!present.has(id)) this.remove(id);
+    }
+    // Tell the others our current mute state (it may have changed while away).
+    for (const track of this.stream.getTracks()) {
+      if (!track.enabled) this.send({ type: "track-state", kind: track.kind, enabled: false });
+    }
+    if (this.sfu) {
+      await this.sfu.publish();
+      for (const id of this.participants.keys()) this.sfu.pull(id);
+    } else {
+      // P2P: whoever arrives calls everyone already there (the others wait for
+      // the offer); links that survived a reconnect are kept as they are.
+      for (const id of this.participants.keys()) this.peer(id);
+    }
+  }
+
+  upsert(id, fields) {
+    const known = this.participants.get(id) || { name: "Guest", audio: true, video: true };
+    for (const [key, value] of Object.entries(fields)) {
+      if (value !== undefined && value !== null) known[key] = value;
+    }
+    this.participants.set(id, known);
+    renderParticipants(this);
+    renderTile(id, known);
+  }
+
+  remove(id) {
+    if (!this.participants.delete(id)) return;
+    const peer = this.peers.get(id);
+    if (peer) peer.close();
+    this.peers.delete(id);
+    if (this.sfu) this.sfu.drop(id);
+    removeTile(id);
+    renderParticipants(this);
+  }
+
+  peer(id) {
+    let peer = this.peers.get(id);
+    if (!peer) {
+      peer = new PeerLink(this, id);
+      this.peers.set(id, peer);
+    }
+    return peer;
+  }
+
+  setLocal(kind, enabled) {
+    for (const track of this.stream.getTracks()) {
+      if (track.kind === kind) track.enabled = enabled;
+    }
+    this.send({ type: "track-state", kind, enabled });
+    renderTile(this.me, { name: `${this.name} (you)`, [kind]: enabled, ...localState(this) });
+    renderParticipants(this);
+  }
+}
+
+function localState(call) {
+  const state = { audio: true, video: true };
+  for (const track of call.stream.getTracks()) state[track.kind] = track.enabled;
+  return state;
+}
+
+// --- P2P: one RTCPeerConnection per other participant ("perfect negotiation") --------
+
+class PeerLink {
+  constructor(call, peerId) {
+    this.call = call;
+    this.peerId = peerId;
+    this.polite = call.me > peerId;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.pending = [];
+    this.pc = new RTCPeerConnection({ iceServers: call.iceServers });
+    for (const track of call.stream.getTracks()) this.pc.addTrack(track, call.stream);
+    this.pc.onnegotiationneeded = () => this.offer();
+    this.pc.onicecandidate = ({ candidate }) => {
+      if (candidate) call.send({ type: "ice-candidate", to: peerId, candidate: candidate.toJSON() });
+    };
+    this.pc.ontrack = ({ track, streams }) => {
+      const stream = streams[0] || new MediaStream([track]);
+      attachStream(peerId, stream);
+    };
+    this.pc.onconnectionstatechange = () => {
+      const state = this.pc.connectionState;
+      setTileState(peerId, state);
+      if (state === "failed") this.pc.restartIce();
+    };
+  }
+
+  async offer() {
+    try {
+      this.makingOffer = true;
+      await this.pc.setLocalDescription();
+      this.call.send({ type: "offer", to: this.peerId, description: this.pc.localDescription });
+    } catch (error) {
+      console.error("offer", error);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  async onDescription(description) {
+    if (!description || !description.type) return;
+    const collision =
+      description.type === "offer" && (this.makingOffer || this.pc.signalingState !== "stable");
+    this.ignoreOffer = !this.polite && collision;
+    if (this.ignoreOffer) return;
+    await this.pc.setRemoteDescription(description);
+    for (const candidate of this.pending.splice(0)) await this.addCandidate(candidate);
+    if (description.type === "offer") {
+      await this.pc.setLocalDescription();
+      this.call.send({ type: "answer", to: this.peerId, description: this.pc.localDescription });
+    }
+  }
+
+  async onCandidate(candidate) {
+    if (!candidate) return;
+    if (!this.pc.remoteDescription) this.pending.push(candidate);
+    else await this.addCandidate(candidate);
+  }
+
+  async addCandidate(candidate) {
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (error) {
+      if (!this.ignoreOffer) console.warn("ice candidate", error);
+    }
+  }
+
+  close() {
+    this.pc.close();
+  }
+}
+
+// --- SFU: one RTCPeerConnection to Cloudflare Calls, through the edge's proxy --------
+
+class SfuLink {
+  constructor(call, sessionId) {
+    this.call = call;
+    this.sessionId = sessionId;
+    this.pc = new RTCPeerConnection({ iceServers: call.iceServers, bundlePolicy: "max-bundle" });
+    this.published = null; // [{trackName, kind}]
+    this.pulled = new Map(); // participant id -> {key, mids}
+    this.owners = new Map(); // mid -> participant id
+    this.queue = Promise.resolve();
+    this.pc.ontrack = ({ track, transceiver }) => {
+      const owner = this.owners.get(transceiver.mid);
+      if (!owner) return;
+      const tile = ensureTile(owner);
+      const video = tile.querySelector("video");
+      const stream = video.srcObject || new MediaStream();
+      stream.addTrack(track);
+      video.srcObject = stream;
+    };
+    this.pc.onconnectionstatechange = () => {
+      for (const id of this.pulled.keys()) setTileState(id, this.pc.connectionState);
+    };
+  }
+
+  // Calls wants one change at a time per session: every operation is queued.
+  run(step) {
+    this.queue = this.queue.then(step).catch((error) => {
+      console.error("calls", error);
+      showError(`Calls: ${plainWords(error)}`);
+    });
+    return this.queue;
+  }
+
+  api(method, path, body) {
+    return http(method, `/cloudflare/session/${this.sessionId}${path}`, body, this.call.token);
+  }
+
+  publish() {
+    return this.run(async () => {
+      if (!this.published) {
+        const transceivers = this.call.stream
+          .getTracks()
+          .map((track) => this.pc.addTransceiver(track, { direction: "sendonly" }));
+        await this.pc.setLocalDescription(await this.pc.createOffer());
+        const tracks = transceivers.map((t) => ({
+          location: "local",
+          mid: t.mid,
+          trackName: `${this.call.me}-${t.sender.track.kind}`,
+        }));
+        const answer = await this.api("POST", "/tracks/new", {
+          sessionDescription: { type: "offer", sdp: this.pc.localDescription.sdp },
+          tracks,
+        });
+        await this.pc.setRemoteDescription(answer.sessionDescription);
+        this.published = transceivers.map((t) => ({
+          trackName: `${this.call.me}-${t.sender.track.kind}`,
+          kind: t.sender.track.kind,
+        }));
+      }
+      // (Again after a reconnect: the room keeps it, but it costs nothing.)
+      this.call.send({
+        type: "cloudflare-session",
+        sessionId: this.sessionId,
+        tracks: this.published,
+      });
+    });
+  }
+
+  pull(participantId) {
+    return this.run(async () => {
+      const p = this.call.participants.get(participantId);
+      if (!p || !p.session || !p.tracks || p.tracks.length === 0) return;
+      const key = `${p.session}/${p.tracks.map((t) => t.trackName).join(",")}`;
+      if (this.pulled.get(participantId)?.key === key) return;
+      const result = await this.api("POST", "/tracks/new", {
+        tracks: p.tracks.map((t) => ({
+          location: "remote",
+          sessionId: p.session,
+          trackName: t.trackName,
+        })),
+      });
+      const mids = (result.tracks || []).filter((t) => !t.errorCode).map((t) => t.mid);
+      for (const mid of mids) this.owners.set(mid, participantId);
+      this.pulled.set(participantId, { key, mids });
+      if (result.requiresImmediateRenegotiation) {
+        await this.pc.setRemoteDescription(result.sessionDescription);
+        await this.pc.setLocalDescription(await this.pc.createAnswer());
+        await this.api("PUT", "/renegotiate", {
+          sessionDescription: { type: "answer", sdp: this.pc.localDescription.sdp },
+        });
+      }
+    });
+  }
+
+  drop(participantId) {
+    const pulled = this.pulled.get(participantId);
+    if (!pulled) return;
+    this.pulled.delete(participantId);
+    this.run(async () => {
+      if (pulled.mids.length === 0) return;
+      await this.api("PUT", "/tracks/close", {
+        tracks: pulled.mids.map((mid) => ({ mid })),
+        force: true,
+      });
+    });
+  }
+
+  close() {
+    this.pc.close();
+  }
+}
+
+// --- rendering ---------------------------------------------------------------------
+
+function ensureTile(id) {
+  let tile = document.querySelector(`.tile[data-participant-id="${CSS.escape(id)}"]`);
+  if (!tile) {
+    tile = document.createElement("div");
+    tile.className = "tile";
+    tile.dataset.participantId = id;
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    const label = document.createElement("span");
+    label.className = "label";
+    tile.append(video, label);
+    $("#tiles").append(tile);
+  }
+  return tile;
+}
+
+function renderTile(id, participant) {
+  const tile = ensureTile(id);
+  tile.querySelector(".label").textContent = participant.name;
+  tile.dataset.video = String(participant.video !== false);
+  tile.dataset.audio = String(participant.audio !== false);
+}
+
+function attachStream(id, stream) {
+  const video = ensureTile(id).querySelector("video");
+  if (video.srcObject !== stream) video.srcObject = stream;
+}
+
+function setTileState(id, state) {
+  const tile = document.querySelector(`.tile[data-participant-id="${CSS.escape(id)}"]`);
+  if (tile) tile.dataset.connection = state;
+}
+
+function removeTile(id) {
+  const tile = document.querySelector(`.tile[data-participant-id="${CSS.escape(id)}"]`);
+  if (tile) tile.remove();
+}
+
+function renderParticipants(call) {
+  const list = $("#participants");
+  list.replaceChildren();
+  const entries = [[call.me, { name: call.name, ...localState(call) }], ...call.participants];
+  for (const [id, p] of entries) {
+    const item = document.createElement("li");
+    item.dataset.participantId = id;
+    item.dataset.audio = String(p.audio !== false);
+    item.dataset.video = String(p.video !== false);
+    const name = document.createElement("span");
+    name.className = id === call.me ? "name me" : "name";
+    name.textContent = id === call.me ? `${p.name} (you)` : p.name;
+    const mic = document.createElement("span");
+    mic.className = "mic";
+    mic.textContent = "mic";
+    mic.title = p.audio !== false ? "microphone on" : "microphone muted";
+    const cam = document.createElement("span");
+    cam.className = "cam";
+    cam.textContent = "cam";
+    cam.title = p.video !== false ? "camera on" : "camera off";
+    item.append(name, mic, cam);
+    list.append(item);
+  }
+}
+
+// --- pages ---------------------------------------------------------------------------
+
+async function createView() {
+  show("create-view");
+  $("#create-form").onsubmit = async (event) => {
+    event.preventDefault();
+    showError("");
+    try {
+      const created = await http("POST", "/api/rooms", {
+        name: $("#room-name").value.trim() || "Call",
+        max_participants: Number($("#room-max").value) || 10,
+      });
+      location.assign(roomLink(created.room_id));
+    } catch (error) {
+      showError(plainWords(error));
+    }
+  };
+}
+
+async function joinView(roomId) {
+  let room;
+  try {
+    room = await http("GET", `/api/rooms/${encodeURIComponent(roomId)}`);
+  } catch (error) {
+    showError(
+      error instanceof HttpError && (error.status === 404 || error.status === 400)
+        ? "This link is invalid or the room has expired. Create a new room."
+        : plainWords(error),
+    );
+    createView();
+    return;
+  }
+  $("#room-title").textContent = room.name;
+  document.title = `${room.name} - Signaling call`;
+  const link = roomLink(roomId);
+  $("#share-link").textContent = link;
+  $("#share-link").href = link;
+  $("#copy-link").onclick = () => navigator.clipboard?.writeText(link);
+  $("#display-name").value = localStorage.getItem("signaling.name") || "";
+  show("join-view");
+  $("#join-form").onsubmit = async (event) => {
+    event.preventDefault();
+    const button = event.submitter || $("#join-form button");
+    button.disabled = true;
+    showError("");
+    try {
+      await startCall(roomId, $("#display-name").value.trim() || "Guest");
+    } catch (error) {
+      showError(plainWords(error));
+      button.disabled = false;
+    }
+  };
+}
+
+async function startCall(roomId, name) {
+  localStorage.setItem("signaling.name", name);
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+  let joined;
+  try {
+    joined = await http("POST", `/api/rooms/${encodeURIComponent(roomId)}/join`, {
+      participant_name: name,
+    });
+  } catch (error) {
+    for (const track of stream.getTracks()) track.stop();
+    throw error;
+  }
+  const call = new Call({
+    roomId,
+    token: joined.token,
+    me: joined.participant_id,
+    name,
+    iceServers: joined.ice_servers || [],
+    stream,
+  });
+  debug.call = call;
+  // Calls SFU when the service has it configured; 503 means it has not.
+  try {
+    const session = await http("POST", "/cloudflare/session", undefined, call.token);
+    call.sfu = new SfuLink(call, session.sessionId);
+  } catch (error) {
+    if (!(error instanceof HttpError && error.status === 503)) {
+      showError(`Calls SFU unavailable (${plainWords(error)}); using direct connections.`);
+    }
+  }
+  debug.mode = call.sfu ? "sfu" : "p2p";
+  $("#mode").textContent = call.sfu ? "via Cloudflare Calls (SFU)" : "direct (P2P)";
+  show("call-view");
+  const local = ensureTile(call.me);
+  local.classList.add("local");
+  const video = local.querySelector("video");
+  video.muted = true;
+  video.srcObject = stream;
+  renderTile(call.me, { name: `${name} (you)`, ...localState(call) });
+  renderParticipants(call);
+
+  const audioButton = $("#toggle-audio");
+  const videoButton = $("#toggle-video");
+  audioButton.onclick = () => {
+    const on = audioButton.getAttribute("aria-pressed") !== "true";
+    audioButton.setAttribute("aria-pressed", String(on));
+    audioButton.textContent = on ? "Mute mic" : "Unmute mic";
+    call.setLocal("audio", on);
+  };
+  videoButton.onclick = () => {
+    const on = videoButton.getAttribute("aria-pressed") !== "true";
+    videoButton.setAttribute("aria-pressed", String(on));
+    videoButton.textContent = on ? "Stop camera" : "Start camera";
+    call.setLocal("video", on);
+  };
+  $("#leave").onclick = () => {
+    call.leave();
+    $("#tiles").replaceChildren();
+    $("#participants").replaceChildren();
+    joinView(roomId);
+  };
+  call.connect();
+}
+
+const roomId = new URLSearchParams(location.search).get("room");
+if (roomId) joinView(roomId);
+else createView();

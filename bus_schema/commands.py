@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from bus_schema.events import Event
-from bus_schema.state import Participant
+from bus_schema.state import Participant, RoomMeta
 
 
 class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -22,6 +22,10 @@ class CreateRoom(_Command, frozen=True, tag="create_room"):
     created_by: str
     created_at: str
     max_participants: int
+    empty_timeout: float | None = None
+    """Seconds; ``None``: the worker's default (``ROOM_EMPTY_TIMEOUT``)."""
+    departure_timeout: float | None = None
+    """Seconds; ``None``: the worker's default (``ROOM_DEPARTURE_TIMEOUT``)."""
 
 
 class Join(_Command, frozen=True, tag="join"):
@@ -91,6 +95,41 @@ class GetSnapshot(_Command, frozen=True, tag="get_snapshot"):
     since: int | None = None
 
 
+# --- operators (the room service API of the edges) -----------------------------
+
+
+class GetRoom(_Command, frozen=True, tag="get_room"):
+    """Read-only: the room's metadata and participants (answered with `RoomInfo`)."""
+
+
+class UpdateRoom(_Command, frozen=True, tag="update_room"):
+    """Change the room's name and/or size (answered with `RoomInfo`)."""
+
+    name: str | None = None
+    max_participants: int | None = None
+
+
+class CloseRoom(_Command, frozen=True, tag="close_room"):
+    """Close the room: every participant is told and disconnected; the room is gone."""
+
+    reason: str = "admin"
+
+
+class RemoveParticipant(_Command, frozen=True, tag="remove_participant"):
+    """Remove a participant (told ``kicked``, disconnected); its token may not rejoin."""
+
+    participant_id: str
+
+
+class MuteTrack(_Command, frozen=True, tag="mute_track"):
+    """Set a participant's audio or video state; the participant and the others
+    get ``track-state``."""
+
+    participant_id: str
+    kind: str
+    enabled: bool = False
+
+
 Command = (
     CreateRoom
     | Join
@@ -101,6 +140,11 @@ Command = (
     | SetTrackState
     | Broadcast
     | GetSnapshot
+    | GetRoom
+    | UpdateRoom
+    | CloseRoom
+    | RemoveParticipant
+    | MuteTrack
 )
 
 
@@ -138,4 +182,12 @@ class Catchup(_Reply, frozen=True, tag="catchup"):
     cannot be replayed: go on from here."""
 
 
-Reply = Ack | Snapshot | Catchup | Rejected
+class RoomInfo(_Reply, frozen=True, tag="room"):
+    """A room as operators see it."""
+
+    meta: RoomMeta
+    seq: int
+    participants: list[Participant]
+
+
+Reply = Ack | Snapshot | Catchup | Rejected | RoomInfo

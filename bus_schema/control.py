@@ -7,6 +7,8 @@ class CloseConnection(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     conn_id: str
     code: int
     reason: str
+    notice: str = ""
+    """A text frame to send the client before closing (``kicked``), if any."""
 
 
 EdgeControl = CloseConnection

@@ -8,6 +8,8 @@ class ErrorCode(StrEnum):
     ROOM_FULL = "room_full"
     ROOM_EXISTS = "room_exists"
     NOT_IN_ROOM = "not_in_room"
+    KICKED = "kicked"
+    """The participant was removed by an operator: its token may not come back."""
     NOT_OWNER = "not_owner"
     """The worker does not (or no longer) own the room: retry, another worker will."""
     BAD_COMMAND = "bad_command"

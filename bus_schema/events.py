@@ -25,7 +25,8 @@ class ParticipantJoined(_Event, frozen=True, tag="joined"):
 class ParticipantLeft(_Event, frozen=True, tag="left"):
     reason: str
     """``closed`` (clean close), ``timeout`` (not back within the resume grace
-    period) or ``edge_lost`` (its edge stopped sending heartbeats)."""
+    period), ``edge_lost`` (its edge stopped sending heartbeats) or ``kicked``
+    (removed by an operator)."""
 
 
 class SessionPublished(_Event, frozen=True, tag="session"):
@@ -37,10 +38,27 @@ class TrackStateChanged(_Event, frozen=True, tag="track_state"):
     kind: str
     enabled: bool
     frame: msgspec.Raw
+    by: str = ""
+    """``admin`` when an operator muted the track: the participant is told too."""
 
 
 class Broadcasted(_Event, frozen=True, tag="broadcast"):
     frame: msgspec.Raw
 
 
-Event = ParticipantJoined | ParticipantLeft | SessionPublished | TrackStateChanged | Broadcasted
+class RoomClosed(_Event, frozen=True, tag="closed"):
+    """The room is gone (``participant_id`` is empty): every client gets
+    ``room-closed`` and is disconnected."""
+
+    reason: str
+    """``admin``, ``empty_timeout`` or ``departure_timeout``."""
+
+
+Event = (
+    ParticipantJoined
+    | ParticipantLeft
+    | SessionPublished
+    | TrackStateChanged
+    | Broadcasted
+    | RoomClosed
+)

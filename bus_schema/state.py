@@ -15,6 +15,10 @@ class RoomMeta(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     created_by: str
     created_at: str
     max_participants: int
+    empty_timeout: float = 0.0
+    """Seconds a room nobody has joined lives (0: until ``ROOM_TTL``)."""
+    departure_timeout: float = 0.0
+    """Seconds a room lives after its last participant left (0: until ``ROOM_TTL``)."""
 
 
 class Participant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -58,6 +62,11 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     """The events of the last saved turn. The next owner publishes them again
     when it loads the room, in case the previous one died before it could;
     receivers drop events whose sequence number they have already seen."""
+    close_at: float | None = None
+    """Unix seconds when the empty room is closed (empty or departure timeout)."""
+    close_reason: str = ""
+    kicked: list[str] = msgspec.field(default_factory=list)
+    """Participants removed by an operator: their tokens may not rejoin."""
 
     @property
     def room_id(self) -> str:

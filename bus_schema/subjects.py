@@ -120,3 +120,41 @@ CALLS_CLEANUP_QUEUE = "calls-cleanup"
 def edge_status(edge_id: str) -> str:
     """An edge's status endpoint (request/reply)."""
     return f"{PREFIX}.edge.{_token(edge_id)}.status"
+
+
+# --- the durable event log and webhooks -------------------------------------------
+
+LOG_PARTITIONS = 16
+"""The log's subjects carry a partition of the room, so webhook dispatchers can
+deliver in per-room order (one delivery in flight per partition) and still
+share the work."""
+
+LOG_ALL = f"{PREFIX}.log.>"
+"""Every subject of the ``SIGNALING_LOG`` stream."""
+
+
+def log_partition_of(room_id: str) -> int:
+    return fnv1a32(room_id.encode()) % LOG_PARTITIONS
+
+
+def log_event(room_id: str, event: str) -> str:
+    """``signal.log.<partition>.<room>.<event>``: one room lifecycle event."""
+    return f"{PREFIX}.log.{log_partition_of(room_id)}.{_uuid(room_id)}.{_token(event)}"
+
+
+def log_partition(partition: int) -> str:
+    """Every log subject of one partition (a webhook consumer's filter)."""
+    if not 0 <= partition < LOG_PARTITIONS:
+        raise InvalidSubjectToken(f"log partition out of range: {partition}")
+    return f"{PREFIX}.log.{partition}.>"
+
+
+WEBHOOK_DEAD_ALL = f"{PREFIX}.webhooks.dead.>"
+"""Every subject of the ``SIGNALING_WEBHOOKS_DEAD`` stream."""
+WEBHOOK_DEAD_UNREADABLE = f"{PREFIX}.webhooks.dead.unreadable"
+"""Dead letters of log entries that could not be decoded."""
+
+
+def webhook_dead_letter(room_id: str) -> str:
+    """Where a log event goes when its webhook could not be delivered in time."""
+    return f"{PREFIX}.webhooks.dead.{_uuid(room_id)}"

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus_schema import codec, ids, subjects
+from bus_schema import log as event_log
 from bus_schema.commands import (
     Ack,
     Catchup,
@@ -29,10 +30,20 @@ from bus_schema.commands import (
     RegisterCallsSession,
     Rejected,
     Reply,
+    RoomInfo,
+    UpdateRoom,
 )
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
-from bus_schema.events import Event
+from bus_schema.events import (
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomClosed,
+    SessionPublished,
+    TrackStateChanged,
+)
+from bus_schema.log import LogEntry
 from bus_schema.state import CallsSession, RoomState
 from room_actors import metrics
 from room_actors.state import (
@@ -88,6 +99,11 @@ class _Turn:
     """A change that must be written before it is published."""
     publish_meta: bool = False
     republish: bool = False
+    deleted: bool = False
+    """The room closed in this turn: delete it instead of saving."""
+    log: list[LogEntry] = field(default_factory=list)
+    """Event log entries that are not room events (``room_created``)."""
+    now: Clock | None = None
 
 
 @dataclass(slots=True)
@@ -229,9 +245,13 @@ class RoomActor:
             await self._load()
         turn = self._apply(batch)
         state = turn.state
+        if turn.deleted:
+            if not self._owns():
+                raise Fenced(self.room_id)
+            self._revision = await self._store.delete(self.room_id, self._revision)
         # A turn of broadcasts only (numbered within the reservation) is
         # published without a write; the next write carries its sequence number.
-        if state is not None and (turn.save or turn.durable):
+        elif state is not None and (turn.save or turn.durable):
             if turn.events:
                 # The transactional outbox: a worker that saves and dies before
                 # publishing leaves the events in the state for the next owner.
@@ -249,6 +269,7 @@ class RoomActor:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         await self._publish(turn.events)
+        await self._append_log(turn.log, turn.events, turn.now)
         for cleanup in turn.cleanup:
             self._on_cleanup(cleanup)
         for edge_id, message in turn.control:
@@ -278,6 +299,16 @@ class RoomActor:
             # owner died between its save and its publish). Edges drop the
             # ones they already have: they apply events by sequence number.
             await self._publish(loaded.state.outbox)
+            await self._append_log([], loaded.state.outbox, None)
+
+    async def _append_log(
+        self, entries: list[LogEntry], events: list[Event], now: Clock | None
+    ) -> None:
+        """The durable event log: what happened to the room, in order."""
+        at = (now or clock_now()).iso
+        entries = entries + [e for e in (log_entry(event, at) for event in events) if e]
+        if entries:
+            await self._store.append_log(entries)
 
     async def _publish(self, events: list[Event], *, remember: bool = True) -> None:
         subject = subjects.room_events(self.room_id)
@@ -288,7 +319,7 @@ class RoomActor:
 
     def _apply(self, batch: list[_Pending]) -> "_Turn":
         now = clock_now()
-        turn = _Turn(self._state)
+        turn = _Turn(self._state, now=now)
         for pending in batch:
             command = pending.command
             if command is None:
@@ -306,11 +337,18 @@ class RoomActor:
             if isinstance(outcome.reply, Ack):
                 if isinstance(command, CreateRoom):
                     turn.publish_meta = True
+                    if outcome.state is not None and outcome.state is not turn.state:
+                        turn.log.append(room_created(outcome.state, now.iso))
                 elif isinstance(command, RegisterCallsSession):
                     turn.registered.append(command.session_id)
+            elif isinstance(outcome.reply, RoomInfo) and isinstance(command, UpdateRoom):
+                turn.publish_meta = outcome.state is not turn.state
             if outcome.state is not turn.state and outcome.durable:
                 turn.durable = True
             turn.state = outcome.state
+            if outcome.deleted:
+                turn.deleted, turn.state, turn.durable = True, None, False
+                turn.publish_meta = False
             turn.answers.append(pending.answer(outcome.reply))
             turn.events.extend(outcome.events)
             turn.control.extend(outcome.control)
@@ -345,3 +383,45 @@ class RoomActor:
                 await pending.answer(reply).send()
             except Exception:
                 log.exception("could not answer a command")
+
+
+def room_created(state: RoomState, at: str) -> LogEntry:
+    return LogEntry(
+        id=f"{state.room_id}.0",
+        event=event_log.ROOM_CREATED,
+        room_id=state.room_id,
+        room_seq=0,
+        at=at,
+        room=state.meta,
+    )
+
+
+def log_entry(event: Event, at: str) -> LogEntry | None:
+    """The event log's record of a room event (broadcasts are not logged)."""
+    base = LogEntry(
+        id=f"{event.room_id}.{event.seq}",
+        event="",
+        room_id=event.room_id,
+        room_seq=event.seq,
+        at=at,
+        participant_id=event.participant_id or None,
+    )
+    match event:
+        case ParticipantJoined():
+            return replace(base, event=event_log.PARTICIPANT_JOINED, participant_name=event.name)
+        case ParticipantLeft():
+            return replace(base, event=event_log.PARTICIPANT_LEFT, reason=event.reason)
+        case SessionPublished():
+            return replace(base, event=event_log.SESSION_PUBLISHED, session_id=event.session_id)
+        case TrackStateChanged():
+            return replace(
+                base,
+                event=event_log.TRACK_STATE_CHANGED,
+                kind=event.kind,
+                enabled=event.enabled,
+                by=event.by or None,
+            )
+        case RoomClosed():
+            metrics.child(metrics.ROOMS_CLOSED, event.reason).inc()
+            return replace(base, event=event_log.ROOM_CLOSED, reason=event.reason)
+    return None

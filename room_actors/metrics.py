@@ -28,6 +28,15 @@ FENCED = Counter(
     "Turns refused because this worker no longer owned the room (writes not made)",
 )
 
+LOG_APPENDED = Counter(
+    "signaling_actor_log_appended_total", "Events appended to the SIGNALING_LOG stream"
+)
+LOG_FAILED = Counter(
+    "signaling_actor_log_failed_total",
+    "Events that could not be appended to the event log after retries",
+)
+ROOMS_CLOSED = Counter("signaling_actor_rooms_closed_total", "Rooms closed, by reason", ["reason"])
+
 
 def child(metric: Any, *labels: str) -> Any:
     """``metric.labels(*labels)``, cached: label values come from small fixed sets,

@@ -16,7 +16,7 @@ from bus_schema.commands import Rejected
 from bus_schema.control import CloseCallsTracks
 from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
-from room_actors.state import Limits, Republish
+from room_actors.state import ExpireDisconnected, Limits, Republish
 from room_actors.store import RoomStore
 from signaling.services import MicroService
 
@@ -43,6 +43,8 @@ class Registry:
         self._actors: dict[str, RoomActor] = {}
         self._partitions: set[int] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._wakeups: dict[str, asyncio.TimerHandle] = {}
+        """Passivated rooms due to close at some time: a timer each, no actor."""
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -55,6 +57,9 @@ class Registry:
         """The room's actor, activated on first use."""
         actor = self._actors.get(room_id)
         if actor is None:
+            wakeup = self._wakeups.pop(room_id, None)
+            if wakeup is not None:
+                wakeup.cancel()
             partition = subjects.partition_of(room_id)
             actor = RoomActor(
                 room_id,
@@ -89,7 +94,8 @@ class Registry:
 
     async def serve(self, partitions: list[int]) -> None:
         """Start serving partitions this worker now owns, and load their rooms
-        that have participants (so they stay alive and are watched)."""
+        that have participants or a closing deadline (so they stay alive, are
+        watched, and close on time)."""
         for partition in partitions:
             if partition not in self._partitions:
                 await self._service.add(
@@ -108,8 +114,11 @@ class Registry:
         for room_id in room_ids:
             if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted:
                 loaded = await self._store.load(room_id)
-                if loaded.state is not None and loaded.state.participants:
+                state = loaded.state
+                if state is not None and state.participants:
                     self.actor(room_id).activate()
+                elif state is not None and state.close_at is not None:
+                    self._wake_at(room_id, state.close_at)
 
     async def release(self, partitions: list[int]) -> None:
         """Stop serving partitions: no new commands, finish the turns in flight,
@@ -120,6 +129,7 @@ class Registry:
         for room_id, actor in leaving.items():
             actor.cancel_timers()
             self._actors.pop(room_id, None)
+        self._cancel_wakeups(partitions)
 
     async def drop(self, partitions: list[int]) -> None:
         """The lease is lost: stop at once. Turns in flight fail their fence."""
@@ -127,6 +137,7 @@ class Registry:
         for room_id, actor in self._actors_in(partitions).items():
             actor.cancel_timers()
             self._actors.pop(room_id, None)
+        self._cancel_wakeups(partitions)
 
     async def _unsubscribe(self, partitions: list[int]) -> None:
         for partition in partitions:
@@ -141,6 +152,25 @@ class Registry:
             for room_id, actor in self._actors.items()
             if subjects.partition_of(room_id) in wanted
         }
+
+    def _wake_at(self, room_id: str, when: float) -> None:
+        """Load the room again when its closing deadline (Unix seconds) comes."""
+        previous = self._wakeups.pop(room_id, None)
+        if previous is not None:
+            previous.cancel()
+
+        def wake() -> None:
+            self._wakeups.pop(room_id, None)
+            if subjects.partition_of(room_id) in self._partitions:
+                self.actor(room_id).submit(ExpireDisconnected())
+
+        delay = max(0.0, when - time.time())
+        self._wakeups[room_id] = asyncio.get_running_loop().call_later(delay, wake)
+
+    def _cancel_wakeups(self, partitions: list[int]) -> None:
+        wanted = set(partitions)
+        for room_id in [r for r in self._wakeups if subjects.partition_of(r) in wanted]:
+            self._wakeups.pop(room_id).cancel()
 
     def _drop(self, room_id: str) -> None:
         actor = self._actors.pop(room_id, None)
@@ -170,7 +200,8 @@ class Registry:
 
     def passivate_idle(self, idle_for: float) -> int:
         """Evict empty rooms that saw no command for ``idle_for`` seconds; their
-        state stays in KV. Rooms with participants stay active."""
+        state stays in KV. Rooms with participants stay active; a room due to
+        close keeps only a timer that loads it again at its deadline."""
         cutoff = time.monotonic() - idle_for
         idle = [
             room_id
@@ -180,7 +211,10 @@ class Registry:
             and (actor.state is None or not actor.state.participants)
         ]
         for room_id in idle:
-            del self._actors[room_id]
+            actor = self._actors.pop(room_id)
+            actor.cancel_timers()
+            if actor.state is not None and actor.state.close_at is not None:
+                self._wake_at(room_id, actor.state.close_at)
         return len(idle)
 
     def edges_in_use(self) -> dict[str, set[str]]:

@@ -26,6 +26,14 @@ class ActorSettings:
     """Seconds a participant whose connection dropped keeps its place."""
     recent_commands: int = 64
     """How many applied command ids each room remembers for deduplication."""
+    empty_timeout: float = 7200.0
+    """Default seconds a room nobody joins lives (0: until ``room_ttl``)."""
+    departure_timeout: float = 300.0
+    """Default seconds a room lives after its last participant left (0: until ``room_ttl``)."""
+    log_max_age: float = 7 * 24 * 3600.0
+    """Seconds the event log keeps an event."""
+    log_max_bytes: int = 1024**3
+    """Bytes the event log keeps at most (the oldest events go first)."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9102
     """Prometheus metrics port; ``None`` (METRICS_PORT=off) serves none."""
@@ -47,6 +55,10 @@ class ActorSettings:
             lease_ttl=env.number("LEASE_TTL", 2.0, minimum=1.0, maximum=60.0),
             edge_timeout=env.number("EDGE_TIMEOUT", 3.0, minimum=0.5, maximum=600.0),
             resume_grace=env.number("RESUME_GRACE", 10.0, minimum=0.0, maximum=3600.0),
+            empty_timeout=env.number("ROOM_EMPTY_TIMEOUT", 7200.0, minimum=0.0),
+            departure_timeout=env.number("ROOM_DEPARTURE_TIMEOUT", 300.0, minimum=0.0),
+            log_max_age=env.number("LOG_MAX_AGE", 7 * 24 * 3600.0, minimum=60.0),
+            log_max_bytes=env.integer("LOG_MAX_BYTES", 1024**3, minimum=1024 * 1024),
             metrics_host=env.text("METRICS_HOST", "127.0.0.1"),
             metrics_port=_port(env.text("METRICS_PORT", "9102")),
             nats_credentials=NatsCredentials.from_env(env),

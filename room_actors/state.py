@@ -7,24 +7,31 @@ returned as the same object, so the caller knows whether to save.
 import dataclasses
 from dataclasses import dataclass
 
+import msgspec
 from msgspec.structs import replace
 
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Ack,
     Broadcast,
+    CloseRoom,
     Command,
     CreateRoom,
     Disconnect,
+    GetRoom,
     GetSnapshot,
     Join,
     Leave,
+    MuteTrack,
     PublishSession,
     RegisterCallsSession,
     Rejected,
+    RemoveParticipant,
     Reply,
+    RoomInfo,
     SetTrackState,
     Snapshot,
+    UpdateRoom,
 )
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
@@ -33,6 +40,7 @@ from bus_schema.events import (
     Event,
     ParticipantJoined,
     ParticipantLeft,
+    RoomClosed,
     SessionPublished,
     TrackStateChanged,
 )
@@ -51,6 +59,8 @@ class Outcome:
     durable: bool = True
     """False when the change need not be written before it is published: a
     broadcast numbered within the sequence reservation."""
+    deleted: bool = False
+    """The room is closed: its stored state and metadata are deleted."""
 
 
 SEQ_BLOCK = 1000
@@ -62,6 +72,12 @@ class Limits:
     recent_commands: int = 64
     resume_grace: float = 10.0
     """Seconds a participant whose connection dropped keeps its place."""
+    empty_timeout: float = 7200.0
+    """Default seconds a room nobody joins lives (0: no limit but ``ROOM_TTL``)."""
+    departure_timeout: float = 300.0
+    """Default seconds a room lives after its last participant left."""
+    kicked_kept: int = 1000
+    """How many removed participants a room remembers (their tokens stay refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +90,8 @@ class Clock:
 
 @dataclass(frozen=True, slots=True)
 class ExpireDisconnected:
-    """Internal: remove participants whose resume grace period has ended."""
+    """Internal: a deadline passed: remove participants whose resume grace
+    period has ended, and close the room if its empty or departure timeout is due."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +113,8 @@ Internal = ExpireDisconnected | EdgesLost | Republish
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")
 NOT_IN_ROOM = Rejected(code=ErrorCode.NOT_IN_ROOM, message="Not in this room")
+KICKED = Rejected(code=ErrorCode.KICKED, message="Removed from this room")
+NO_SUCH_PARTICIPANT = Rejected(code=ErrorCode.NOT_IN_ROOM, message="No such participant")
 
 
 def snapshot(state: RoomState, *, resumed: bool = False) -> Snapshot:
@@ -117,11 +136,18 @@ def resumed(state: RoomState) -> RoomState:
 
 
 def next_deadline(state: RoomState | None) -> float | None:
-    """When the next resume grace period ends (Unix seconds), if any."""
+    """When the next resume grace period ends or the room is due to close (Unix
+    seconds), if ever."""
     if state is None:
         return None
     deadlines = [p.disconnected_until for p in state.participants.values() if p.disconnected_until]
+    if state.close_at is not None:
+        deadlines.append(state.close_at)
     return min(deadlines, default=None)
+
+
+def room_info(state: RoomState) -> RoomInfo:
+    return RoomInfo(meta=state.meta, seq=state.seq, participants=list(state.participants.values()))
 
 
 def decide(
@@ -129,19 +155,31 @@ def decide(
 ) -> Outcome:
     """Apply one command to a room's state."""
     if isinstance(command, CreateRoom):
-        return _create(state, command, limits)
+        return _create(state, command, clock, limits)
     if state is None:
         return Outcome(state, ROOM_NOT_FOUND)
     match command:
         case GetSnapshot():
             return Outcome(state, snapshot(state))
+        case GetRoom():
+            return Outcome(state, room_info(state))
         case ExpireDisconnected():
             gone = [
                 p
                 for p in state.participants.values()
                 if p.disconnected_until is not None and p.disconnected_until <= clock.epoch
             ]
-            return _remove(state, gone, "timeout")
+            outcome = _remove(state, gone, "timeout", clock, limits)
+            after = outcome.state
+            if (
+                after is not None
+                and not after.participants
+                and after.close_at is not None
+                and after.close_at <= clock.epoch
+            ):
+                closed = _close(after, after.close_reason or "departure_timeout", clock, limits)
+                return dataclasses.replace(closed, events=outcome.events + closed.events)
+            return outcome
         case Republish():
             return Outcome(state, Ack(seq=state.seq))
         case EdgesLost():
@@ -150,14 +188,14 @@ def decide(
                 for p in state.participants.values()
                 if p.edge_id in command.edge_ids and p.disconnected_until is None
             ]
-            return _remove(state, gone, "edge_lost")
+            return _remove(state, gone, "edge_lost", clock, limits)
     if command.cmd_id in state.recent_commands:
         return Outcome(state, _replay_reply(state, command))
     match command:
         case Join():
             outcome = _join(state, command, clock.iso)
         case Leave():
-            outcome = _leave(state, command)
+            outcome = _leave(state, command, clock, limits)
         case Disconnect():
             outcome = _disconnect(state, command, clock.epoch + limits.resume_grace)
         case RegisterCallsSession():
@@ -165,7 +203,15 @@ def decide(
             outcome = Outcome(replace(state, calls_sessions=sessions), Ack(seq=state.seq))
         case PublishSession() | SetTrackState() | Broadcast():
             outcome = _relay(state, command)
-    if outcome.state is state or outcome.state is None:
+        case UpdateRoom():
+            outcome = _update(state, command)
+        case CloseRoom():
+            outcome = _close(state, command.reason, clock, limits)
+        case RemoveParticipant():
+            outcome = _kick(state, command, clock, limits)
+        case MuteTrack():
+            outcome = _mute(state, command)
+    if outcome.state is state or outcome.state is None or outcome.deleted:
         return outcome
     return dataclasses.replace(outcome, state=_remember(outcome.state, command.cmd_id, limits))
 
@@ -174,6 +220,8 @@ def _replay_reply(state: RoomState, command: Command) -> Reply:
     """The reply to a command that was already applied (an edge retried it)."""
     if isinstance(command, Join):
         return snapshot(state, resumed=True)
+    if isinstance(command, UpdateRoom):
+        return room_info(state)
     return Ack(seq=state.seq)
 
 
@@ -182,7 +230,7 @@ def _remember(state: RoomState, cmd_id: str, limits: Limits) -> RoomState:
     return replace(state, recent_commands=recent)
 
 
-def _create(state: RoomState | None, command: CreateRoom, limits: Limits) -> Outcome:
+def _create(state: RoomState | None, command: CreateRoom, clock: Clock, limits: Limits) -> Outcome:
     if state is not None:
         if command.cmd_id in state.recent_commands:
             return Outcome(state, Ack(seq=state.seq))
@@ -193,9 +241,20 @@ def _create(state: RoomState | None, command: CreateRoom, limits: Limits) -> Out
         created_by=command.created_by,
         created_at=command.created_at,
         max_participants=command.max_participants,
+        empty_timeout=_or(command.empty_timeout, limits.empty_timeout),
+        departure_timeout=_or(command.departure_timeout, limits.departure_timeout),
     )
-    created = _remember(RoomState(meta=meta), command.cmd_id, limits)
+    room = RoomState(meta=meta)
+    if meta.empty_timeout > 0:
+        room = replace(
+            room, close_at=clock.epoch + meta.empty_timeout, close_reason="empty_timeout"
+        )
+    created = _remember(room, command.cmd_id, limits)
     return Outcome(created, Ack(seq=0))
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _join(state: RoomState, command: Join, now: str) -> Outcome:
@@ -217,6 +276,8 @@ def _join(state: RoomState, command: Join, now: str) -> Outcome:
             )
             control = ((present.edge_id, close),)
         return Outcome(resumed, snapshot(resumed, resumed=True), control=control)
+    if command.participant_id in state.kicked:
+        return Outcome(state, KICKED)
     if len(state.participants) >= state.meta.max_participants:
         return Outcome(state, Rejected(code=ErrorCode.ROOM_FULL, message="Room is full"))
     seq = state.seq + 1
@@ -230,15 +291,21 @@ def _join(state: RoomState, command: Join, now: str) -> Outcome:
     event = ParticipantJoined(
         room_id=state.room_id, seq=seq, participant_id=joined.id, name=joined.name
     )
-    new_state = replace(state, seq=seq, participants={**state.participants, joined.id: joined})
+    new_state = replace(
+        state,
+        seq=seq,
+        participants={**state.participants, joined.id: joined},
+        close_at=None,
+        close_reason="",
+    )
     return Outcome(new_state, snapshot(new_state), (event,))
 
 
-def _leave(state: RoomState, command: Leave) -> Outcome:
+def _leave(state: RoomState, command: Leave, clock: Clock, limits: Limits) -> Outcome:
     present = state.participants.get(command.participant_id)
     if present is None or present.conn_id != command.conn_id:
         return Outcome(state, Ack(seq=state.seq))
-    return _remove(state, [present], command.reason)
+    return _remove(state, [present], command.reason, clock, limits)
 
 
 def _disconnect(state: RoomState, command: Disconnect, until: float) -> Outcome:
@@ -250,8 +317,11 @@ def _disconnect(state: RoomState, command: Disconnect, until: float) -> Outcome:
     return Outcome(new_state, Ack(seq=state.seq))
 
 
-def _remove(state: RoomState, gone: list[Participant], reason: str) -> Outcome:
-    """Participants leave the room, one numbered ``leave`` event each."""
+def _remove(
+    state: RoomState, gone: list[Participant], reason: str, clock: Clock, limits: Limits
+) -> Outcome:
+    """Participants leave the room, one numbered ``leave`` event each. The last
+    one out starts the departure timeout."""
     if not gone:
         return Outcome(state, Ack(seq=state.seq))
     ids = {p.id for p in gone}
@@ -264,6 +334,12 @@ def _remove(state: RoomState, gone: list[Participant], reason: str) -> Outcome:
     seq = state.seq + len(events)
     participants = {k: v for k, v in state.participants.items() if k not in ids}
     new_state = replace(state, seq=seq, participants=participants)
+    if not participants and state.meta.departure_timeout > 0:
+        new_state = replace(
+            new_state,
+            close_at=clock.epoch + state.meta.departure_timeout,
+            close_reason="departure_timeout",
+        )
     cleanup = tuple(
         CloseCallsTracks(room_id=state.room_id, participant_id=p.id, session_ids=owned)
         for p in gone
@@ -322,4 +398,92 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
     if updated is not sender:
         participants = {**participants, sender.id: updated}
     new_state = replace(state, seq=seq, participants=participants)
+    return Outcome(new_state, Ack(seq=seq), (event,))
+
+
+# --- operators ---------------------------------------------------------------------
+
+
+def _update(state: RoomState, command: UpdateRoom) -> Outcome:
+    meta = state.meta
+    if command.name is not None:
+        meta = replace(meta, name=command.name)
+    if command.max_participants is not None:
+        if command.max_participants < 1:
+            bad = Rejected(code=ErrorCode.BAD_COMMAND, message="max_participants must be >= 1")
+            return Outcome(state, bad)
+        meta = replace(meta, max_participants=command.max_participants)
+    new_state = replace(state, meta=meta)
+    return Outcome(new_state, room_info(new_state))
+
+
+def _close(state: RoomState, reason: str, clock: Clock, limits: Limits) -> Outcome:
+    """Everyone leaves (reason ``room_closed``), then the room closes for good."""
+    left = _remove(state, list(state.participants.values()), "room_closed", clock, limits)
+    after = left.state or state
+    seq = after.seq + 1
+    closed = RoomClosed(room_id=state.room_id, seq=seq, participant_id="", reason=reason)
+    final = replace(after, seq=seq, close_at=None, close_reason=reason)
+    return Outcome(
+        final,
+        Ack(seq=seq),
+        (*left.events, closed),
+        cleanup=left.cleanup,
+        deleted=True,
+    )
+
+
+def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Limits) -> Outcome:
+    present = state.participants.get(command.participant_id)
+    if present is None:
+        return Outcome(state, NO_SUCH_PARTICIPANT)
+    removed = _remove(state, [present], "kicked", clock, limits)
+    assert removed.state is not None
+    kicked = [*removed.state.kicked[-(limits.kicked_kept - 1) :], present.id]
+    notice = msgspec.json.encode(
+        {"type": "kicked", "room_id": state.room_id, "message": "You were removed from the room"}
+    ).decode()
+    close = CloseConnection(
+        conn_id=present.conn_id,
+        code=CloseCode.NOT_IN_ROOM,
+        reason="Removed from the room",
+        notice=notice,
+    )
+    return dataclasses.replace(
+        removed,
+        state=replace(removed.state, kicked=kicked),
+        control=((present.edge_id, close),),
+    )
+
+
+def _mute(state: RoomState, command: MuteTrack) -> Outcome:
+    present = state.participants.get(command.participant_id)
+    if present is None:
+        return Outcome(state, NO_SUCH_PARTICIPANT)
+    if command.kind not in ("audio", "video"):
+        return Outcome(
+            state, Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
+        )
+    seq = state.seq + 1
+    frame = msgspec.json.encode(
+        {
+            "type": "track-state",
+            "from": present.id,
+            "kind": command.kind,
+            "enabled": command.enabled,
+            "by": "admin",
+        }
+    )
+    event = TrackStateChanged(
+        room_id=state.room_id,
+        seq=seq,
+        participant_id=present.id,
+        kind=command.kind,
+        enabled=command.enabled,
+        frame=msgspec.Raw(frame),
+        by="admin",
+        cmd_id=command.cmd_id,
+    )
+    updated = replace(present, **{command.kind: command.enabled})
+    new_state = replace(state, seq=seq, participants={**state.participants, present.id: updated})
     return Outcome(new_state, Ack(seq=seq), (event,))

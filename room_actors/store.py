@@ -1,16 +1,25 @@
 """Room state in JetStream KV: load, and save with compare-and-set on the revision."""
 
+import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
 
-from nats.js.api import KeyValueConfig, StorageType
+import nats.errors
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
-from bus_schema import buckets, codec
+from bus_schema import buckets, codec, subjects
+from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
+from room_actors import metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +65,44 @@ async def ensure_buckets(js: JetStreamContext, *, ttl: float, replicas: int) -> 
             await js.update_stream(dataclasses.replace(info.config, max_age=ttl))
 
 
+async def ensure_log_stream(
+    js: JetStreamContext, *, max_age: float, max_bytes: int, replicas: int
+) -> None:
+    """Create the durable room event log, or bring its limits to the settings."""
+    config = StreamConfig(
+        name=LOG_STREAM,
+        description="room lifecycle events, appended by the owning actors (docs/admin.md)",
+        subjects=[subjects.LOG_ALL],
+        storage=StorageType.FILE,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+    )
+    try:
+        info = await js.stream_info(LOG_STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    current = info.config
+    if (current.max_age, current.max_bytes) != (max_age, max_bytes):
+        log.info("stream %s: max_age %s s, max_bytes %s", LOG_STREAM, max_age, max_bytes)
+        await js.update_stream(dataclasses.replace(current, max_age=max_age, max_bytes=max_bytes))
+
+
 class RoomStore:
-    def __init__(self, state_kv: KeyValue, rooms_kv: KeyValue, calls_kv: KeyValue) -> None:
+    def __init__(
+        self,
+        state_kv: KeyValue,
+        rooms_kv: KeyValue,
+        calls_kv: KeyValue,
+        js: JetStreamContext | None = None,
+    ) -> None:
         self._state = state_kv
         self._rooms = rooms_kv
         self._calls = calls_kv
+        self._js = js
 
     @classmethod
     async def bind(cls, js: JetStreamContext) -> "RoomStore":
@@ -68,7 +110,43 @@ class RoomStore:
             await js.key_value(buckets.ROOM_STATE),
             await js.key_value(buckets.ROOMS),
             await js.key_value(buckets.CALLS_SESSIONS),
+            js,
         )
+
+    async def delete(self, room_id: str, revision: int | None) -> int | None:
+        """Delete a closed room's state (if still at ``revision``) and metadata."""
+        try:
+            await self._state.delete(buckets.room_key(room_id), last=revision)
+        except KeyWrongLastSequenceError as e:
+            raise Fenced(room_id) from e
+        await self._rooms.delete(buckets.room_key(room_id))
+        loaded = await self.load(room_id)
+        return loaded.revision
+
+    async def append_log(self, entries: list[LogEntry]) -> None:
+        """Append to the event log, in order; each entry once (``Nats-Msg-Id``)."""
+        if self._js is None:
+            return
+        for entry in entries:
+            subject = subjects.log_event(entry.room_id, entry.event)
+            data = codec.encode(entry)
+            for attempt in range(4):
+                try:
+                    await self._js.publish(
+                        subject, data, timeout=1.0, headers={"Nats-Msg-Id": entry.id}
+                    )
+                    metrics.LOG_APPENDED.inc()
+                    break
+                except (nats.errors.Error, TimeoutError) as e:
+                    if attempt == 3:
+                        metrics.LOG_FAILED.inc()
+                        log.error(
+                            "event log append failed: %s",
+                            type(e).__name__,
+                            extra={"room_id": entry.room_id},
+                        )
+                        break
+                    await asyncio.sleep(0.1 * 2**attempt)
 
     async def load(self, room_id: str) -> Loaded:
         try:

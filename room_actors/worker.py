@@ -16,7 +16,7 @@ from room_actors.liveness import EdgeLiveness
 from room_actors.registry import Registry
 from room_actors.settings import ActorSettings
 from room_actors.state import EdgesLost, Limits
-from room_actors.store import RoomStore, ensure_buckets
+from room_actors.store import RoomStore, ensure_buckets, ensure_log_stream
 from signaling.natsconn import connect, until_ready
 from signaling.services import MicroService
 
@@ -82,6 +82,15 @@ class Worker:
             lambda: ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas),
             what="KV buckets",
         )
+        await until_ready(
+            lambda: ensure_log_stream(
+                js,
+                max_age=settings.log_max_age,
+                max_bytes=settings.log_max_bytes,
+                replicas=settings.kv_replicas,
+            ),
+            what="event log stream",
+        )
         store = await until_ready(lambda: RoomStore.bind(js), what="KV buckets")
         leases_kv = await until_ready(
             lambda: open_leases_bucket(js, replicas=settings.kv_replicas), what="leases bucket"
@@ -98,7 +107,10 @@ class Worker:
             on_lost=lambda partitions: registry.drop(partitions),
         )
         limits = Limits(
-            recent_commands=settings.recent_commands, resume_grace=settings.resume_grace
+            recent_commands=settings.recent_commands,
+            resume_grace=settings.resume_grace,
+            empty_timeout=settings.empty_timeout,
+            departure_timeout=settings.departure_timeout,
         )
         registry = Registry(
             nc, store, limits, owns=leases.owns, service=service, worker_id=settings.worker_id

@@ -29,7 +29,7 @@ def _output(log_file: Path | None) -> Iterator[IO[bytes] | None]:
 
 
 AUTH_CONFIG = Path(__file__).parent / "nats_auth.conf"
-ROLES = ("edge", "actors", "admin")
+ROLES = ("edge", "actors", "webhooks", "admin")
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,20 @@ import pytest
 from bus_schema.commands import (
     Ack,
     Broadcast,
+    CloseRoom,
     CreateRoom,
     Disconnect,
     GetSnapshot,
     Join,
     Leave,
+    MuteTrack,
     PublishSession,
     Rejected,
+    RemoveParticipant,
+    RoomInfo,
     SetTrackState,
     Snapshot,
+    UpdateRoom,
 )
 from bus_schema.events import (
     Broadcasted,
@@ -348,3 +353,121 @@ def test_broadcasts_within_the_reservation_need_no_write() -> None:
     # A new owner continues after the reservation: no number is used twice.
     assert resumed(first.state).seq == first.state.seq_reserved
     assert resumed(state) is state
+
+
+# --- operators and the room lifecycle -------------------------------------------------
+
+TIMED = Limits(recent_commands=4, resume_grace=10.0, empty_timeout=30.0, departure_timeout=5.0)
+
+
+def test_an_empty_room_closes_after_its_empty_timeout() -> None:
+    command = CreateRoom(
+        cmd_id="c0", room_id=ROOM, name="r", created_by="me", created_at=NOW.iso, max_participants=3
+    )
+    room = decide(None, command, NOW, TIMED).state
+    assert room is not None
+    assert (room.close_at, room.close_reason) == (NOW.epoch + 30.0, "empty_timeout")
+    assert next_deadline(room) == NOW.epoch + 30.0
+    early = decide(room, ExpireDisconnected(), Clock(iso="", epoch=NOW.epoch + 29.9), TIMED)
+    assert early.state is room
+    assert not early.deleted
+    due = decide(room, ExpireDisconnected(), Clock(iso="", epoch=NOW.epoch + 30.0), TIMED)
+    assert due.deleted
+    assert [type(e).__name__ for e in due.events] == ["RoomClosed"]
+    assert due.events[0].reason == "empty_timeout"  # type: ignore[attr-defined]
+    # Per room: 0 means no limit.
+    keep = decide(None, msgspec.structs.replace(command, empty_timeout=0.0), NOW, TIMED).state
+    assert keep is not None
+    assert keep.close_at is None
+
+
+def test_the_last_one_out_starts_the_departure_timeout() -> None:
+    room = decide(
+        None,
+        CreateRoom(
+            cmd_id="c0",
+            room_id=ROOM,
+            name="r",
+            created_by="me",
+            created_at=NOW.iso,
+            max_participants=3,
+        ),
+        NOW,
+        TIMED,
+    ).state
+    assert room is not None
+    room = join(room, ANN, "j1")
+    assert room.close_at is None  # a join cancels the empty timeout
+    room = join(room, BEN, "j2")
+    leave = decide(
+        room, Leave(cmd_id="l1", room_id=ROOM, participant_id=ANN, conn_id="conn"), NOW, TIMED
+    )
+    assert leave.state is not None
+    assert leave.state.close_at is None  # Ben is still there
+    last = decide(
+        leave.state,
+        Leave(cmd_id="l2", room_id=ROOM, participant_id=BEN, conn_id="conn"),
+        NOW,
+        TIMED,
+    )
+    assert last.state is not None
+    assert (last.state.close_at, last.state.close_reason) == (NOW.epoch + 5.0, "departure_timeout")
+    back = join(last.state, ANN, "j3")
+    assert back.close_at is None
+    closed = decide(last.state, ExpireDisconnected(), Clock(iso="", epoch=NOW.epoch + 5.0), TIMED)
+    assert closed.deleted
+
+
+def test_kick_mute_update_and_close() -> None:
+    room = join(join(created(), ANN, "j1"), BEN, "j2")
+    mute = decide(
+        room, MuteTrack(cmd_id="m", room_id=ROOM, participant_id=BEN, kind="audio"), NOW, LIMITS
+    )
+    assert mute.state is not None
+    assert mute.state.participants[BEN].audio is False
+    (event,) = mute.events
+    assert isinstance(event, TrackStateChanged)
+    assert event.by == "admin"
+    assert msgspec.json.decode(event.frame)["by"] == "admin"
+    bad = decide(
+        room, MuteTrack(cmd_id="m2", room_id=ROOM, participant_id=BEN, kind="x"), NOW, LIMITS
+    )
+    assert isinstance(bad.reply, Rejected)
+    assert bad.state is room
+
+    kick = decide(
+        room, RemoveParticipant(cmd_id="k", room_id=ROOM, participant_id=BEN), NOW, LIMITS
+    )
+    assert kick.state is not None
+    assert BEN not in kick.state.participants
+    assert kick.state.kicked == [BEN]
+    assert [(e.participant_id, e.reason) for e in kick.events] == [(BEN, "kicked")]  # type: ignore[attr-defined]
+    ((edge, close),) = kick.control
+    assert (edge, close.conn_id, close.code) == ("e1", "conn", 4003)
+    assert msgspec.json.decode(close.notice)["type"] == "kicked"
+    refused = decide(
+        kick.state,
+        Join(cmd_id="j9", room_id=ROOM, participant_id=BEN, name="b", edge_id="e1", conn_id="c9"),
+        NOW,
+        LIMITS,
+    )
+    assert isinstance(refused.reply, Rejected)
+    assert refused.reply.code == "kicked"
+    nobody = decide(
+        room, RemoveParticipant(cmd_id="k2", room_id=ROOM, participant_id=ROOM), NOW, LIMITS
+    )
+    assert isinstance(nobody.reply, Rejected)
+
+    update = decide(
+        room, UpdateRoom(cmd_id="u", room_id=ROOM, name="new", max_participants=2), NOW, LIMITS
+    )
+    assert isinstance(update.reply, RoomInfo)
+    assert (update.reply.meta.name, update.reply.meta.max_participants) == ("new", 2)
+    zero = decide(room, UpdateRoom(cmd_id="u2", room_id=ROOM, max_participants=0), NOW, LIMITS)
+    assert isinstance(zero.reply, Rejected)
+
+    close = decide(room, CloseRoom(cmd_id="x", room_id=ROOM), NOW, LIMITS)
+    assert close.deleted
+    kinds = [(type(e).__name__, e.seq) for e in close.events]
+    assert kinds == [("ParticipantLeft", 3), ("ParticipantLeft", 4), ("RoomClosed", 5)]
+    assert close.reply == Ack(seq=5)

@@ -9,12 +9,15 @@ from litestar import Litestar, Response, WebSocket, get, websocket
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import rooms
 from edge import socket as client_socket
+from edge.admin import admin_router
 from edge.auth import TokenService
 from edge.bus import EdgeBus, open_bus
 from edge.calls_proxy import CallsProxy, calls_proxy, open_calls
@@ -85,6 +88,8 @@ def create_app(settings: EdgeSettings) -> Litestar:
         async with open_bus(settings) as bus, open_calls(settings, bus, tokens) as calls:
             app.state.bus = bus
             app.state.calls = calls
+            app.state.settings = settings
+            app.state.tokens = tokens
             yield
 
     def provide_bus(state: State) -> EdgeBus:
@@ -108,6 +113,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             calls_proxy,
             index_page,
             static_files,
+            admin_router(),
         ],
         lifespan=[resources],
         dependencies={
@@ -124,6 +130,22 @@ def create_app(settings: EdgeSettings) -> Litestar:
             max_age=86400,
         ),
         exception_handlers=exception_handlers(),
+        openapi_config=OpenAPIConfig(
+            title="signaling",
+            version="1",
+            description="WebRTC signaling service: rooms, join tokens, the Calls proxy "
+            "and the room service API for operators.",
+            components=Components(
+                security_schemes={
+                    "AdminBearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="ADMIN_API_KEY, or a JWT with `admin: true` signed "
+                        "with JWT_SECRET (`signaling admin-token`).",
+                    )
+                }
+            ),
+        ),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
     )

@@ -14,12 +14,23 @@ class InvalidToken(Exception):
     """The token is malformed, expired, badly signed or carries bad claims."""
 
 
+class NotAdmin(Exception):
+    """A valid token, but not an admin's (a participant's join token)."""
+
+
 class Claims(msgspec.Struct, frozen=True, kw_only=True):
     room_id: str
     participant_id: str
     participant_name: str
     iat: int
     exp: int
+
+
+class AdminClaims(msgspec.Struct, frozen=True, kw_only=True):
+    admin: bool
+    iat: int
+    exp: int
+    sub: str = "admin"
 
 
 class TokenService:
@@ -46,6 +57,42 @@ class TokenService:
             "exp": now + self._ttl,
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def issue_admin(self, *, ttl: int = 3600, subject: str = "admin") -> str:
+        """A token for the room service API (``admin: true``), never a participant's."""
+        now = int(time.time())
+        claims = {"admin": True, "sub": subject, "iat": now, "exp": now + ttl}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify_admin(self, token: str) -> AdminClaims:
+        """Verify an admin token: HS256, ``exp`` required, ``admin: true``.
+
+        Raises `InvalidToken` for a bad token and `NotAdmin` for a valid token
+        without the claim (a participant's)."""
+        payload = self._decode(token, ["exp", "iat"])
+        if payload.get("admin") is not True:
+            raise NotAdmin()
+        try:
+            return msgspec.convert(payload, AdminClaims)
+        except msgspec.ValidationError as e:
+            raise InvalidToken(type(e).__name__) from None
+
+    def _decode(self, token: str, required: list[str]) -> dict[str, object]:
+        for key in self._keys:
+            try:
+                decoded: dict[str, object] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[ALGORITHM],
+                    options={"require": required},
+                    leeway=self._leeway,
+                )
+                return decoded
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as e:
+                raise InvalidToken(type(e).__name__) from None
+        raise InvalidToken("InvalidSignatureError")
 
     def verify(self, token: str) -> Claims:
         """Verify signature (HS256 only), expiry and claim shapes."""

@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
+from bus_schema.ids import is_uuid
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from bus_schema.status import EdgeHeartbeat, EdgeStatus
 from edge import metrics
@@ -95,6 +96,15 @@ class EdgeBus:
     async def room_state(self, room_id: str) -> RoomState | None:
         value = await self._get(buckets.ROOM_STATE, room_id)
         return None if value is None else codec.room_state.decode(value)
+
+    async def room_ids(self) -> list[str]:
+        """Every room with stored state (closed rooms are deleted, so absent)."""
+        kv = await self._bucket(buckets.ROOM_STATE)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        return [key for key in keys if is_uuid(key)]
 
     async def calls_session(self, session_id: str) -> CallsSession | None:
         """Who created a Calls session through the proxy, if anyone."""

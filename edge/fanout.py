@@ -34,6 +34,7 @@ from bus_schema.events import (
     Event,
     ParticipantJoined,
     ParticipantLeft,
+    RoomClosed,
     SessionPublished,
     TrackStateChanged,
 )
@@ -190,17 +191,19 @@ class RoomFeed:
                 self.members.add(event.participant_id)
             case ParticipantLeft():
                 self.members.discard(event.participant_id)
-        self._recent.append((event.seq, event.participant_id, text))
+        # An operator's mute is news to the participant too.
+        about = "" if isinstance(event, TrackStateChanged) and event.by else event.participant_id
+        self._recent.append((event.seq, about, text))
         delivered = 0
         for connection in self.connections.values():
-            if (
-                event.seq > connection.start_seq
-                and event.participant_id != connection.participant_id
-            ):
+            if event.seq > connection.start_seq and about != connection.participant_id:
                 connection.send(text)
                 delivered += 1
         if delivered:
             metrics.child(metrics.MESSAGES_OUT, _OUT_KIND[type(event)]).inc(delivered)
+        if isinstance(event, RoomClosed):
+            for connection in list(self.connections.values()):
+                connection.close(CloseCode.ROOM_NOT_FOUND, "Room closed")
 
     def add(self, connection: Connection, snapshot: Snapshot) -> None:
         """Start delivering to a connection whose Join returned ``snapshot``:
@@ -313,6 +316,7 @@ _OUT_KIND: dict[type, str] = {
     SessionPublished: "cloudflare-session",
     TrackStateChanged: "track-state",
     Broadcasted: "other",
+    RoomClosed: "room-closed",
 }
 
 
@@ -324,6 +328,8 @@ def _render(event: Event) -> str:
             return protocol.left(event)
         case SessionPublished() | TrackStateChanged() | Broadcasted():
             return protocol.relayed(event.frame, event.seq)
+        case RoomClosed():
+            return protocol.room_closed(event)
 
 
 class Fanout:
@@ -421,6 +427,8 @@ class Fanout:
         if isinstance(message, CloseConnection):
             connection = self._connections.get(message.conn_id)
             if connection is not None:
+                if message.notice:
+                    connection.send(message.notice)
                 connection.close(message.code, message.reason)
 
     def resync_all(self) -> None:

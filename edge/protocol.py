@@ -14,12 +14,12 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from bus_schema.commands import Snapshot
-from bus_schema.events import ParticipantJoined, ParticipantLeft
+from bus_schema.events import ParticipantJoined, ParticipantLeft, RoomClosed
 from bus_schema.state import Participant
 
 SESSION = "cloudflare-session"
 TRACK_STATE = "track-state"
-RESERVED_TYPES = frozenset({"welcome", "join", "leave", "error"})
+RESERVED_TYPES = frozenset({"welcome", "join", "leave", "error", "room-closed", "kicked"})
 """Types only the server sends: a client cannot forge a join or a welcome."""
 ALL = "all"
 MAX_TRACKS = 64
@@ -194,6 +194,12 @@ class _Leave(msgspec.Struct, tag_field="type", tag="leave"):
     room_seq: int
 
 
+class _RoomClosed(msgspec.Struct, tag_field="type", tag="room-closed"):
+    room_id: str
+    reason: str
+    room_seq: int
+
+
 class _Error(msgspec.Struct, tag_field="type", tag="error"):
     code: str
     message: str
@@ -251,6 +257,10 @@ def joined(event: ParticipantJoined) -> str:
 def left(event: ParticipantLeft) -> str:
     data = _LeaveData(participant_id=event.participant_id)
     return _text(_Leave(from_=event.participant_id, to=ALL, data=data, room_seq=event.seq))
+
+
+def room_closed(event: RoomClosed) -> str:
+    return _text(_RoomClosed(room_id=event.room_id, reason=event.reason, room_seq=event.seq))
 
 
 def relayed(frame: msgspec.Raw, seq: int) -> str:

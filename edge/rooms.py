@@ -16,7 +16,6 @@ from litestar.params import FromPath, JSONBody
 from bus_schema import ids
 from bus_schema.commands import Ack, CreateRoom
 from bus_schema.errors import ErrorCode
-from bus_schema.state import RoomMeta
 from edge.auth import TokenService
 from edge.bus import EdgeBus, NotReady
 from edge.calls_proxy import CallsProxy
@@ -26,6 +25,8 @@ from edge.limits import AddressLimits
 from edge.settings import EdgeSettings
 
 _V = TypeVar("_V")
+
+MAX_TIMEOUT = 7 * 24 * 3600
 
 
 def iso_now() -> str:
@@ -41,6 +42,24 @@ class CreateRoomBody(msgspec.Struct):
     maxParticipants: int | None = None
     created_by: str | None = None
     createdBy: str | None = None
+    empty_timeout: float | None = None
+    """Seconds a room nobody joins lives (default ``ROOM_EMPTY_TIMEOUT``; 0: no limit)."""
+    emptyTimeout: float | None = None
+    departure_timeout: float | None = None
+    """Seconds the room lives after its last participant left (default
+    ``ROOM_DEPARTURE_TIMEOUT``; 0: no limit)."""
+    departureTimeout: float | None = None
+
+
+class RoomView(msgspec.Struct, rename="camel"):
+    """A room as the old service answered ``GET /api/rooms/{id}``: exactly these
+    fields (operators see the rest through ``/api/admin``)."""
+
+    id: str
+    name: str
+    created_by: str
+    created_at: str
+    max_participants: int
 
 
 class JoinBody(msgspec.Struct):
@@ -72,7 +91,7 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
     return {status: ResponseSpec(ErrorBody, description="error") for status in statuses}
 
 
-def _name(value: str, field: str, settings: EdgeSettings) -> str:
+def check_name(value: str, field: str, settings: EdgeSettings) -> str:
     value = value.strip()
     if not value or len(value) > settings.max_name_length:
         raise ApiError(
@@ -122,8 +141,10 @@ async def create_room(
     body = data or CreateRoomBody()
     if body.name is None:
         raise ApiError(400, "name is required", "invalid_body")
-    name = _name(body.name, "name", settings)
-    created_by = _name(_first(body.created_by, body.createdBy, "anonymous"), "created_by", settings)
+    name = check_name(body.name, "name", settings)
+    created_by = check_name(
+        _first(body.created_by, body.createdBy, "anonymous"), "created_by", settings
+    )
     maximum = _first(body.max_participants, body.maxParticipants, settings.default_max_participants)
     if not 1 <= maximum <= settings.max_participants_limit:
         raise ApiError(
@@ -131,6 +152,24 @@ async def create_room(
             f"max_participants must be between 1 and {settings.max_participants_limit}",
             "invalid_body",
         )
+    timeouts = {}
+    for field, value in (
+        (
+            "empty_timeout",
+            body.empty_timeout if body.empty_timeout is not None else body.emptyTimeout,
+        ),
+        (
+            "departure_timeout",
+            body.departure_timeout if body.departure_timeout is not None else body.departureTimeout,
+        ),
+    ):
+        if value is None:
+            continue
+        if not 0 <= value <= MAX_TIMEOUT:
+            raise ApiError(
+                400, f"{field} must be between 0 and {MAX_TIMEOUT} seconds", "invalid_body"
+            )
+        timeouts[field] = float(value)
     address = addresses.address(request.client.host if request.client else None, request.headers)
     if not addresses.create_room(address):
         raise ApiError(
@@ -145,6 +184,7 @@ async def create_room(
         created_by=created_by,
         created_at=created_at,
         max_participants=maximum,
+        **timeouts,
     )
     try:
         reply = await bus.commands.send(command)
@@ -156,11 +196,17 @@ async def create_room(
 
 
 @get("/api/rooms/{room_id:str}", responses=_errors(404))
-async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> RoomMeta:
+async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> RoomView:
     meta = await bus.room_meta(_room_id(room_id))
     if meta is None:
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
-    return meta
+    return RoomView(
+        id=meta.id,
+        name=meta.name,
+        created_by=meta.created_by,
+        created_at=meta.created_at,
+        max_participants=meta.max_participants,
+    )
 
 
 @post("/api/rooms/{room_id:str}/join", status_code=200, responses=_errors(400, 404, 409, 413))
@@ -174,7 +220,7 @@ async def join_room(
 ) -> JoinAnswer:
     room_id = _room_id(room_id)
     body = data or JoinBody()
-    name = _name(
+    name = check_name(
         _first(body.participant_name, body.participantName, "Guest"), "participant_name", settings
     )
     state = await bus.room_state(room_id)

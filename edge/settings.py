@@ -55,6 +55,8 @@ class EdgeSettings:
     drain_delay: float = 1.0
     """On SIGTERM: seconds answering /ready 503 (and refusing new sockets)
     before the sockets are closed with 1012 and the edge exits."""
+    admin_api_key: str | None = None
+    """Bearer key for the room service API (``/api/admin``); admin JWTs work too."""
     nats_credentials: NatsCredentials = field(default_factory=NatsCredentials)
     log_level: str = "INFO"
     log_format: str = "json"
@@ -130,10 +132,17 @@ class EdgeSettings:
             client_ip_header=(env.optional("CLIENT_IP_HEADER") or "").lower() or None,
             heartbeat_interval=env.number("HEARTBEAT_INTERVAL", 1.0, minimum=0.1, maximum=60.0),
             drain_delay=env.number("DRAIN_DELAY", 1.0, minimum=0.0, maximum=300.0),
+            admin_api_key=_admin_key(env.secret("ADMIN_API_KEY")),
             nats_credentials=NatsCredentials.from_env(env),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=env.choice("LOG_FORMAT", "json", ("json", "text")),
         )
+
+
+def _admin_key(value: str | None) -> str | None:
+    if value is not None and len(value) < 24:
+        raise ConfigError("ADMIN_API_KEY must be at least 24 characters")
+    return value
 
 
 def _stun_urls(value: str) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ _REJECTION_CLOSE = {
     ErrorCode.ROOM_NOT_FOUND: CloseCode.ROOM_NOT_FOUND,
     ErrorCode.ROOM_FULL: CloseCode.ROOM_FULL,
     ErrorCode.NOT_IN_ROOM: CloseCode.NOT_IN_ROOM,
+    ErrorCode.KICKED: CloseCode.NOT_IN_ROOM,
 }
 
 

@@ -126,6 +126,7 @@ class Call {
       this.onMessage(message).catch((error) => console.error("handling", message.type, error));
     };
     ws.onclose = (event) => this.onClose(event);
+    this.notice = null;
   }
 
   send(message) {
@@ -134,7 +135,7 @@ class Call {
 
   onClose(event) {
     if (this.closing) return;
-    const final = FINAL_CLOSE[event.code];
+    const final = this.notice || FINAL_CLOSE[event.code];
     if (final) {
       this.end(final);
       return;
@@ -190,6 +191,11 @@ class Call {
         return;
       }
       case "track-state": {
+        if (message.from === this.me) {
+          // An operator muted (or unmuted) us: do it, and show it.
+          applyLocal(this, message.kind, message.enabled);
+          return;
+        }
         if (!this.participants.has(message.from)) return;
         this.upsert(message.from, { [message.kind]: message.enabled });
         return;
@@ -210,6 +216,12 @@ class Call {
         return this.peer(message.from).onDescription(message.description);
       case "ice-candidate":
         return this.peer(message.from).onCandidate(message.candidate);
+      case "room-closed":
+        this.notice = "The room was closed.";
+        return;
+      case "kicked":
+        this.notice = "You were removed from the room.";
+        return;
       case "error":
         showError(ERROR_WORDS[message.code] || message.message);
         return;
@@ -291,6 +303,18 @@ class Call {
     renderTile(this.me, { name: `${this.name} (you)`, [kind]: enabled, ...localState(this) });
     renderParticipants(this);
   }
+}
+
+function applyLocal(call, kind, enabled) {
+  for (const track of call.stream.getTracks()) {
+    if (track.kind === kind) track.enabled = enabled;
+  }
+  const button = $(kind === "audio" ? "#toggle-audio" : "#toggle-video");
+  button.setAttribute("aria-pressed", String(enabled));
+  button.textContent =
+    kind === "audio" ? (enabled ? "Mute mic" : "Unmute mic") : enabled ? "Stop camera" : "Start camera";
+  renderTile(call.me, { name: `${call.name} (you)`, ...localState(call) });
+  renderParticipants(call);
 }
 
 function localState(call) {

@@ -9,6 +9,7 @@ COPY bus_schema ./bus_schema
 COPY edge ./edge
 COPY room_actors ./room_actors
 COPY signaling ./signaling
+COPY webhooks ./webhooks
 RUN pip install --no-cache-dir --no-deps .
 USER nobody
 EXPOSE 8787 9102

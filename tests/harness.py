@@ -120,6 +120,7 @@ class System:
     """Every nats-server node (one unless ``start(cluster=3)``)."""
     actors: list[Proc] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
+    dispatchers: list[Proc] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     _counter: int = 0
 
@@ -195,6 +196,22 @@ class System:
         self.actors.append(proc)
         return proc
 
+    def start_webhooks(self, **env: str) -> Proc:
+        """A webhook dispatcher (give it WEBHOOK_URL and WEBHOOK_SECRET)."""
+        name = self._next("webhooks")
+        proc = Proc(
+            "webhooks",
+            {
+                **self.base_env(),
+                **self.users.client_env("webhooks"),
+                "DISPATCHER_ID": name,
+                **env,
+            },
+            self.root / f"{name}.log",
+        ).start()
+        self.dispatchers.append(proc)
+        return proc
+
     def start_edge(self, **env: str) -> Edge:
         name = self._next("edge")
         port = free_port()
@@ -264,6 +281,9 @@ class System:
         return await self.start(actors=actors, edges=edges)
 
     def stop(self) -> None:
+        for dispatcher in self.dispatchers:
+            if dispatcher.alive():
+                dispatcher.stop()
         for edge in self.edges:
             if edge.alive():
                 edge.stop()
@@ -285,7 +305,8 @@ class System:
         return Bus(await self.connect())
 
     def logs(self) -> str:
-        parts = [f"--- {p.log_file.name}\n{p.log()}" for p in [*self.actors, *self.edges]]
+        every = [*self.actors, *self.edges, *self.dispatchers]
+        parts = [f"--- {p.log_file.name}\n{p.log()}" for p in every]
         return "\n".join(parts)
 
 

@@ -14,6 +14,9 @@ from edge.settings import EdgeSettings
 from room_actors.settings import ActorSettings
 from signaling.cli import build_parser
 from signaling.natsserver import binary
+from webhooks.settings import WebhookSettings
+
+Settings = type[EdgeSettings] | type[ActorSettings] | type[WebhookSettings]
 
 ROOT = Path(__file__).parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -25,24 +28,26 @@ def role(service: dict[str, Any]) -> str | None:
     return command[1] if command[:1] == ["signaling"] else None
 
 
-def known_variables(settings: type[EdgeSettings] | type[ActorSettings]) -> set[str]:
+def known_variables(settings: Settings) -> set[str]:
     seen: set[str] = set()
-    settings.from_env({"JWT_SECRET": "x" * 40}, record=seen)
+    environ = {"JWT_SECRET": "x" * 40, "WEBHOOK_URL": "http://x/", "WEBHOOK_SECRET": "y" * 40}
+    settings.from_env(environ, record=seen)
     return seen
 
 
 def test_every_signaling_command_parses() -> None:
     roles = {name: role(s) for name, s in SERVICES.items() if role(s)}
-    assert sorted(set(roles.values())) == ["actors", "edge"]
+    assert sorted(set(roles.values())) == ["actors", "edge", "webhooks"]
     for service in SERVICES.values():
         if role(service):
             build_parser().parse_args(service["command"][1:])
 
 
-@pytest.mark.parametrize(("kind", "settings"), [("edge", EdgeSettings), ("actors", ActorSettings)])
-def test_every_variable_is_known(
-    kind: str, settings: type[EdgeSettings] | type[ActorSettings]
-) -> None:
+@pytest.mark.parametrize(
+    ("kind", "settings"),
+    [("edge", EdgeSettings), ("actors", ActorSettings), ("webhooks", WebhookSettings)],
+)
+def test_every_variable_is_known(kind: str, settings: Settings) -> None:
     known = known_variables(settings)
     for name, service in SERVICES.items():
         if role(service) == kind:
@@ -89,6 +94,7 @@ def test_nats_conf_is_valid_for_nats_server() -> None:
         "SERVER_NAME": "nats-1",
         "EDGE_NATS_PASSWORD": "e1",
         "ACTORS_NATS_PASSWORD": "a1",
+        "WEBHOOKS_NATS_PASSWORD": "w1",
         "ADMIN_NATS_PASSWORD": "n1",
     }
     result = subprocess.run(

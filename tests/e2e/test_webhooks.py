@@ -1,0 +1,293 @@
+"""Webhooks from the durable event log: a receiver on loopback that fails for a
+while, dispatchers killed and restarted, two dispatchers sharing the work, and
+dead letters. All real processes."""
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from nats.js.api import DeliverPolicy
+
+from bus_schema import log, subjects
+from tests.harness import Api, System, enter
+from webhooks import signing
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
+
+SECRET = "webhook-secret-for-tests-0123456789abcdef"
+FAST = {
+    "WEBHOOK_SECRET": SECRET,
+    "WEBHOOK_BACKOFF_INITIAL": "0.1",
+    "WEBHOOK_BACKOFF_MAX": "0.5",
+    "WEBHOOK_ACK_WAIT": "3",
+    "WEBHOOK_TIMEOUT": "2",
+}
+
+
+@dataclass
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body)
+        return parsed
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback: HTTP/1.1 with keep-alive, answering 503
+    while ``failing`` is set (or to ``fail_status`` always)."""
+
+    failing: bool = False
+    fail_status: int = 0
+    attempts: list[Delivery] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    port: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks?token=not-for-logs"
+
+    async def start(self) -> "Receiver":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                status = self.fail_status or (503 if self.failing else 200)
+                self.attempts.append(Delivery(headers, body, status))
+                self.arrived.set()
+                reason = "OK" if status == 200 else "Error"
+                writer.write(f"HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n".encode())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    def accepted(self) -> list[Delivery]:
+        return [d for d in self.attempts if d.status == 200]
+
+    async def until(self, check: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out; {len(self.accepted())} accepted"
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), min(remaining, 1.0))
+
+
+async def room_story(api: Api, ws_url: str) -> tuple[str, int]:
+    """A room where three things happen to two people; the number of events."""
+    room_id = await api.create_room("hooked", departure_timeout=0)
+    ann = await enter(api, ws_url, room_id, "Ann")
+    bob = await enter(api, ws_url, room_id, "Bob")
+    await ann.recv_type("join")
+    await ann.send({"type": "track-state", "kind": "video", "enabled": False})
+    await bob.recv_type("track-state")
+    await bob.client.ws.close()
+    await ann.recv_type("leave")
+    await ann.client.ws.close()
+    return room_id, 6  # created, 2 joined, track state, 2 left
+
+
+async def stored_ids(system: System, count: int, timeout: float = 15.0) -> list[str]:
+    """The ids of the first ``count`` entries of the event log."""
+    nc = await system.connect()
+    try:
+        sub = await nc.jetstream().subscribe(
+            subjects.LOG_ALL, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        out = []
+        while len(out) < count:
+            msg = await sub.next_msg(timeout=timeout)
+            out.append(log.log_entry.decode(msg.data).id)
+        return out
+    finally:
+        await nc.close()
+
+
+def check_signed(delivery: Delivery) -> str:
+    event_id = signing.verify(SECRET, delivery.headers, delivery.body)
+    assert event_id == delivery.entry["id"]
+    with pytest.raises(signing.InvalidSignature):
+        signing.verify(SECRET, delivery.headers, delivery.body + b" ")
+    with pytest.raises(signing.InvalidSignature):
+        signing.verify("another-secret-0123456789abcdef", delivery.headers, delivery.body)
+    with pytest.raises(signing.InvalidSignature):  # replayed much later
+        signing.verify(SECRET, delivery.headers, delivery.body, now=time.time() + 3600)
+    return event_id
+
+
+def assert_in_room_order(deliveries: list[Delivery]) -> dict[str, list[int]]:
+    """Per room, the first delivery of each event comes in ``room_seq`` order."""
+    by_room: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    for delivery in deliveries:
+        entry = delivery.entry
+        if entry["id"] in seen:
+            continue
+        seen.add(entry["id"])
+        by_room.setdefault(entry["room_id"], []).append(entry["room_seq"])
+    for room_id, seqs in by_room.items():
+        assert seqs == sorted(seqs), (room_id, seqs)
+    return by_room
+
+
+async def test_a_failing_receiver_gets_every_event_in_order_signed(
+    make_system: Callable[..., System],
+) -> None:
+    receiver = await Receiver(failing=True).start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+        stories = [await room_story(api, system.edges[0].ws_url) for _ in range(3)]
+        total = sum(n for _, n in stories)
+        await receiver.until(lambda: len(receiver.attempts) >= 6)  # retried while down
+        receiver.failing = False
+        await receiver.until(lambda: len(receiver.accepted()) >= total)
+        accepted = receiver.accepted()
+        ids = [check_signed(d) for d in accepted]
+        assert len(ids) == len(set(ids)) == total, "each event exactly once"
+        by_room = assert_in_room_order(accepted)
+        assert {room_id: seqs for room_id, seqs in by_room.items()} == {
+            room_id: list(range(n)) for room_id, n in stories
+        }
+        events = [d.entry["event"] for d in accepted if d.entry["room_id"] == stories[0][0]]
+        assert events == [
+            log.ROOM_CREATED,
+            log.PARTICIPANT_JOINED,
+            log.PARTICIPANT_JOINED,
+            log.TRACK_STATE_CHANGED,
+            log.PARTICIPANT_LEFT,
+            log.PARTICIPANT_LEFT,
+        ]
+        assert sorted(ids) == sorted(await stored_ids(system, total))
+        # The URL's query (it may carry a token) never reaches a log line.
+        assert "not-for-logs" not in system.logs()
+        assert SECRET not in system.logs()
+    finally:
+        await api.close()
+        await receiver.stop()
+
+
+async def test_a_killed_dispatcher_loses_nothing(make_system: Callable[..., System]) -> None:
+    receiver = await Receiver().start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        first = system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+        stories = [await room_story(api, system.edges[0].ws_url) for _ in range(2)]
+        await receiver.until(lambda: len(receiver.accepted()) >= 3)
+        first.kill()  # SIGKILL mid-stream
+        stories += [await room_story(api, system.edges[0].ws_url) for _ in range(2)]
+        total = sum(n for _, n in stories)
+        system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+        await receiver.until(lambda: len({d.entry["id"] for d in receiver.accepted()}) >= total)
+        accepted = receiver.accepted()
+        for delivery in accepted:
+            check_signed(delivery)
+        by_room = assert_in_room_order(accepted)
+        assert by_room == {room_id: list(range(n)) for room_id, n in stories}
+        # At least once: a redelivery after the kill is the only repeat allowed.
+        ids = [d.entry["id"] for d in accepted]
+        assert len(ids) - len(set(ids)) <= 1
+    finally:
+        await api.close()
+        await receiver.stop()
+
+
+async def test_two_dispatchers_share_the_work_without_duplicates(
+    make_system: Callable[..., System],
+) -> None:
+    receiver = await Receiver().start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        for _ in range(2):
+            system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+        stories = [await room_story(api, system.edges[0].ws_url) for _ in range(8)]
+        total = sum(n for _, n in stories)
+        await receiver.until(lambda: len(receiver.accepted()) >= total)
+        await asyncio.sleep(1.0)  # room for a duplicate to show up (there must be none)
+        accepted = receiver.accepted()
+        ids = [d.entry["id"] for d in accepted]
+        assert len(ids) == len(set(ids)) == total
+        assert_in_room_order(accepted)
+        agents = {d.headers.get("user-agent") for d in accepted}
+        assert len(agents) == 2, agents  # both dispatchers delivered
+    finally:
+        await api.close()
+        await receiver.stop()
+
+
+async def test_undeliverable_events_become_dead_letters(
+    make_system: Callable[..., System],
+) -> None:
+    receiver = await Receiver(fail_status=500).start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST, WEBHOOK_RETRY_FOR="1")
+        room_id = await api.create_room("unlucky")
+        nc = await system.connect()
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    sub = await js.subscribe(
+                        subjects.WEBHOOK_DEAD_ALL,
+                        ordered_consumer=True,
+                        deliver_policy=DeliverPolicy.ALL,
+                    )
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+            msg = await sub.next_msg(timeout=30)
+            assert msg.subject == subjects.webhook_dead_letter(room_id)
+            entry = log.log_entry.decode(msg.data)
+            assert (entry.id, entry.event) == (f"{room_id}.0", log.ROOM_CREATED)
+            assert msg.header is not None
+            assert msg.header["Signaling-Webhook-Error"] == "HTTP 500"
+            assert int(msg.header["Signaling-Webhook-Attempts"]) >= 2
+        finally:
+            await nc.close()
+        # Later events are not stuck behind it.
+        receiver.fail_status = 0
+        ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+        await receiver.until(
+            lambda: any(d.entry["room_seq"] == 1 for d in receiver.accepted()), timeout=30
+        )
+        await ann.client.ws.close()
+    finally:
+        await api.close()
+        await receiver.stop()

@@ -38,8 +38,8 @@ from bus_schema.state import Participant, RoomState
 from edge.auth import InvalidToken, NotAdmin, TokenService
 from edge.bus import EdgeBus, NotReady
 from edge.commands import CommandFailed
-from edge.errors import ApiError, ErrorBody
-from edge.rooms import check_name
+from edge.errors import ApiError
+from edge.rooms import check_name, error_responses
 from edge.settings import EdgeSettings
 
 MAX_PAGE = 100
@@ -195,10 +195,6 @@ def _summary(state: RoomState) -> AdminRoomSummary:
     )
 
 
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
-    return {status: ResponseSpec(ErrorBody, description="error") for status in statuses}
-
-
 _ROOM_EXAMPLE = Example(
     summary="A room with one participant",
     value={
@@ -255,7 +251,7 @@ def _ok(container: type, example: Example, description: str) -> dict[int, Respon
             ),
             "a page of rooms",
         ),
-        **_errors(400, 401, 403, 503),
+        **error_responses(400, 401, 403, 503),
     },
 )
 async def list_rooms(
@@ -280,7 +276,7 @@ async def list_rooms(
     "/rooms/{room_id:str}",
     summary="Get a room",
     description="The room and its participants, as its owning actor sees it now.",
-    responses={**_ok(AdminRoom, _ROOM_EXAMPLE, "the room"), **_errors(401, 403, 404, 503)},
+    responses={**_ok(AdminRoom, _ROOM_EXAMPLE, "the room"), **error_responses(401, 403, 404, 503)},
 )
 async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> AdminRoom:
     reply = await _send(bus, GetRoom(cmd_id=ids.new_command_id(), room_id=_room_id(room_id)))
@@ -294,7 +290,10 @@ async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Adm
     summary="Update a room",
     description="Change the name and/or the maximum number of participants. A smaller "
     "maximum refuses new joins; nobody already in the room is removed.",
-    responses={**_ok(AdminRoom, _ROOM_EXAMPLE, "the room after"), **_errors(400, 401, 403, 404)},
+    responses={
+        **_ok(AdminRoom, _ROOM_EXAMPLE, "the room after"),
+        **error_responses(400, 401, 403, 404),
+    },
 )
 async def update_room(
     room_id: FromPath[str],
@@ -341,7 +340,7 @@ async def update_room(
     "4004); the room is gone.",
     responses={
         **_ok(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 7}), "closed"),
-        **_errors(401, 403, 404, 503),
+        **error_responses(401, 403, 404, 503),
     },
 )
 async def close_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Done:
@@ -358,7 +357,7 @@ async def close_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> D
     "others see `leave`; its token can no longer connect to this room.",
     responses={
         **_ok(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 5}), "removed"),
-        **_errors(401, 403, 404, 503),
+        **error_responses(401, 403, 404, 503),
     },
 )
 async def remove_participant(
@@ -381,7 +380,7 @@ async def remove_participant(
     "the web client turns its own track off when told so.",
     responses={
         **_ok(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 6}), "done"),
-        **_errors(400, 401, 403, 404, 503),
+        **error_responses(400, 401, 403, 404, 503),
     },
 )
 async def mute_participant(

@@ -87,7 +87,7 @@ class JoinAnswer(msgspec.Struct):
     ice_servers: list[dict[str, Any]]
 
 
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     return {status: ResponseSpec(ErrorBody, description="error") for status in statuses}
 
 
@@ -121,7 +121,7 @@ def health() -> Health:
     return Health(status="ok", timestamp=iso_now())
 
 
-@get("/ready", responses=_errors(503))
+@get("/ready", responses=error_responses(503))
 async def ready(bus: NamedDependency[EdgeBus]) -> Response[Ready | ErrorBody]:
     try:
         await bus.check_ready()
@@ -130,7 +130,7 @@ async def ready(bus: NamedDependency[EdgeBus]) -> Response[Ready | ErrorBody]:
     return Response(Ready(status="ready"))
 
 
-@post("/api/rooms", status_code=200, responses=_errors(400, 413, 429, 503))
+@post("/api/rooms", status_code=200, responses=error_responses(400, 413, 429, 503))
 async def create_room(
     request: Request[Any, Any, Any],
     bus: NamedDependency[EdgeBus],
@@ -195,7 +195,7 @@ async def create_room(
     return CreatedRoom(room_id=room_id, created_at=created_at)
 
 
-@get("/api/rooms/{room_id:str}", responses=_errors(404))
+@get("/api/rooms/{room_id:str}", responses=error_responses(404))
 async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> RoomView:
     meta = await bus.room_meta(_room_id(room_id))
     if meta is None:
@@ -209,7 +209,9 @@ async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Roo
     )
 
 
-@post("/api/rooms/{room_id:str}/join", status_code=200, responses=_errors(400, 404, 409, 413))
+@post(
+    "/api/rooms/{room_id:str}/join", status_code=200, responses=error_responses(400, 404, 409, 413)
+)
 async def join_room(
     room_id: FromPath[str],
     bus: NamedDependency[EdgeBus],

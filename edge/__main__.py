@@ -6,7 +6,7 @@ import sys
 from edge.server import build_server
 from edge.settings import EdgeSettings
 from signaling.config import ConfigError
-from signaling.runtime import configure_logging
+from signaling.runtime import configure_logging, tune_gc
 
 
 def main() -> None:
@@ -15,7 +15,9 @@ def main() -> None:
     except ConfigError as e:
         sys.exit(f"configuration error: {e}")
     configure_logging(settings.log_level, settings.log_format)
-    build_server(settings).run()
+    server = build_server(settings)
+    tune_gc()
+    server.run()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from room_actors.settings import ActorSettings
 from room_actors.worker import Worker
 from signaling.config import ConfigError
-from signaling.runtime import configure_logging, run_until_signalled
+from signaling.runtime import configure_logging, run_until_signalled, tune_gc
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     except ConfigError as e:
         sys.exit(f"configuration error: {e}")
     configure_logging(settings.log_level, settings.log_format)
+    tune_gc()
     run_until_signalled(Worker(settings).run)
 
 

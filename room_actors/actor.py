@@ -36,6 +36,7 @@ from bus_schema.commands import (
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import (
+    Broadcasted,
     Event,
     ParticipantJoined,
     ParticipantLeft,
@@ -305,6 +306,8 @@ class RoomActor:
         self, entries: list[LogEntry], events: list[Event], now: Clock | None
     ) -> None:
         """The durable event log: what happened to the room, in order."""
+        if not entries and all(isinstance(e, Broadcasted) for e in events):
+            return  # relayed messages are not logged: nothing to do on the hot path
         at = (now or clock_now()).iso
         entries = entries + [e for e in (log_entry(event, at) for event in events) if e]
         if entries:
@@ -398,6 +401,8 @@ def room_created(state: RoomState, at: str) -> LogEntry:
 
 def log_entry(event: Event, at: str) -> LogEntry | None:
     """The event log's record of a room event (broadcasts are not logged)."""
+    if isinstance(event, Broadcasted):
+        return None
     base = LogEntry(
         id=f"{event.room_id}.{event.seq}",
         event="",

@@ -44,6 +44,7 @@ class Dispatcher:
         self.delivered = 0
         self.dead = 0
         self._http: httpx.AsyncClient | None = None
+        self._js: JetStreamContext | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -60,6 +61,7 @@ class Dispatcher:
         self._http = http
         try:
             js = nc.jetstream()
+            self._js = js
             await until_ready(lambda: self._prepare(js), what="event log stream")
             tasks = [
                 asyncio.create_task(self._partition(js, p), name=f"webhooks-{p}")
@@ -184,7 +186,7 @@ class Dispatcher:
                 await msg.in_progress()
 
     async def _dead_letter(self, msg: Msg, room_id: str, error: str, attempts: int) -> None:
-        js = msg._client.jetstream()
+        assert self._js is not None
         headers = {
             "Nats-Msg-Id": f"dead.{msg.header.get('Nats-Msg-Id', '') if msg.header else ''}",
             "Signaling-Webhook-Error": error,
@@ -194,7 +196,7 @@ class Dispatcher:
         subject = (
             subjects.webhook_dead_letter(room_id) if room_id else subjects.WEBHOOK_DEAD_UNREADABLE
         )
-        await js.publish(subject, msg.data, headers=headers, timeout=5.0)
+        await self._js.publish(subject, msg.data, headers=headers, timeout=5.0)
         await msg.ack_sync()
         self.dead += 1
 

@@ -20,6 +20,18 @@ class EdgeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     rooms: int
 
 
+class DispatcherStatus(msgspec.Struct, frozen=True, kw_only=True):
+    dispatcher_id: str
+    version: str
+    delivered: int
+    """Events the receiver accepted (2xx) since start."""
+    dead_lettered: int
+    failed_attempts: int
+    """POSTs that failed (network error, timeout, non-2xx) since start."""
+    holding: int
+    """Events this dispatcher holds right now (at most one per log partition)."""
+
+
 class EdgeStatus(msgspec.Struct, frozen=True, kw_only=True):
     edge_id: str
     version: str

@@ -155,6 +155,11 @@ WEBHOOK_DEAD_UNREADABLE = f"{PREFIX}.webhooks.dead.unreadable"
 """Dead letters of log entries that could not be decoded."""
 
 
+def dispatcher_status(dispatcher_id: str) -> str:
+    """A webhook dispatcher's status endpoint (request/reply)."""
+    return f"{PREFIX}.webhooks.{_token(dispatcher_id)}.status"
+
+
 def webhook_dead_letter(room_id: str) -> str:
     """Where a log event goes when its webhook could not be delivered in time."""
     return f"{PREFIX}.webhooks.dead.{_uuid(room_id)}"

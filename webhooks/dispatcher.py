@@ -25,7 +25,9 @@ from nats.js.errors import NotFoundError
 
 from bus_schema import codec, subjects
 from bus_schema.log import DEAD_LETTER_STREAM, LOG_STREAM, log_entry
+from bus_schema.status import DispatcherStatus
 from signaling.natsconn import connect, until_ready
+from signaling.services import MicroService, version
 from webhooks import signing
 from webhooks.settings import WebhookSettings
 
@@ -43,6 +45,8 @@ class Dispatcher:
         self.settings = settings
         self.delivered = 0
         self.dead = 0
+        self.failed_attempts = 0
+        self.holding = 0
         self._http: httpx.AsyncClient | None = None
         self._js: JetStreamContext | None = None
 
@@ -59,14 +63,35 @@ class Dispatcher:
             headers={"user-agent": f"signaling-webhooks ({settings.dispatcher_id})"},
         )
         self._http = http
+        service: MicroService | None = None
         try:
             js = nc.jetstream()
             self._js = js
             await until_ready(lambda: self._prepare(js), what="event log stream")
+            subscribed = [asyncio.Event() for _ in range(subjects.LOG_PARTITIONS)]
             tasks = [
-                asyncio.create_task(self._partition(js, p), name=f"webhooks-{p}")
+                asyncio.create_task(self._partition(js, p, subscribed[p]), name=f"webhooks-{p}")
                 for p in range(subjects.LOG_PARTITIONS)
             ]
+            await asyncio.gather(*(event.wait() for event in subscribed))
+            # Registered once every partition is being fetched: answering
+            # status means taking work.
+            service = await MicroService.start(
+                nc,
+                name="signaling-webhooks",
+                instance=settings.dispatcher_id,
+                description="Webhook dispatchers: the room event log, POSTed signed",
+            )
+
+            async def status(msg: Msg) -> None:
+                await msg.respond(codec.encode(self.status()))
+
+            await service.add(
+                "status",
+                subjects.dispatcher_status(settings.dispatcher_id),
+                status,
+                queue_group=f"webhooks-{settings.dispatcher_id}",
+            )
             log.info(
                 "dispatcher %s delivering to %s", settings.dispatcher_id, _origin(settings.url)
             )
@@ -76,8 +101,20 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            if service is not None:
+                await service.stop()
             await http.aclose()
             await _close(nc)
+
+    def status(self) -> DispatcherStatus:
+        return DispatcherStatus(
+            dispatcher_id=self.settings.dispatcher_id,
+            version=version(),
+            delivered=self.delivered,
+            dead_lettered=self.dead,
+            failed_attempts=self.failed_attempts,
+            holding=self.holding,
+        )
 
     async def _prepare(self, js: JetStreamContext) -> None:
         """The log must exist (the actors create it); the dead-letter stream and
@@ -111,8 +148,11 @@ class Dispatcher:
                 # Exists with other settings (another dispatcher's): use it as it is.
                 log.info("consumer %s kept as it is: %s", config.durable_name, e.description)
 
-    async def _partition(self, js: JetStreamContext, partition: int) -> None:
+    async def _partition(
+        self, js: JetStreamContext, partition: int, subscribed: asyncio.Event
+    ) -> None:
         sub = await js.pull_subscribe_bind(consumer_name(partition), LOG_STREAM)
+        subscribed.set()
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=5.0)
@@ -134,6 +174,7 @@ class Dispatcher:
             await self._dead_letter(msg, "", "undecodable", 0)
             return
         keepalive = asyncio.create_task(self._keep_holding(msg))
+        self.holding += 1
         try:
             started = time.monotonic()
             delay = settings.backoff_initial
@@ -145,6 +186,7 @@ class Dispatcher:
                     await msg.ack_sync()
                     self.delivered += 1
                     return
+                self.failed_attempts += 1
                 if time.monotonic() - started + delay > settings.retry_for:
                     log.warning(
                         "webhook %s failed %d times (%s): dead-lettered",
@@ -164,6 +206,7 @@ class Dispatcher:
                 await asyncio.shield(msg.nak())
             raise
         finally:
+            self.holding -= 1
             keepalive.cancel()
 
     async def _post(self, event_id: str, body: bytes) -> str | None:

@@ -10,10 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+import nats
 import pytest
 from nats.js.api import DeliverPolicy
 
 from bus_schema import log, subjects
+from bus_schema.status import DispatcherStatus
 from tests.harness import Api, System, enter
 from webhooks import signing
 
@@ -129,6 +132,24 @@ async def stored_ids(system: System, count: int, timeout: float = 15.0) -> list[
         await nc.close()
 
 
+async def dispatchers_ready(system: System, timeout: float = 30.0) -> None:
+    """Until every dispatcher answers its status request (it then fetches work)."""
+    nc = await system.connect()
+    try:
+        for dispatcher in system.dispatchers:
+            subject = subjects.dispatcher_status(dispatcher.env["DISPATCHER_ID"])
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await nc.request(subject, b"", timeout=1)
+                    break
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    assert time.monotonic() < deadline, dispatcher.log()
+                    await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
 def check_signed(delivery: Delivery) -> str:
     event_id = signing.verify(SECRET, delivery.headers, delivery.body)
     assert event_id == delivery.entry["id"]
@@ -232,6 +253,7 @@ async def test_two_dispatchers_share_the_work_without_duplicates(
     try:
         for _ in range(2):
             system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+        await dispatchers_ready(system)
         stories = [await room_story(api, system.edges[0].ws_url) for _ in range(8)]
         total = sum(n for _, n in stories)
         await receiver.until(lambda: len(receiver.accepted()) >= total)
@@ -242,6 +264,21 @@ async def test_two_dispatchers_share_the_work_without_duplicates(
         assert_in_room_order(accepted)
         agents = {d.headers.get("user-agent") for d in accepted}
         assert len(agents) == 2, agents  # both dispatchers delivered
+        # Each says so itself, as `nats req signal.webhooks.<id>.status ''` shows.
+        nc = await system.connect()
+        try:
+            delivered = []
+            for dispatcher in system.dispatchers:
+                subject = subjects.dispatcher_status(dispatcher.env["DISPATCHER_ID"])
+                reply = await nc.request(subject, b"", timeout=5)
+                status = msgspec.json.decode(reply.data, type=DispatcherStatus)
+                assert status.dead_lettered == 0
+                assert status.holding == 0
+                delivered.append(status.delivered)
+            assert sum(delivered) == total
+            assert min(delivered) > 0
+        finally:
+            await nc.close()
     finally:
         await api.close()
         await receiver.stop()

@@ -197,7 +197,8 @@ def dev_main(args: argparse.Namespace) -> int:
         if os.environ.get("WEBHOOK_URL"):
             hooks = {"DISPATCHER_ID": "dev-webhooks-0", **users.client_env("webhooks")}
             children.append(python_module("webhooks", {**common, **hooks}))
-            print(f"webhooks      -> {os.environ['WEBHOOK_URL']}")
+            target = httpx.URL(os.environ["WEBHOOK_URL"])  # no path or query: may hold a token
+            print(f"webhooks      -> {target.scheme}://{target.netloc.decode()}")
         edge_urls = []
         for index in range(args.edges):
             port = args.port + index

@@ -67,6 +67,10 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     close_reason: str = ""
     kicked: list[str] = msgspec.field(default_factory=list)
     """Participants removed by an operator: their tokens may not rejoin."""
+    closed: bool = False
+    """The room was closed; its closing events are in ``outbox``. Written just
+    before the keys are deleted, so an owner that dies in between leaves the
+    close for the next owner to finish (publish, then delete)."""
 
     @property
     def room_id(self) -> str:

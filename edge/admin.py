@@ -267,7 +267,7 @@ async def list_rooms(
         room_ids = [r for r in room_ids if r > cursor]
     page_ids = room_ids[:limit]
     states = await asyncio.gather(*(bus.room_state(room_id) for room_id in page_ids))
-    rooms = [_summary(state) for state in states if state is not None]
+    rooms = [_summary(state) for state in states if state is not None and not state.closed]
     more = len(room_ids) > limit
     return AdminRoomPage(rooms=rooms, next_cursor=page_ids[-1] if more and page_ids else None)
 

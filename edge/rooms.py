@@ -226,7 +226,7 @@ async def join_room(
         _first(body.participant_name, body.participantName, "Guest"), "participant_name", settings
     )
     state = await bus.room_state(room_id)
-    if state is None or await bus.room_meta(room_id) is None:
+    if state is None or state.closed or await bus.room_meta(room_id) is None:
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
     if len(state.participants) >= state.meta.max_participants:
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)

@@ -102,6 +102,8 @@ class _Turn:
     republish: bool = False
     deleted: bool = False
     """The room closed in this turn: delete it instead of saving."""
+    closing: RoomState | None = None
+    """The closed room's last state, saved with its events before the delete."""
     log: list[LogEntry] = field(default_factory=list)
     """Event log entries that are not room events (``room_created``)."""
     now: Clock | None = None
@@ -246,10 +248,14 @@ class RoomActor:
             await self._load()
         turn = self._apply(batch)
         state = turn.state
-        if turn.deleted:
+        if turn.deleted and turn.closing is not None:
             if not self._owns():
                 raise Fenced(self.room_id)
-            self._revision = await self._store.delete(self.room_id, self._revision)
+            # First the close with its events (an outbox), then the events go
+            # out, then the keys are deleted: a death in between is finished
+            # by the next owner (`_load`).
+            closed = replace(turn.closing, outbox=turn.events, closed=True)
+            self._revision = await self._store.save(closed, self._revision)
         # A turn of broadcasts only (numbered within the reservation) is
         # published without a write; the next write carries its sequence number.
         elif state is not None and (turn.save or turn.durable):
@@ -271,6 +277,8 @@ class RoomActor:
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         await self._publish(turn.events)
         await self._append_log(turn.log, turn.events, turn.now)
+        if turn.deleted:
+            self._revision = await self._store.delete(self.room_id, self._revision)
         for cleanup in turn.cleanup:
             self._on_cleanup(cleanup)
         for edge_id, message in turn.control:
@@ -301,6 +309,10 @@ class RoomActor:
             # ones they already have: they apply events by sequence number.
             await self._publish(loaded.state.outbox)
             await self._append_log([], loaded.state.outbox, None)
+        if loaded.state is not None and loaded.state.closed:
+            # The previous owner closed the room and died before deleting it.
+            self._revision = await self._store.delete(self.room_id, loaded.revision)
+            self._state = None
 
     async def _append_log(
         self, entries: list[LogEntry], events: list[Event], now: Clock | None
@@ -350,6 +362,7 @@ class RoomActor:
                 turn.durable = True
             turn.state = outcome.state
             if outcome.deleted:
+                turn.closing = outcome.state
                 turn.deleted, turn.state, turn.durable = True, None, False
                 turn.publish_meta = False
             turn.answers.append(pending.answer(outcome.reply))

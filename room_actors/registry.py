@@ -115,7 +115,7 @@ class Registry:
             if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted:
                 loaded = await self._store.load(room_id)
                 state = loaded.state
-                if state is not None and state.participants:
+                if state is not None and (state.participants or state.closed):
                     self.actor(room_id).activate()
                 elif state is not None and state.close_at is not None:
                     self._wake_at(room_id, state.close_at)

@@ -8,11 +8,13 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
-from bus_schema import log, subjects
+from bus_schema import buckets, codec, log, subjects
 from bus_schema.closecodes import CloseCode
+from bus_schema.events import ParticipantLeft, RoomClosed
 from bus_schema.log import LogEntry
 from tests.harness import JWT_SECRET, Api, Member, System, WsClient, enter
 
@@ -338,6 +340,53 @@ async def test_a_passivated_room_still_closes_on_time(make_system: Callable[...,
         assert (await api.http.get(f"/api/rooms/{room_id}")).status_code == 200
         await until_gone(api, room_id)
         assert (await log_entries(system, room_id, 2))[-1].reason == "empty_timeout"
+    finally:
+        await bus.close()
+        await api.close()
+
+
+async def test_a_close_cut_short_by_a_crash_is_finished_by_the_next_owner(
+    make_system: Callable[..., System],
+) -> None:
+    """Closing saves the close with its events, publishes, then deletes. Here the
+    owner dies after the save: the next owner publishes and deletes."""
+    system = make_system()
+    await system.start(actors=2)
+    api = Api(system.edges[0].url)
+    bus = await system.bus()
+    try:
+        room_id = await api.create_room("interrupted")
+        ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+        kv = await bus.js.key_value(buckets.ROOM_STATE)
+        entry = await kv.get(room_id)
+        assert entry.value is not None
+        state = codec.room_state.decode(entry.value)
+        seq = state.seq
+        closing = msgspec.structs.replace(
+            state,
+            seq=seq + 2,
+            participants={},
+            closed=True,
+            outbox=[
+                ParticipantLeft(
+                    room_id=room_id,
+                    seq=seq + 1,
+                    participant_id=ann.participant_id,
+                    reason="room_closed",
+                ),
+                RoomClosed(room_id=room_id, seq=seq + 2, participant_id="", reason="admin"),
+            ],
+        )
+        # What the owner wrote just before it died.
+        await kv.update(room_id, codec.encode(closing), last=entry.revision)
+        owner = await bus.room_owner(room_id)
+        assert owner is not None
+        system.actor(owner).kill()
+        message = await ann.recv_type("room-closed", timeout=20)
+        assert (message["reason"], message["room_seq"]) == ("admin", seq + 2)
+        assert (await ann.client.closed())[0] == CloseCode.ROOM_NOT_FOUND
+        await until_gone(api, room_id)
+        assert await bus.room_state(room_id) is None
     finally:
         await bus.close()
         await api.close()

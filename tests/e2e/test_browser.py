@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
 
+from edge.auth import TokenService
 from signaling.fakecalls import FakeCallsServer
-from tests.harness import Api, System, calls_env
+from tests.harness import JWT_SECRET, Api, System, calls_env
 
 CHROMIUM = (
     os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -169,6 +171,7 @@ ROW = 'document.querySelector(`#participants li[data-participant-id="${id}"]`)'
 ROW_SAYS = f"([id, key, value]) => {ROW}?.dataset[key] === value"
 """The participant list shows ``key`` (audio/video) of participant ``id`` as ``value``."""
 GONE = f"(id) => !{ROW} && window.signaling.call.peers.size === 1"
+GONE_FROM_LIST = f"(id) => !{ROW}"
 
 
 async def media_flowing(page: Page, peers: int) -> dict[str, int]:
@@ -350,4 +353,52 @@ async def test_a_call_through_the_calls_sfu(
         for page in (alice, bob):
             assert await page.is_hidden("#error"), await page.text_content("#error")
     finally:
+        await api.close()
+
+
+async def test_the_page_follows_what_an_operator_does(
+    make_system: Callable[..., System], browser: Browser
+) -> None:
+    """Mute, remove and close through the room service API, seen in the pages."""
+    system = make_system(STUN_URLS="")
+    await system.start(edges=1)
+    url = system.edges[0].url
+    api = Api(url)
+    token = TokenService(JWT_SECRET, ttl=600).issue_admin()
+    admin = httpx.AsyncClient(
+        base_url=f"{url}/api/admin", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    try:
+        room_id = await api.create_room("moderated call")
+        alice = await join(browser, url, room_id, "Alice")
+        bob = await join(browser, url, room_id, "Bob")
+        alice_id, bob_id = await me(alice), await me(bob)
+
+        muted = await admin.post(
+            f"/rooms/{room_id}/participants/{alice_id}/mute", json={"kind": "audio"}
+        )
+        assert muted.status_code == 200, muted.text
+        # Alice's own microphone is turned off, and everyone's list says so.
+        await until(
+            alice, "() => document.querySelector('#toggle-audio').textContent === 'Unmute mic'"
+        )
+        assert await alice.evaluate(
+            "window.signaling.call.stream.getAudioTracks().every((t) => !t.enabled)"
+        )
+        for page in (alice, bob):
+            await until(page, ROW_SAYS, [alice_id, "audio", "false"])
+
+        removed = await admin.delete(f"/rooms/{room_id}/participants/{bob_id}")
+        assert removed.status_code == 200, removed.text
+        await bob.wait_for_selector("#error:not([hidden])")
+        assert await bob.text_content("#error") == "You were removed from the room."
+        await until(alice, GONE_FROM_LIST, bob_id)
+
+        closed = await admin.delete(f"/rooms/{room_id}")
+        assert closed.status_code == 200, closed.text
+        await alice.wait_for_selector("#error:not([hidden])")
+        assert await alice.text_content("#error") == "The room was closed."
+        await alice.wait_for_selector("#status[data-state=closed]")
+    finally:
+        await admin.aclose()
         await api.close()

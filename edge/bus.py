@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
@@ -153,16 +152,7 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
             instance=settings.edge_id,
             description="Edges: HTTP, WebSockets, join tokens, the Calls proxy",
         )
-
-        async def status(msg: Msg) -> None:
-            await msg.respond(codec.encode(bus.status()))
-
-        await service.add(
-            "status",
-            subjects.edge_status(settings.edge_id),
-            status,
-            queue_group=f"edge-{settings.edge_id}",
-        )
+        await service.add_status(subjects.edge_status(settings.edge_id), bus.status)
         metrics.CONNECTIONS.set_function(lambda: bus.fanout.connection_count)
         metrics.ROOMS.set_function(lambda: bus.fanout.room_count)
         heartbeat = asyncio.create_task(bus.heartbeat(), name="heartbeat")

@@ -5,10 +5,9 @@ import contextlib
 import logging
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from prometheus_client import start_http_server
 
-from bus_schema import codec, subjects
+from bus_schema import subjects
 from bus_schema.status import WorkerStatus
 from room_actors import metrics
 from room_actors.leases import Leases, open_leases_bucket
@@ -123,18 +122,15 @@ class Worker:
         """``signal.actors.<worker>.status``, an endpoint of the micro service."""
         worker_id = self.settings.worker_id
 
-        async def status(msg: Msg) -> None:
-            reply = WorkerStatus(
+        def status() -> WorkerStatus:
+            return WorkerStatus(
                 worker_id=worker_id,
                 partitions=registry.partitions,
                 rooms_active=len(registry),
                 ownership_changes=leases.ownership_changes,
             )
-            await msg.respond(codec.encode(reply))
 
-        await service.add(
-            "status", subjects.worker_status(worker_id), status, queue_group=f"worker-{worker_id}"
-        )
+        await service.add_status(subjects.worker_status(worker_id), status)
 
     def _export_metrics(self, registry: Registry, leases: Leases) -> None:
         metrics.ROOMS_ACTIVE.set_function(lambda: len(registry))

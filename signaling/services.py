@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro import add_service
@@ -69,6 +70,15 @@ class MicroService:
             queue_group=queue_group,
             metadata=metadata or {},
         )
+
+    async def add_status(self, subject: str, status: Callable[[], Any]) -> None:
+        """The ``status`` endpoint: answers each request with ``status()`` as JSON
+        (``nats req <subject> ''``). Served by this instance alone."""
+
+        async def respond(msg: Msg) -> None:
+            await msg.respond(msgspec.json.encode(status()))
+
+        await self.add("status", subject, respond, queue_group=f"status-{self.id}")
 
     async def remove(self, name: str) -> None:
         endpoints: list[Any] = self._service._endpoints

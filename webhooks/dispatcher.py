@@ -82,15 +82,8 @@ class Dispatcher:
                 instance=settings.dispatcher_id,
                 description="Webhook dispatchers: the room event log, POSTed signed",
             )
-
-            async def status(msg: Msg) -> None:
-                await msg.respond(codec.encode(self.status()))
-
-            await service.add(
-                "status",
-                subjects.dispatcher_status(settings.dispatcher_id),
-                status,
-                queue_group=f"webhooks-{settings.dispatcher_id}",
+            await service.add_status(
+                subjects.dispatcher_status(settings.dispatcher_id), self.status
             )
             log.info(
                 "dispatcher %s delivering to %s", settings.dispatcher_id, _origin(settings.url)

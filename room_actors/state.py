@@ -113,6 +113,8 @@ Internal = ExpireDisconnected | EdgesLost | Republish
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")
 NOT_IN_ROOM = Rejected(code=ErrorCode.NOT_IN_ROOM, message="Not in this room")
+TRACK_KINDS = ("audio", "video")
+BAD_KIND = Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
 KICKED = Rejected(code=ErrorCode.KICKED, message="Removed from this room")
 NO_SUCH_PARTICIPANT = Rejected(code=ErrorCode.NOT_IN_ROOM, message="No such participant")
 
@@ -367,9 +369,8 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
                 cmd_id=command.cmd_id,
             )
         case SetTrackState():
-            if command.kind not in ("audio", "video"):
-                bad = Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
-                return Outcome(state, bad)
+            if command.kind not in TRACK_KINDS:
+                return Outcome(state, BAD_KIND)
             updated = replace(sender, **{command.kind: command.enabled})
             event = TrackStateChanged(
                 room_id=state.room_id,
@@ -460,10 +461,8 @@ def _mute(state: RoomState, command: MuteTrack) -> Outcome:
     present = state.participants.get(command.participant_id)
     if present is None:
         return Outcome(state, NO_SUCH_PARTICIPANT)
-    if command.kind not in ("audio", "video"):
-        return Outcome(
-            state, Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
-        )
+    if command.kind not in TRACK_KINDS:
+        return Outcome(state, BAD_KIND)
     seq = state.seq + 1
     frame = msgspec.json.encode(
         {

@@ -48,8 +48,8 @@ LIMITS = Limits(recent_commands=4, resume_grace=10.0)
 FRAME = msgspec.Raw(b'{"type":"x"}')
 
 
-def created(max_participants: int = 10) -> RoomState:
-    command = CreateRoom(
+def create_command(max_participants: int = 10) -> CreateRoom:
+    return CreateRoom(
         cmd_id="c0",
         room_id=ROOM,
         name="r",
@@ -57,7 +57,10 @@ def created(max_participants: int = 10) -> RoomState:
         created_at=NOW.iso,
         max_participants=max_participants,
     )
-    outcome = decide(None, command, NOW, LIMITS)
+
+
+def created(max_participants: int = 10, limits: Limits = LIMITS) -> RoomState:
+    outcome = decide(None, create_command(max_participants), NOW, limits)
     assert outcome.reply == Ack(seq=0)
     assert outcome.state is not None
     return outcome.state
@@ -361,11 +364,8 @@ TIMED = Limits(recent_commands=4, resume_grace=10.0, empty_timeout=30.0, departu
 
 
 def test_an_empty_room_closes_after_its_empty_timeout() -> None:
-    command = CreateRoom(
-        cmd_id="c0", room_id=ROOM, name="r", created_by="me", created_at=NOW.iso, max_participants=3
-    )
-    room = decide(None, command, NOW, TIMED).state
-    assert room is not None
+    command = create_command(3)
+    room = created(3, TIMED)
     assert (room.close_at, room.close_reason) == (NOW.epoch + 30.0, "empty_timeout")
     assert next_deadline(room) == NOW.epoch + 30.0
     early = decide(room, ExpireDisconnected(), Clock(iso="", epoch=NOW.epoch + 29.9), TIMED)
@@ -382,21 +382,7 @@ def test_an_empty_room_closes_after_its_empty_timeout() -> None:
 
 
 def test_the_last_one_out_starts_the_departure_timeout() -> None:
-    room = decide(
-        None,
-        CreateRoom(
-            cmd_id="c0",
-            room_id=ROOM,
-            name="r",
-            created_by="me",
-            created_at=NOW.iso,
-            max_participants=3,
-        ),
-        NOW,
-        TIMED,
-    ).state
-    assert room is not None
-    room = join(room, ANN, "j1")
+    room = join(created(3, TIMED), ANN, "j1")
     assert room.close_at is None  # a join cancels the empty timeout
     room = join(room, BEN, "j2")
     leave = decide(

@@ -4,12 +4,10 @@ Every command carries ``cmd_id``; the actor remembers the ids it applied
 recently, so an edge may retry a command after a timeout and it is applied once.
 """
 
-from typing import Any
-
 import msgspec
 
 from bus_schema.events import Event
-from bus_schema.state import Participant, RoomMeta
+from bus_schema.state import Participant, RoomMeta, Track
 
 
 class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -73,7 +71,7 @@ class _FromParticipant(_Command, frozen=True):
 
 class PublishSession(_FromParticipant, frozen=True, tag="publish_session"):
     session_id: str
-    tracks: list[dict[str, Any]]
+    tracks: list[Track]
 
 
 class SetTrackState(_FromParticipant, frozen=True, tag="set_track_state"):

@@ -1,10 +1,15 @@
 """Values kept in JetStream KV (see `bus_schema.buckets`)."""
 
-from typing import Any
+from typing import Literal
 
 import msgspec
 
 from bus_schema.events import Event
+
+TrackKind = Literal["audio", "video"]
+"""The kinds of media track: in ``track-state``, in announced tracks, in mutes."""
+TRACK_KINDS: tuple[str, ...] = ("audio", "video")
+TRACK_LOCATIONS: tuple[str, ...] = ("local", "remote")
 
 
 class RoomMeta(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -21,6 +26,18 @@ class RoomMeta(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Seconds a room lives after its last participant left (0: until ``ROOM_TTL``)."""
 
 
+class Track(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An announced track, as a room keeps and replays it: only the fields Calls
+    clients use (`bus_schema.limits.track_problem` says which values fit).
+    Unknown fields a client adds are relayed in its frame but never kept."""
+
+    trackName: str
+    kind: str | None = None
+    mid: str | None = None
+    location: str | None = None
+    sessionId: str | None = None
+
+
 class Participant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One participant of a room, as the owning actor keeps it."""
 
@@ -33,8 +50,8 @@ class Participant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     """The current connection; commands from an older connection are refused."""
     session_id: str | None = None
     """The Calls session the participant published, if any."""
-    tracks: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    """The tracks published with the session, as the client sent them."""
+    tracks: list[Track] = msgspec.field(default_factory=list)
+    """The tracks announced with the session (known fields only)."""
     audio: bool | None = None
     """Last ``track-state`` for audio; ``None`` until the participant sent one."""
     video: bool | None = None

@@ -34,7 +34,7 @@ from bus_schema.commands import (
     UpdateRoom,
 )
 from bus_schema.errors import ErrorCode
-from bus_schema.state import Participant, RoomState
+from bus_schema.state import Participant, RoomState, Track
 from edge.auth import InvalidToken, NotAdmin, TokenService
 from edge.bus import EdgeBus, NotReady
 from edge.commands import CommandFailed
@@ -57,7 +57,7 @@ class AdminParticipant(msgspec.Struct, kw_only=True):
     connected: bool
     """False while the connection is gone and the participant may still resume."""
     session_id: str | None = None
-    tracks: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    tracks: list[Track] = msgspec.field(default_factory=list)
     audio: bool | None = None
     video: bool | None = None
 

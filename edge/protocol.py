@@ -15,15 +15,14 @@ import msgspec
 
 from bus_schema.commands import Snapshot
 from bus_schema.events import ParticipantJoined, ParticipantLeft, RoomClosed
-from bus_schema.state import Participant
+from bus_schema.limits import track_problem
+from bus_schema.state import Participant, Track
 
 SESSION = "cloudflare-session"
 TRACK_STATE = "track-state"
 RESERVED_TYPES = frozenset({"welcome", "join", "leave", "error", "room-closed", "kicked"})
 """Types only the server sends: a client cannot forge a join or a welcome."""
 ALL = "all"
-MAX_TRACKS = 64
-"""As many as Cloudflare Calls accepts in one call."""
 
 _T = TypeVar("_T")
 _decoder = msgspec.json.Decoder()
@@ -55,19 +54,14 @@ class Inbound:
     type: str = ""
     to: str | None = None
     session_id: str = ""
-    tracks: list[dict[str, Any]] | None = None
+    tracks: list[Track] | None = None
     kind: str = ""
     enabled: bool = False
 
 
-class _Track(msgspec.Struct):
-    trackName: str
-    kind: str | None = None
-
-
 class _SessionFields(msgspec.Struct):
     sessionId: str
-    tracks: list[_Track] = []
+    tracks: list[Track] = []
 
 
 class _TrackStateFields(msgspec.Struct):
@@ -101,23 +95,18 @@ def parse(data: str | bytes, who: Identity, *, max_string: int = 256) -> Inbound
         fields = _convert(message, _SessionFields)
         if not fields.sessionId or len(fields.sessionId) > max_string:
             raise ProtocolError("invalid_message", "`sessionId` must be a non-empty string")
-        if len(fields.tracks) > MAX_TRACKS or any(
-            len(t.trackName) > max_string or len(t.kind or "") > max_string for t in fields.tracks
-        ):
-            raise ProtocolError(
-                "invalid_message",
-                f"at most {MAX_TRACKS} tracks, names up to {max_string} characters",
-            )
+        problem = track_problem(fields.tracks)
+        if problem is not None:
+            raise ProtocolError("invalid_message", problem)
         message["roomId"] = who.room_id
         message["participantId"] = who.participant_id
         message["participantName"] = who.participant_name
-        tracks = message.get("tracks", [])
         return Inbound(
             Route.SESSION,
             _encoder.encode(message),
             type=kind,
             session_id=fields.sessionId,
-            tracks=tracks,
+            tracks=fields.tracks,
         )
     if kind == TRACK_STATE:
         state = _convert(message, _TrackStateFields)
@@ -150,7 +139,7 @@ class _WelcomeParticipant(msgspec.Struct, omit_defaults=True):
     id: str
     name: str
     session: str | None = None
-    tracks: list[dict[str, Any]] | None = None
+    tracks: list[Track] | None = None
     audio: bool | None = None
     video: bool | None = None
 
@@ -168,7 +157,7 @@ class _SessionReplay(msgspec.Struct, tag_field="type", tag=SESSION):
     participantId: str
     participantName: str
     sessionId: str
-    tracks: list[dict[str, Any]]
+    tracks: list[Track]
 
 
 class _JoinData(msgspec.Struct):

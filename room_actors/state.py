@@ -44,7 +44,7 @@ from bus_schema.events import (
     SessionPublished,
     TrackStateChanged,
 )
-from bus_schema.state import Participant, RoomMeta, RoomState
+from bus_schema.state import TRACK_KINDS, Participant, RoomMeta, RoomState
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,6 @@ Internal = ExpireDisconnected | EdgesLost | Republish
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")
 NOT_IN_ROOM = Rejected(code=ErrorCode.NOT_IN_ROOM, message="Not in this room")
-TRACK_KINDS = ("audio", "video")
 BAD_KIND = Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
 KICKED = Rejected(code=ErrorCode.KICKED, message="Removed from this room")
 NO_SUCH_PARTICIPANT = Rejected(code=ErrorCode.NOT_IN_ROOM, message="No such participant")

@@ -55,10 +55,29 @@ class Disconnect(_Command, frozen=True, tag="disconnect"):
 
 
 class RegisterCallsSession(_Command, frozen=True, tag="register_calls_session"):
-    """The participant created this Calls session through the proxy: it owns it."""
+    """The participant created this Calls session through the proxy: it owns it.
+    Refused for a participant that may not use the proxy (see `CheckMember`) or
+    that is at its cap of sessions, or when the room is at its cap."""
 
     participant_id: str
     session_id: str
+    issued_at: int = 0
+    """The ``iat`` of the caller's token (see `CheckMember`)."""
+
+
+class CheckMember(_Command, frozen=True, tag="check_member"):
+    """Read-only: may this participant use the Calls proxy now?
+
+    Yes while it is in the room (also within its resume grace period), and,
+    before its WebSocket first connects, while its token is fresh (issued less
+    than ``CALLS_PRECONNECT_WINDOW`` ago). No once it left, was removed, or the
+    room closed. Answered with `Ack` or `Rejected`."""
+
+    participant_id: str
+    issued_at: int
+    """The ``iat`` of the caller's token, Unix seconds."""
+    new_session: bool = False
+    """The caller wants to create a Calls session: also refused at the caps."""
 
 
 class _FromParticipant(_Command, frozen=True):
@@ -134,6 +153,7 @@ Command = (
     | Leave
     | Disconnect
     | RegisterCallsSession
+    | CheckMember
     | PublishSession
     | SetTrackState
     | Broadcast

@@ -8,6 +8,8 @@ Together with the actor's per-participant and per-room caps (settings
 newcomer's ``welcome`` well under NATS ``max_payload`` (docs/security.md).
 """
 
+import msgspec
+
 from bus_schema.ids import is_token_id
 from bus_schema.state import TRACK_KINDS, TRACK_LOCATIONS, Track
 
@@ -18,8 +20,10 @@ MAX_TRACK_NAME = 64
 """Characters in a ``trackName`` (Calls clients use UUIDs: 36)."""
 MAX_MID = 16
 """Characters in a track's ``mid`` (Calls gives small numbers)."""
-MAX_TRACKS_BYTES = 1536
-"""The announced tracks of one participant, as stored (JSON, UTF-8)."""
+MAX_TRACKS_BYTES = 1152
+"""The announced tracks of one participant, as stored (JSON, UTF-8). Eight
+tracks as Calls clients describe them fit (a UUID name, kind, mid, location
+and a 32-character session id: 143 bytes each)."""
 
 
 def _printable(value: str) -> bool:
@@ -48,8 +52,4 @@ def track_problem(tracks: list[Track]) -> str | None:
 
 
 def _size(track: Track) -> int:
-    total = len(track.trackName.encode()) + 16
-    for value in (track.kind, track.mid, track.location, track.sessionId):
-        if value is not None:
-            total += len(value.encode()) + 16
-    return total
+    return len(msgspec.json.encode(track))

@@ -74,7 +74,17 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     recent_commands: list[str] = msgspec.field(default_factory=list)
     """Ids of the last applied commands, oldest first: a retried command is a no-op."""
     calls_sessions: dict[str, str] = msgspec.field(default_factory=dict)
-    """Calls session id -> the participant that created it through the proxy."""
+    """Calls session id -> the participant that created it through the proxy.
+    A participant's sessions are dropped when it leaves."""
+    departed: dict[str, float] = msgspec.field(default_factory=dict)
+    """Participants who left (or were removed), with when they left (Unix
+    seconds), for as long as their token could otherwise still pass as a fresh
+    one not yet connected (``CALLS_PRECONNECT_WINDOW``): the Calls proxy refuses
+    them. Bounded by time and count."""
+    preconnect: dict[str, float] = msgspec.field(default_factory=dict)
+    """Participants holding Calls sessions before their WebSocket first
+    connected, with when their token stops passing as fresh (Unix seconds):
+    if they have not joined by then, their sessions are dropped."""
     outbox: list[Event] = msgspec.field(default_factory=list)
     """The events of the last saved turn. The next owner publishes them again
     when it loads the room, in case the previous one died before it could;

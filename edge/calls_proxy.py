@@ -31,7 +31,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bus_schema import codec, ids, subjects
-from bus_schema.commands import Ack, RegisterCallsSession
+from bus_schema.commands import Ack, CheckMember, RegisterCallsSession, Rejected, Reply
+from bus_schema.errors import ErrorCode
 from edge import metrics
 from edge.auth import Claims, InvalidToken, TokenService
 from edge.bus import EdgeBus
@@ -51,11 +52,12 @@ class _Route:
     """The upstream path under ``/apps/{app}``; ``{sid}`` is the session id."""
     access: str
     """``create`` (a new session), ``room`` (any participant of the session's room),
-    ``owner`` (the session's creator only) or ``ice`` (any token holder)."""
+    ``owner`` (the session's creator only) or ``ice`` (any participant)."""
     creates: bool = False
     """Never retried once the request may have reached Cloudflare."""
-    remote_sessions: str | None = None
-    """The body's list whose ``remote`` items name other sessions to check."""
+    pulls: bool = False
+    """The body asks for other sessions' tracks or data channels: every item
+    that is not ``local`` must name its session."""
 
 
 _S = r"session/(?P<sid>[^/]+)"
@@ -68,7 +70,7 @@ ROUTES: tuple[_Route, ...] = (
         "/sessions/{sid}/tracks/new",
         "owner",
         creates=True,
-        remote_sessions="tracks",
+        pulls=True,
     ),
     _Route("PUT", re.compile(_S + r"/renegotiate"), "/sessions/{sid}/renegotiate", "owner"),
     _Route("PUT", re.compile(_S + r"/tracks/close"), "/sessions/{sid}/tracks/close", "owner"),
@@ -79,7 +81,7 @@ ROUTES: tuple[_Route, ...] = (
         "/sessions/{sid}/datachannels/new",
         "owner",
         creates=True,
-        remote_sessions="dataChannels",
+        pulls=True,
     ),
     _Route(
         "POST",
@@ -111,17 +113,80 @@ class _Created(msgspec.Struct):
     sessionId: str
 
 
-class _RemoteItem(msgspec.Struct):
-    location: str | None = None
-    sessionId: str | None = None
-
-
 class _SessionTracks(msgspec.Struct):
     tracks: list[dict[str, Any]] = []
 
 
+_ITEM_LISTS = ("tracks", "dataChannels")
+_ITEMS = ("dataChannel",)
+_ITEM_FIELDS = ("location", "sessionId")
+_FOLDED = {name.casefold(): name for name in (*_ITEM_LISTS, *_ITEMS, *_ITEM_FIELDS)}
+"""Cloudflare's decoder may match field names without regard to case (as Go's
+encoding/json does): a key that folds to a checked name but is spelled
+otherwise is refused rather than guessed at."""
+
+
+def _invalid(message: str) -> ApiError:
+    return _error(400, message, "invalid_body")
+
+
+def _unambiguous(document: dict[str, Any], names: tuple[str, ...]) -> None:
+    for key in document:
+        canonical = _FOLDED.get(key.casefold())
+        if canonical is not None and canonical in names and key != canonical:
+            raise _invalid(f"Unexpected field `{key}` (did you mean `{canonical}`?)")
+
+
+def session_references(body: bytes, *, pulls: bool) -> tuple[bytes, set[str]]:
+    """The body to forward, and every Calls session it names.
+
+    Exactly what the room rule reads is decoded: the items of ``tracks`` and
+    ``dataChannels`` and the ``dataChannel`` object, their ``location`` and
+    ``sessionId``. Every item that names a session is counted; with ``pulls``
+    an item that is not ``local`` must name one. Anything those fields cannot
+    be read from is refused (400), never waved through. The body goes on
+    re-encoded from what was checked, so a duplicate key or a trick of the
+    JSON text cannot make Cloudflare read something else."""
+    if not body.strip():
+        return body, set()
+    try:
+        document = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise _invalid("Invalid JSON body") from None
+    if not isinstance(document, dict):
+        raise _invalid("The body must be a JSON object")
+    _unambiguous(document, (*_ITEM_LISTS, *_ITEMS))
+    items: list[object] = []
+    for name in _ITEM_LISTS:
+        if name in document:
+            listed = document[name]
+            if not isinstance(listed, list):
+                raise _invalid(f"`{name}` must be a list")
+            items.extend(listed)
+    items.extend(document[name] for name in _ITEMS if name in document)
+    named: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            raise _invalid("Tracks and data channels must be JSON objects")
+        _unambiguous(item, _ITEM_FIELDS)
+        location, session_id = item.get("location"), item.get("sessionId")
+        if not isinstance(location, str | None) or not isinstance(session_id, str | None):
+            raise _invalid("`location` and `sessionId` must be strings")
+        if session_id is not None:
+            named.add(session_id)
+        elif pulls and location != "local":
+            raise _invalid("A track or data channel that is not local must name its `sessionId`")
+    return msgspec.json.encode(document), named
+
+
 def _error(status: int, message: str, code: str) -> ApiError:
     return ApiError(status, message, code)
+
+
+_REFUSALS = {
+    ErrorCode.CALLS_SESSION_LIMIT: (409, "calls_session_limit"),
+    ErrorCode.KICKED: (403, "not_in_room"),
+}
 
 
 class CallsProxy:
@@ -164,14 +229,20 @@ class CallsProxy:
         claims = self._caller(request)
         if session_id is not None and not ids.is_token_id(session_id):
             raise _error(400, "Invalid session id", "invalid_session_id")
-        if entry.access == "ice":
-            return _json(msgspec.json.encode({"iceServers": await self.ice.get()}), 200)
         body = await request.body()
         if claims is not None:
-            await self._check_access(entry, session_id, claims, body)
+            # Every call: the token's holder must still belong to the room.
+            await self._check_member(claims, new_session=entry.access == "create")
+        if entry.access == "ice":
+            servers = await self.ice.get(claims.participant_id if claims else None)
+            return _json(msgspec.json.encode({"iceServers": servers}), 200)
+        if claims is not None:
+            body = await self._check_access(entry, session_id, claims, body)
         upstream_path = entry.upstream.format(sid=session_id)
+        # The client's query string is not forwarded: nothing of ours needs it,
+        # and it would let a caller reach Cloudflare options we do not check.
         response = await self.forward(
-            request.method, upstream_path, body or None, request.url.query, creates=entry.creates
+            request.method, upstream_path, body or None, creates=entry.creates
         )
         if entry.access == "create" and claims is not None and response.status_code == 201:
             await self._register(response.content, claims)
@@ -189,9 +260,37 @@ class CallsProxy:
         except InvalidToken:
             raise _error(401, "Invalid token", "invalid_token") from None
 
+    async def _check_member(self, claims: Claims, *, new_session: bool) -> None:
+        """Ask the room's actor whether the caller may use the proxy now."""
+        command = CheckMember(
+            cmd_id=ids.new_command_id(),
+            room_id=claims.room_id,
+            participant_id=claims.participant_id,
+            issued_at=claims.iat,
+            new_session=new_session,
+        )
+        self._refuse_unless_acked(await self._send(command))
+
+    async def _send(self, command: CheckMember | RegisterCallsSession) -> Reply:
+        try:
+            return await self._bus.commands.send(command)
+        except CommandFailed as e:
+            raise _error(503, e.message, e.code) from None
+
+    @staticmethod
+    def _refuse_unless_acked(reply: Reply) -> None:
+        if isinstance(reply, Ack):
+            return
+        if isinstance(reply, Rejected) and reply.code in _REFUSALS:
+            status, code = _REFUSALS[ErrorCode(reply.code)]
+            raise _error(status, reply.message, code)
+        raise _error(403, "You are not in this room", "not_in_room")
+
     async def _check_access(
         self, entry: _Route, session_id: str | None, claims: Claims, body: bytes
-    ) -> None:
+    ) -> bytes:
+        """Check the session in the path and every session the body names;
+        return the body to forward."""
         if session_id is not None:
             owner = await self._bus.calls_session(session_id)
             allowed = owner is not None and owner.room_id == claims.room_id
@@ -199,28 +298,17 @@ class CallsProxy:
                 allowed = owner is not None and owner.participant_id == claims.participant_id
             if not allowed:
                 raise _error(403, "Not your Calls session", "not_session_owner")
-        if entry.remote_sessions is not None:
-            for remote in self._remote_sessions(body, entry.remote_sessions):
-                owner = await self._bus.calls_session(remote) if ids.is_token_id(remote) else None
-                if owner is None or owner.room_id != claims.room_id:
-                    raise _error(403, "That session is not in your room", "session_outside_room")
-
-    @staticmethod
-    def _remote_sessions(body: bytes, field: str) -> set[str]:
-        try:
-            items = msgspec.json.decode(body or b"{}", type=dict[str, list[_RemoteItem]])
-        except msgspec.DecodeError:
-            try:
-                msgspec.json.decode(body or b"{}")
-            except msgspec.DecodeError:
-                raise _error(400, "Invalid JSON body", "invalid_body") from None
-            return set()  # other shapes are for Cloudflare to refuse
-        return {item.sessionId or "" for item in items.get(field, []) if item.location == "remote"}
+        forwarded, named = session_references(body, pulls=entry.pulls)
+        for remote in sorted(named):
+            owner = await self._bus.calls_session(remote) if ids.is_token_id(remote) else None
+            if owner is None or owner.room_id != claims.room_id:
+                raise _error(403, "That session is not in your room", "session_outside_room")
+        return forwarded
 
     async def _register(self, body: bytes, claims: Claims) -> None:
         try:
             session_id = msgspec.json.decode(body, type=_Created).sessionId
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise _error(502, "Unexpected response from Cloudflare Calls", "bad_upstream") from None
         if not ids.is_token_id(session_id):
             raise _error(502, "Unexpected response from Cloudflare Calls", "bad_upstream")
@@ -229,24 +317,14 @@ class CallsProxy:
             room_id=claims.room_id,
             participant_id=claims.participant_id,
             session_id=session_id,
+            issued_at=claims.iat,
         )
-        try:
-            reply = await self._bus.commands.send(command)
-        except CommandFailed as e:
-            raise _error(503, e.message, e.code) from None
-        if not isinstance(reply, Ack):
-            raise _error(403, "Not in this room", "not_in_room")
+        self._refuse_unless_acked(await self._send(command))
 
     # --- upstream ---------------------------------------------------------------
 
     async def forward(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        query: str = "",
-        *,
-        creates: bool = False,
+        self, method: str, path: str, body: bytes | None, *, creates: bool = False
     ) -> httpx.Response:
         """Send a request to Cloudflare with the app secret, retrying what is safe."""
         settings = self._settings
@@ -259,9 +337,7 @@ class CallsProxy:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self._http.request(
-                    method, url, content=body, params=query or None, headers=headers
-                )
+                response = await self._http.request(method, url, content=body, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 # Nothing reached Cloudflare: always safe to try again.
                 if last:
@@ -340,7 +416,7 @@ def _is_json(response: httpx.Response) -> bool:
         return True
     try:
         msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
     return True
 

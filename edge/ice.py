@@ -1,9 +1,20 @@
-"""ICE servers for clients: Cloudflare's STUN, plus short-lived TURN credentials
-when a Calls TURN key is configured (cached, refreshed before they expire)."""
+"""ICE servers for clients: the configured STUN servers, plus TURN credentials
+when a Calls TURN key is configured.
 
-import asyncio
+TURN credentials are made for one participant at a time and live
+``TURN_CREDENTIALS_TTL`` seconds (one hour by default): the join answer carries
+the first, and a participant still in the room renews them through
+``/cloudflare/ice-servers`` (the web client does, at half their life, with
+``RTCPeerConnection.setConfiguration``). Someone who left, or who only ever
+asked for a token, holds a credential that soon stops working. Each
+participant's credentials are reused until half their life has passed, so a
+client asking again and again costs one upstream call per half-life; the cache
+is bounded.
+"""
+
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -15,7 +26,11 @@ log = logging.getLogger(__name__)
 
 IceServer = dict[str, Any]
 _REFRESH_AT = 0.5
-"""Fetch new credentials once half of their lifetime has passed."""
+"""Make new credentials once half of their lifetime has passed."""
+CACHED_PARTICIPANTS = 10_000
+"""Participants whose credentials an edge keeps for reuse (the oldest go first)."""
+_RETRY_AFTER = 10.0
+"""Seconds to serve STUN only after the TURN API failed, before asking again."""
 
 
 class _Generated(msgspec.Struct):
@@ -47,22 +62,33 @@ class IceServers:
         self._stun: list[IceServer] = (
             [{"urls": urls[0] if len(urls) == 1 else urls}] if urls else []
         )
-        self._cached: list[IceServer] | None = None
-        self._refresh_after = 0.0
-        self._lock = asyncio.Lock()
+        self._cache: OrderedDict[str, tuple[float, list[IceServer]]] = OrderedDict()
+        """Participant id -> (when to make new ones, its servers)."""
+        self._failed_until = 0.0
 
-    async def get(self) -> list[IceServer]:
-        """STUN only, or Cloudflare's STUN and TURN servers with credentials."""
+    async def get(self, participant_id: str | None) -> list[IceServer]:
+        """STUN only, or STUN and TURN with credentials for this participant
+        (``None``: the open legacy proxy, one shared set)."""
         if not self._settings.turn_configured or self._http is None:
             return self._stun
-        if self._cached is not None and time.monotonic() < self._refresh_after:
-            return self._cached
-        async with self._lock:
-            if self._cached is None or time.monotonic() >= self._refresh_after:
-                await self._refresh()
-        return self._cached or self._stun
+        key = participant_id or ""
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        if now < self._failed_until:
+            return cached[1] if cached is not None else self._stun
+        servers = await self._generate()
+        if servers is None:
+            self._failed_until = now + _RETRY_AFTER
+            return cached[1] if cached is not None else self._stun
+        self._cache[key] = (now + self._settings.turn_ttl * _REFRESH_AT, servers)
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHED_PARTICIPANTS:
+            self._cache.popitem(last=False)
+        return servers
 
-    async def _refresh(self) -> None:
+    async def _generate(self) -> list[IceServer] | None:
         settings = self._settings
         assert self._http is not None
         url = (
@@ -78,10 +104,8 @@ class IceServers:
             if response.status_code != 201:
                 raise ValueError(f"status {response.status_code}")
             generated = msgspec.json.decode(response.content, type=_Generated)
-        except (httpx.HTTPError, ValueError, msgspec.DecodeError) as e:
-            # Keep serving what we have (or STUN): a call without TURN may still work.
+        except (httpx.HTTPError, ValueError, msgspec.DecodeError, RecursionError) as e:
+            # Serve what we have (or STUN): a call without TURN may still work.
             log.warning("TURN credentials unavailable: %s", type(e).__name__)
-            self._refresh_after = time.monotonic() + 10
-            return
-        self._cached = _without_port_53(generated.iceServers)
-        self._refresh_after = time.monotonic() + settings.turn_ttl * _REFRESH_AT
+            return None
+        return _without_port_53(generated.iceServers)

@@ -232,4 +232,5 @@ async def join_room(
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
     participant_id = ids.new_id()
     token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
-    return JoinAnswer(token=token, participant_id=participant_id, ice_servers=await calls.ice.get())
+    ice_servers = await calls.ice.get(participant_id)
+    return JoinAnswer(token=token, participant_id=participant_id, ice_servers=ice_servers)

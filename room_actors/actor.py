@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 _RECENT_EVENTS = 256
 _CATCHUP_BYTES = 256 * 1024
 _REPUBLISH = 16
+TURN_FRAME_BYTES = 64 * 1024
+"""Client frames one turn takes at most (beyond its first command): a turn's
+events are saved with the state (the outbox), so this bounds what they add."""
 
 RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
 """The answer when this worker does not (or no longer) own the room."""
@@ -202,8 +205,7 @@ class RoomActor:
     async def _drain(self) -> None:
         try:
             while self._mailbox:
-                batch = list(self._mailbox)
-                self._mailbox.clear()
+                batch = self._next_batch()
                 try:
                     await self._turn(batch)
                 except Fenced:
@@ -221,6 +223,19 @@ class RoomActor:
                     await self._answer_all(batch, RETRY)
         finally:
             self._task = None
+
+    def _next_batch(self) -> list[_Pending]:
+        """The commands of the next turn: all that wait, up to `TURN_FRAME_BYTES`
+        of client frames."""
+        mailbox = self._mailbox
+        batch = [mailbox.popleft()]
+        size = _frame_size(batch[0].command)
+        while mailbox:
+            size += _frame_size(mailbox[0].command)
+            if size > TURN_FRAME_BYTES:
+                break
+            batch.append(mailbox.popleft())
+        return batch
 
     def _schedule_expiry(self, deadline: float | None) -> None:
         """Wake up when the next resume grace period ends (Unix seconds)."""
@@ -272,6 +287,11 @@ class RoomActor:
         self._schedule_expiry(next_deadline(state))
         if state is not None:
             await self._project(state, turn)
+        for cleanup in turn.cleanup:
+            for session_id in cleanup.session_ids:
+                # Before anyone hears of the leave, the proxy stops counting
+                # the leaver's sessions as the room's.
+                await self._store.forget_calls_session(session_id)
         if turn.republish:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
@@ -399,6 +419,11 @@ class RoomActor:
                 await pending.answer(reply).send()
             except Exception:
                 log.exception("could not answer a command")
+
+
+def _frame_size(command: Command | Internal | None) -> int:
+    frame = getattr(command, "frame", None)
+    return len(frame) if frame is not None else 0
 
 
 def room_created(state: RoomState, at: str) -> LogEntry:

@@ -30,6 +30,15 @@ class ActorSettings:
     """Default seconds a room nobody joins lives (0: until ``room_ttl``)."""
     departure_timeout: float = 300.0
     """Default seconds a room lives after its last participant left (0: until ``room_ttl``)."""
+    calls_sessions_per_participant: int = 8
+    """Calls sessions one participant may hold through the proxy."""
+    calls_sessions_per_room: int = 400
+    """Calls sessions a room may hold, all participants together."""
+    calls_preconnect_window: float = 300.0
+    """Seconds a fresh token may use the Calls proxy before its WebSocket first
+    connects (old clients create their session first)."""
+    room_state_max_bytes: int = 512 * 1024
+    """A command that would make a room's stored state larger is refused."""
     log_max_age: float = 7 * 24 * 3600.0
     """Seconds the event log keeps an event."""
     log_max_bytes: int = 1024**3
@@ -57,6 +66,18 @@ class ActorSettings:
             resume_grace=env.number("RESUME_GRACE", 10.0, minimum=0.0, maximum=3600.0),
             empty_timeout=env.number("ROOM_EMPTY_TIMEOUT", 7200.0, minimum=0.0),
             departure_timeout=env.number("ROOM_DEPARTURE_TIMEOUT", 300.0, minimum=0.0),
+            calls_sessions_per_participant=env.integer(
+                "CALLS_SESSIONS_PER_PARTICIPANT", 8, minimum=1, maximum=64
+            ),
+            calls_sessions_per_room=env.integer(
+                "CALLS_SESSIONS_PER_ROOM", 400, minimum=1, maximum=2000
+            ),
+            calls_preconnect_window=env.number(
+                "CALLS_PRECONNECT_WINDOW", 300.0, minimum=0.0, maximum=86400.0
+            ),
+            room_state_max_bytes=env.integer(
+                "ROOM_STATE_MAX_BYTES", 512 * 1024, minimum=64 * 1024, maximum=8 * 1024 * 1024
+            ),
             log_max_age=env.number("LOG_MAX_AGE", 7 * 24 * 3600.0, minimum=60.0),
             log_max_bytes=env.integer("LOG_MAX_BYTES", 1024**3, minimum=1024 * 1024),
             metrics_host=env.text("METRICS_HOST", "127.0.0.1"),

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import msgspec
 from msgspec.structs import replace
 
+from bus_schema import codec
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Ack,
     Broadcast,
+    CheckMember,
     CloseRoom,
     Command,
     CreateRoom,
@@ -44,6 +46,8 @@ from bus_schema.events import (
     SessionPublished,
     TrackStateChanged,
 )
+from bus_schema.ids import is_token_id
+from bus_schema.limits import track_problem
 from bus_schema.state import TRACK_KINDS, Participant, RoomMeta, RoomState
 
 
@@ -78,6 +82,15 @@ class Limits:
     """Default seconds a room lives after its last participant left."""
     kicked_kept: int = 1000
     """How many removed participants a room remembers (their tokens stay refused)."""
+    calls_sessions_per_participant: int = 8
+    calls_sessions_per_room: int = 400
+    preconnect_window: float = 300.0
+    """Seconds a token may use the Calls proxy before its WebSocket first connects."""
+    departed_kept: int = 256
+    """How many recent leavers a room remembers for the Calls proxy at most
+    (each only for ``preconnect_window`` seconds)."""
+    state_max_bytes: int = 512 * 1024
+    """A command that would make the stored state larger is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +129,9 @@ NOT_IN_ROOM = Rejected(code=ErrorCode.NOT_IN_ROOM, message="Not in this room")
 BAD_KIND = Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
 KICKED = Rejected(code=ErrorCode.KICKED, message="Removed from this room")
 NO_SUCH_PARTICIPANT = Rejected(code=ErrorCode.NOT_IN_ROOM, message="No such participant")
+STATE_FULL = Rejected(
+    code=ErrorCode.ROOM_STATE_FULL, message="The room cannot keep more; leave something out"
+)
 
 
 def snapshot(state: RoomState, *, resumed: bool = False) -> Snapshot:
@@ -142,6 +158,7 @@ def next_deadline(state: RoomState | None) -> float | None:
     if state is None:
         return None
     deadlines = [p.disconnected_until for p in state.participants.values() if p.disconnected_until]
+    deadlines.extend(state.preconnect.values())
     if state.close_at is not None:
         deadlines.append(state.close_at)
     return min(deadlines, default=None)
@@ -164,13 +181,20 @@ def decide(
             return Outcome(state, snapshot(state))
         case GetRoom():
             return Outcome(state, room_info(state))
+        case CheckMember():
+            refused = _calls_refusal(
+                state, command.participant_id, command.issued_at, clock, limits
+            )
+            if refused is None and command.new_session:
+                refused = _session_cap(state, command.participant_id, limits)
+            return Outcome(state, refused or Ack(seq=state.seq))
         case ExpireDisconnected():
             gone = [
                 p
                 for p in state.participants.values()
                 if p.disconnected_until is not None and p.disconnected_until <= clock.epoch
             ]
-            outcome = _remove(state, gone, "timeout", clock, limits)
+            outcome = _expire_preconnect(_remove(state, gone, "timeout", clock, limits), clock)
             after = outcome.state
             if (
                 after is not None
@@ -200,8 +224,7 @@ def decide(
         case Disconnect():
             outcome = _disconnect(state, command, clock.epoch + limits.resume_grace)
         case RegisterCallsSession():
-            sessions = {**state.calls_sessions, command.session_id: command.participant_id}
-            outcome = Outcome(replace(state, calls_sessions=sessions), Ack(seq=state.seq))
+            outcome = _register_session(state, command, clock, limits)
         case PublishSession() | SetTrackState() | Broadcast():
             outcome = _relay(state, command)
         case UpdateRoom():
@@ -214,7 +237,13 @@ def decide(
             outcome = _mute(state, command)
     if outcome.state is state or outcome.state is None or outcome.deleted:
         return outcome
+    if isinstance(command, _GROWS) and len(codec.encode(outcome.state)) > limits.state_max_bytes:
+        return Outcome(state, STATE_FULL)
     return dataclasses.replace(outcome, state=_remember(outcome.state, command.cmd_id, limits))
+
+
+_GROWS = (Join, PublishSession, RegisterCallsSession)
+"""Commands that can make a room's state larger: each is checked against its bound."""
 
 
 def _replay_reply(state: RoomState, command: Command) -> Reply:
@@ -298,8 +327,17 @@ def _join(state: RoomState, command: Join, now: str) -> Outcome:
         participants={**state.participants, joined.id: joined},
         close_at=None,
         close_reason="",
+        departed=_without(state.departed, joined.id),
+        preconnect=_without(state.preconnect, joined.id),
     )
     return Outcome(new_state, snapshot(new_state), (event,))
+
+
+def _without(entries: dict[str, float], key: str) -> dict[str, float]:
+    """``entries`` without ``key`` (the same object when it is not there)."""
+    if key not in entries:
+        return entries
+    return {k: v for k, v in entries.items() if k != key}
 
 
 def _leave(state: RoomState, command: Leave, clock: Clock, limits: Limits) -> Outcome:
@@ -334,19 +372,119 @@ def _remove(
     )
     seq = state.seq + len(events)
     participants = {k: v for k, v in state.participants.items() if k not in ids}
-    new_state = replace(state, seq=seq, participants=participants)
+    # Leavers keep no Calls sessions, and the proxy refuses them from now on
+    # (remembered while their token could pass for a fresh one).
+    horizon = clock.epoch - limits.preconnect_window
+    recent = [(pid, at) for pid, at in state.departed.items() if at > horizon and pid not in ids]
+    recent.extend((pid, clock.epoch) for pid in sorted(ids))
+    new_state = replace(
+        state,
+        seq=seq,
+        participants=participants,
+        calls_sessions={s: p for s, p in state.calls_sessions.items() if p not in ids},
+        departed=dict(recent[-limits.departed_kept :]),
+    )
     if not participants and state.meta.departure_timeout > 0:
         new_state = replace(
             new_state,
             close_at=clock.epoch + state.meta.departure_timeout,
             close_reason="departure_timeout",
         )
-    cleanup = tuple(
-        CloseCallsTracks(room_id=state.room_id, participant_id=p.id, session_ids=owned)
-        for p in gone
-        if (owned := sorted(sid for sid, pid in state.calls_sessions.items() if pid == p.id))
+    return Outcome(new_state, Ack(seq=seq), events, cleanup=_cleanup(state, ids))
+
+
+def _cleanup(state: RoomState, ids: set[str]) -> tuple[CloseCallsTracks, ...]:
+    """Close the tracks pushed on the Calls sessions of these participants."""
+    return tuple(
+        CloseCallsTracks(room_id=state.room_id, participant_id=pid, session_ids=owned)
+        for pid in sorted(ids)
+        if (owned := sorted(sid for sid, owner in state.calls_sessions.items() if owner == pid))
     )
-    return Outcome(new_state, Ack(seq=seq), events, cleanup=cleanup)
+
+
+# --- the Calls proxy's questions ------------------------------------------------------
+
+
+def _calls_refusal(
+    state: RoomState, participant_id: str, issued_at: int, clock: Clock, limits: Limits
+) -> Rejected | None:
+    """Why this participant may not use the Calls proxy now, if it may not."""
+    if participant_id in state.participants:
+        return None
+    if participant_id in state.kicked:
+        return KICKED
+    left = state.departed.get(participant_id)
+    if left is not None and left > clock.epoch - limits.preconnect_window:
+        return NOT_IN_ROOM
+    if issued_at >= clock.epoch - limits.preconnect_window:
+        return None  # a fresh token whose WebSocket has not connected yet
+    return NOT_IN_ROOM
+
+
+def _check_member(state: RoomState, command: CheckMember, clock: Clock, limits: Limits) -> Reply:
+    pid = command.participant_id
+    refused = _calls_refusal(state, pid, command.issued_at, clock, limits)
+    if refused is None and command.new_session:
+        refused = _session_cap(state, pid, limits)
+    return refused or Ack(seq=state.seq)
+
+
+def _session_cap(state: RoomState, participant_id: str, limits: Limits) -> Rejected | None:
+    owned = sum(1 for owner in state.calls_sessions.values() if owner == participant_id)
+    if owned >= limits.calls_sessions_per_participant:
+        return Rejected(
+            code=ErrorCode.CALLS_SESSION_LIMIT,
+            message=f"At most {limits.calls_sessions_per_participant} Calls sessions "
+            "per participant",
+        )
+    if len(state.calls_sessions) >= limits.calls_sessions_per_room:
+        return Rejected(
+            code=ErrorCode.CALLS_SESSION_LIMIT,
+            message="This room holds as many Calls sessions as it may",
+        )
+    return None
+
+
+def _register_session(
+    state: RoomState, command: RegisterCallsSession, clock: Clock, limits: Limits
+) -> Outcome:
+    pid = command.participant_id
+    if not is_token_id(command.session_id):
+        return Outcome(state, Rejected(code=ErrorCode.BAD_COMMAND, message="Bad session id"))
+    owner = state.calls_sessions.get(command.session_id)
+    if owner is not None:
+        reply = Ack(seq=state.seq) if owner == pid else NOT_IN_ROOM
+        return Outcome(state, reply)
+    refused = _calls_refusal(state, pid, command.issued_at, clock, limits) or _session_cap(
+        state, pid, limits
+    )
+    if refused is not None:
+        return Outcome(state, refused)
+    new_state = replace(state, calls_sessions={**state.calls_sessions, command.session_id: pid})
+    if pid not in state.participants and pid not in state.preconnect:
+        # Not connected yet: if it never does, its sessions go when its token
+        # stops passing for a fresh one.
+        until = command.issued_at + limits.preconnect_window
+        new_state = replace(new_state, preconnect={**state.preconnect, pid: until})
+    return Outcome(new_state, Ack(seq=state.seq))
+
+
+def _expire_preconnect(outcome: Outcome, clock: Clock) -> Outcome:
+    """Drop the Calls sessions of token holders that never connected in time."""
+    state = outcome.state
+    if state is None:
+        return outcome
+    due = {pid for pid, until in state.preconnect.items() if until <= clock.epoch}
+    if not due:
+        return outcome
+    expired = replace(
+        state,
+        calls_sessions={s: p for s, p in state.calls_sessions.items() if p not in due},
+        preconnect={p: u for p, u in state.preconnect.items() if p not in due},
+    )
+    return dataclasses.replace(
+        outcome, state=expired, cleanup=outcome.cleanup + _cleanup(state, due)
+    )
 
 
 def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast) -> Outcome:
@@ -358,6 +496,9 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
     updated = sender
     match command:
         case PublishSession():
+            problem = track_problem(command.tracks)
+            if problem is not None:
+                return Outcome(state, Rejected(code=ErrorCode.BAD_COMMAND, message=problem))
             updated = replace(sender, session_id=command.session_id, tracks=command.tracks)
             event = SessionPublished(
                 room_id=state.room_id,
@@ -370,6 +511,10 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
         case SetTrackState():
             if command.kind not in TRACK_KINDS:
                 return Outcome(state, BAD_KIND)
+            if getattr(sender, command.kind) == command.enabled:
+                # Nothing changes: relayed (as the old service did), but not
+                # saved, logged or sent to webhooks.
+                return _broadcast(state, command, seq)
             updated = replace(sender, **{command.kind: command.enabled})
             event = TrackStateChanged(
                 room_id=state.room_id,
@@ -381,24 +526,28 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
                 cmd_id=command.cmd_id,
             )
         case Broadcast():
-            event = Broadcasted(
-                room_id=state.room_id,
-                seq=seq,
-                participant_id=sender.id,
-                frame=command.frame,
-                cmd_id=command.cmd_id,
-            )
-            # Nothing but the sequence number changes: within the reservation
-            # the broadcast goes out without a write.
-            if seq <= state.seq_reserved:
-                return Outcome(replace(state, seq=seq), Ack(seq=seq), (event,), durable=False)
-            reserved = replace(state, seq=seq, seq_reserved=seq + SEQ_BLOCK)
-            return Outcome(reserved, Ack(seq=seq), (event,))
+            return _broadcast(state, command, seq)
     participants = state.participants
     if updated is not sender:
         participants = {**participants, sender.id: updated}
     new_state = replace(state, seq=seq, participants=participants)
     return Outcome(new_state, Ack(seq=seq), (event,))
+
+
+def _broadcast(state: RoomState, command: SetTrackState | Broadcast, seq: int) -> Outcome:
+    """Relay a frame that changes nothing but the sequence number: within the
+    reservation it goes out without a write."""
+    event = Broadcasted(
+        room_id=state.room_id,
+        seq=seq,
+        participant_id=command.participant_id,
+        frame=command.frame,
+        cmd_id=command.cmd_id,
+    )
+    if seq <= state.seq_reserved:
+        return Outcome(replace(state, seq=seq), Ack(seq=seq), (event,), durable=False)
+    reserved = replace(state, seq=seq, seq_reserved=seq + SEQ_BLOCK)
+    return Outcome(reserved, Ack(seq=seq), (event,))
 
 
 # --- operators ---------------------------------------------------------------------

@@ -177,6 +177,14 @@ class RoomStore:
         """Project a Calls session's owner into ``calls_sessions`` (refreshing its age)."""
         await self._calls.put(buckets.calls_session_key(session.session_id), codec.encode(session))
 
+    async def forget_calls_session(self, session_id: str) -> None:
+        """Remove a dropped Calls session's owner from ``calls_sessions`` (best
+        effort: the key ages out with the room TTL anyway)."""
+        try:
+            await self._calls.delete(buckets.calls_session_key(session_id))
+        except (nats.errors.Error, TimeoutError) as e:
+            log.warning("could not forget a Calls session: %s", type(e).__name__)
+
     async def room_ids(self) -> list[str]:
         """Every room with stored state (raises ``NoKeysError`` when there is none)."""
         return await self._state.keys()

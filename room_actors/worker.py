@@ -110,6 +110,10 @@ class Worker:
             resume_grace=settings.resume_grace,
             empty_timeout=settings.empty_timeout,
             departure_timeout=settings.departure_timeout,
+            calls_sessions_per_participant=settings.calls_sessions_per_participant,
+            calls_sessions_per_room=settings.calls_sessions_per_room,
+            preconnect_window=settings.calls_preconnect_window,
+            state_max_bytes=settings.room_state_max_bytes,
         )
         registry = Registry(
             nc, store, limits, owns=leases.owns, service=service, worker_id=settings.worker_id

@@ -28,7 +28,7 @@ from bus_schema.events import (
     SessionPublished,
     TrackStateChanged,
 )
-from bus_schema.state import RoomState
+from bus_schema.state import RoomState, Track
 from room_actors.state import (
     SEQ_BLOCK,
     Clock,
@@ -204,7 +204,7 @@ def test_relays_update_state_and_carry_the_frame() -> None:
             conn_id="conn",
             frame=FRAME,
             session_id="sess",
-            tracks=[{"trackName": "t"}],
+            tracks=[Track(trackName="t")],
         ),
         NOW,
         LIMITS,

@@ -107,6 +107,9 @@ class Served:
     method: str
     path: str
     body: Any
+    raw: bytes = b""
+    """The body as it arrived."""
+    query: str = ""
 
 
 class _Description(msgspec.Struct):
@@ -213,9 +216,10 @@ class FakeCalls:
         raw = await request.body()
         try:
             body = msgspec.json.decode(raw) if raw.strip() else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             body = raw.decode(errors="replace")
-        self.served.append(Served(request.method, "/" + path, body))
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        self.served.append(Served(request.method, "/" + path, body, raw, query))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_next:

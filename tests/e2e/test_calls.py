@@ -13,7 +13,7 @@ import pytest
 from bus_schema import buckets, codec
 from signaling.fakecalls import FakeCallsServer, sdp
 from tests.harness import CALLS_APP_SECRET as APP_SECRET
-from tests.harness import TURN_TOKEN, Api, Member, System, enter
+from tests.harness import TURN_TOKEN, Api, Member, System, WsClient, enter
 from tests.harness import calls_env as _calls_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -293,10 +293,10 @@ async def test_upstream_failures(
     await api.close()
 
 
-async def test_join_returns_turn_credentials_without_port_53(
+async def test_turn_credentials_are_per_participant_short_lived_and_for_members_only(
     make_system: Callable[..., System], fake_calls: FakeCallsServer
 ) -> None:
-    system = make_system(**calls_env(fake_calls))
+    system = make_system(**calls_env(fake_calls, TURN_CREDENTIALS_TTL="600"))
     await system.start()
     api = Api(system.edges[0].url)
     room_id = await api.create_room("turn")
@@ -307,17 +307,31 @@ async def test_join_returns_turn_credentials_without_port_53(
     urls = [u for s in servers for u in s["urls"]]
     assert any(u.startswith("turns:") for u in urls)
     assert not any(u.split("?")[0].endswith(":53") for u in urls)
-    # Cached: the next join gets the same credentials without asking again.
-    generated = sum(1 for s in fake_calls.fake.served if "generate-ice-servers" in s.path)
+    asked = [s.body for s in fake_calls.fake.served if "generate-ice-servers" in s.path]
+    assert asked == [{"ttl": 600}]  # short-lived, as configured
+    # Per participant: Ben's are his own.
     second = await api.join(room_id, "Ben")
-    assert second["ice_servers"] == servers
-    assert sum(1 for s in fake_calls.fake.served if "generate-ice-servers" in s.path) == generated
+    ben_turn = next(s for s in second["ice_servers"] if "username" in s)
+    assert ben_turn["username"] != turn["username"]
     async with httpx.AsyncClient(base_url=system.edges[0].url) as http:
+        # Renewed by the participant (the same until half their life has passed).
         ice = await http.get(
             "/cloudflare/ice-servers", headers={"Authorization": f"Bearer {first['token']}"}
         )
         assert ice.json() == {"iceServers": servers}
         assert (await http.get("/cloudflare/ice-servers")).status_code == 401
+        # Someone who left gets none.
+        ann = await WsClient.connect(system.edges[0].ws_url, first["token"])
+        await ann.recv_type("welcome")
+        ben = await WsClient.connect(system.edges[0].ws_url, second["token"])
+        await ben.recv_type("welcome")
+        await ann.close()
+        assert (await ben.recv_type("leave"))["from"] == first["participant_id"]
+        gone = await http.get(
+            "/cloudflare/ice-servers", headers={"Authorization": f"Bearer {first['token']}"}
+        )
+        assert (gone.status_code, gone.json()["code"]) == (403, "not_in_room")
+        await ben.close()
     assert jwt.decode(first["token"], options={"verify_signature": False})["room_id"] == room_id
     await api.close()
 

@@ -224,7 +224,8 @@ class CallsProxy:
             raise _error(404, "Unknown Cloudflare endpoint", "unknown_endpoint")
         entry, session_id = found
         settings = self._settings
-        if not settings.calls_configured:
+        turn_only = entry.access == "ice" and settings.turn_configured
+        if not (settings.calls_configured or turn_only):
             raise _error(503, "Cloudflare Calls is not configured", "calls_not_configured")
         claims = self._caller(request)
         if session_id is not None and not ids.is_token_id(session_id):
@@ -234,8 +235,11 @@ class CallsProxy:
             # Every call: the token's holder must still belong to the room.
             await self._check_member(claims, new_session=entry.access == "create")
         if entry.access == "ice":
-            servers = await self.ice.get(claims.participant_id if claims else None)
-            return _json(msgspec.json.encode({"iceServers": servers}), 200)
+            grant = await self.ice.get(claims.participant_id if claims else None)
+            answer: dict[str, Any] = {"iceServers": grant.servers}
+            if grant.expires_in is not None:
+                answer["ttl"] = grant.expires_in  # renew before then
+            return _json(msgspec.json.encode(answer), 200)
         if claims is not None:
             body = await self._check_access(entry, session_id, claims, body)
         upstream_path = entry.upstream.format(sid=session_id)

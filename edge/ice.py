@@ -15,6 +15,7 @@ is bounded.
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -54,6 +55,13 @@ def _port(url: str) -> str:
     return url.split("?", 1)[0].rsplit(":", 1)[-1]
 
 
+@dataclass(frozen=True, slots=True)
+class IceGrant:
+    servers: list[IceServer]
+    expires_in: int | None = None
+    """Seconds the TURN credentials among ``servers`` still live (``None``: STUN only)."""
+
+
 class IceServers:
     def __init__(self, settings: EdgeSettings, http: httpx.AsyncClient | None) -> None:
         self._settings = settings
@@ -63,30 +71,37 @@ class IceServers:
             [{"urls": urls[0] if len(urls) == 1 else urls}] if urls else []
         )
         self._cache: OrderedDict[str, tuple[float, list[IceServer]]] = OrderedDict()
-        """Participant id -> (when to make new ones, its servers)."""
+        """Participant id -> (when they were made, monotonic; its servers)."""
         self._failed_until = 0.0
 
-    async def get(self, participant_id: str | None) -> list[IceServer]:
+    async def get(self, participant_id: str | None) -> IceGrant:
         """STUN only, or STUN and TURN with credentials for this participant
         (``None``: the open legacy proxy, one shared set)."""
         if not self._settings.turn_configured or self._http is None:
-            return self._stun
+            return IceGrant(self._stun)
+        ttl = self._settings.turn_ttl
         key = participant_id or ""
         now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is not None and now < cached[0]:
-            return cached[1]
+        if cached is not None and now - cached[0] < ttl * _REFRESH_AT:
+            return IceGrant(cached[1], int(ttl - (now - cached[0])))
         if now < self._failed_until:
-            return cached[1] if cached is not None else self._stun
+            return self._stale(cached, now)
         servers = await self._generate()
         if servers is None:
             self._failed_until = now + _RETRY_AFTER
-            return cached[1] if cached is not None else self._stun
-        self._cache[key] = (now + self._settings.turn_ttl * _REFRESH_AT, servers)
+            return self._stale(cached, now)
+        self._cache[key] = (now, servers)
         self._cache.move_to_end(key)
         while len(self._cache) > CACHED_PARTICIPANTS:
             self._cache.popitem(last=False)
-        return servers
+        return IceGrant(servers, ttl)
+
+    def _stale(self, cached: tuple[float, list[IceServer]] | None, now: float) -> IceGrant:
+        """What to give while the TURN API fails: what we have, or STUN."""
+        if cached is None or now - cached[0] >= self._settings.turn_ttl:
+            return IceGrant(self._stun)
+        return IceGrant(cached[1], int(self._settings.turn_ttl - (now - cached[0])))
 
     async def _generate(self) -> list[IceServer] | None:
         settings = self._settings

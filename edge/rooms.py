@@ -81,10 +81,13 @@ class CreatedRoom(msgspec.Struct):
     created_at: str
 
 
-class JoinAnswer(msgspec.Struct):
+class JoinAnswer(msgspec.Struct, omit_defaults=True):
     token: str
     participant_id: str
     ice_servers: list[dict[str, Any]]
+    ice_servers_ttl: int | None = None
+    """Seconds the TURN credentials in ``ice_servers`` live; a participant renews
+    them through ``GET /cloudflare/ice-servers`` (absent: STUN only)."""
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
@@ -232,5 +235,10 @@ async def join_room(
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
     participant_id = ids.new_id()
     token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
-    ice_servers = await calls.ice.get(participant_id)
-    return JoinAnswer(token=token, participant_id=participant_id, ice_servers=ice_servers)
+    ice = await calls.ice.get(participant_id)
+    return JoinAnswer(
+        token=token,
+        participant_id=participant_id,
+        ice_servers=ice.servers,
+        ice_servers_ttl=ice.expires_in,
+    )

@@ -115,7 +115,7 @@ class EdgeSettings:
             stun_urls=_stun_urls(env.text("STUN_URLS", "stun:stun.cloudflare.com:3478")),
             turn_key_id=env.optional("CLOUDFLARE_TURN_KEY_ID"),
             turn_key_token=env.secret("CLOUDFLARE_TURN_KEY_API_TOKEN"),
-            turn_ttl=env.integer("TURN_CREDENTIALS_TTL", 3600, minimum=60, maximum=48 * 3600),
+            turn_ttl=env.integer("TURN_CREDENTIALS_TTL", 3600, minimum=10, maximum=48 * 3600),
             token_ttl=env.integer("TOKEN_TTL", 24 * 3600, minimum=60),
             default_max_participants=default_max,
             max_participants_limit=limit,

@@ -24,7 +24,7 @@ const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000];
 const GIVE_UP_AFTER_MS = 30000;
 
 // What tests (and curious people) can look at from the console.
-const debug = { events: [], call: null, mode: null };
+const debug = { events: [], call: null, mode: null, iceRenewals: 0 };
 window.signaling = debug;
 
 // --- HTTP ------------------------------------------------------------------------
@@ -95,8 +95,10 @@ function plainWords(error) {
 // --- the call ------------------------------------------------------------------------
 
 class Call {
-  constructor({ roomId, token, me, name, iceServers, stream }) {
+  constructor({ roomId, token, me, name, iceServers, iceTtl, stream }) {
     Object.assign(this, { roomId, token, me, name, iceServers, stream });
+    this.iceTimer = null;
+    this.renewIceServers(iceTtl);
     this.participants = new Map(); // id -> {name, audio, video, session, tracks}
     this.peers = new Map(); // id -> PeerLink (P2P mode)
     this.sfu = null; // SfuLink (Calls mode)
@@ -133,6 +135,28 @@ class Call {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
   }
 
+  // -- TURN credentials are short-lived: renewed at half their life while in the room --
+
+  renewIceServers(ttl) {
+    clearTimeout(this.iceTimer);
+    if (!ttl || this.closing) return;
+    this.iceTimer = setTimeout(async () => {
+      try {
+        const fresh = await http("GET", "/cloudflare/ice-servers", undefined, this.token);
+        this.iceServers = fresh.iceServers;
+        const links = [...this.peers.values(), ...(this.sfu ? [this.sfu] : [])];
+        for (const { pc } of links) {
+          pc.setConfiguration({ ...pc.getConfiguration(), iceServers: fresh.iceServers });
+        }
+        debug.iceRenewals += 1;
+        this.renewIceServers(fresh.ttl);
+      } catch (error) {
+        // Not in the room any more (4xx): nothing to renew. Otherwise try again soon.
+        if (!(error instanceof HttpError && error.status < 500)) this.renewIceServers(20);
+      }
+    }, Math.max(1, ttl / 2) * 1000);
+  }
+
   onClose(event) {
     if (this.closing) return;
     const final = this.notice || FINAL_CLOSE[event.code];
@@ -167,6 +191,7 @@ class Call {
   }
 
   teardown() {
+    clearTimeout(this.iceTimer);
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
     if (this.sfu) this.sfu.close();
@@ -646,6 +671,7 @@ async function startCall(roomId, name) {
     me: joined.participant_id,
     name,
     iceServers: joined.ice_servers || [],
+    iceTtl: joined.ice_servers_ttl,
     stream,
   });
   debug.call = call;

@@ -322,7 +322,7 @@ async def test_a_call_through_the_calls_sfu(
 ) -> None:
     """With Calls configured, the page publishes through the proxy and pulls the
     others' tracks (the stand-in negotiates but carries no media)."""
-    system = make_system(STUN_URLS="", **calls_env(fake_calls.base_url))
+    system = make_system(STUN_URLS="", TURN_CREDENTIALS_TTL="10", **calls_env(fake_calls.base_url))
     await system.start(edges=2)
     edge_a, edge_b = system.edges
     api = Api(edge_a.url)
@@ -352,6 +352,24 @@ async def test_a_call_through_the_calls_sfu(
         assert bob_session in sessions
         for page in (alice, bob):
             assert await page.is_hidden("#error"), await page.text_content("#error")
+        # TURN credentials live 10 s here: the page renews them at half their
+        # life and hands them to its peer connection.
+        first = await alice.evaluate(
+            "window.signaling.call.sfu.pc.getConfiguration().iceServers"
+            ".find((s) => s.username).username"
+        )
+        renewed = await until(
+            alice,
+            """(first) => {
+              const servers = window.signaling.call.sfu.pc.getConfiguration().iceServers;
+              const turn = servers.find((s) => s.username);
+              return window.signaling.iceRenewals > 0 && turn.username !== first
+                ? turn.username : null;
+            }""",
+            first,
+            timeout=20,
+        )
+        assert renewed != first
     finally:
         await api.close()
 

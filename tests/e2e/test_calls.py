@@ -318,7 +318,9 @@ async def test_turn_credentials_are_per_participant_short_lived_and_for_members_
         ice = await http.get(
             "/cloudflare/ice-servers", headers={"Authorization": f"Bearer {first['token']}"}
         )
-        assert ice.json() == {"iceServers": servers}
+        assert ice.json()["iceServers"] == servers
+        assert 0 < ice.json()["ttl"] <= 600
+        assert first["ice_servers_ttl"] == 600
         assert (await http.get("/cloudflare/ice-servers")).status_code == 401
         # Someone who left gets none.
         ann = await WsClient.connect(system.edges[0].ws_url, first["token"])

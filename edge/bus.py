@@ -137,6 +137,7 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
 
     nc = await connect(
         list(settings.nats_servers),
+        role="edge",
         name=f"edge-{settings.edge_id}",
         on_reconnected=on_reconnected,
         credentials=settings.nats_credentials,

@@ -38,6 +38,7 @@ class Worker:
         nc = await connect(
             list(settings.nats_servers),
             name=f"actors-{settings.worker_id}",
+            role="actors",
             on_reconnected=on_reconnected,
             credentials=settings.nats_credentials,
         )

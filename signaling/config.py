@@ -4,6 +4,7 @@ Only entry points call this (``Settings.from_env``); library code gets a frozen
 settings object.
 """
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -101,20 +102,106 @@ class Env:
 
 
 @dataclass(frozen=True, slots=True)
+class NatsTls:
+    """TLS towards NATS: the CA that signed the servers' certificates
+    (``NATS_TLS_CA``; the system's roots without it) and, for mutual TLS, this
+    process's own certificate and key (``NATS_TLS_CERT``, ``NATS_TLS_KEY``).
+
+    TLS is on when any of these is set or a ``NATS_URL`` entry is ``tls://``.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    first: bool = True
+    """Open TLS before the server speaks (``NATS_TLS_FIRST``; the server's
+    ``handshake_first``). Otherwise nats-py upgrades only when the server's
+    plaintext greeting asks for TLS, so whoever can forge that greeting on the
+    network reads the password; off only for servers that cannot do it."""
+
+    @property
+    def configured(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
+
+    def enabled(self, servers: list[str]) -> bool:
+        return self.configured or any(server.startswith("tls://") for server in servers)
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that checks the server's certificate and host name."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            # No passphrase: an encrypted key fails here instead of prompting on a terminal.
+            context.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
+        return context
+
+    @classmethod
+    def from_env(cls, env: "Env") -> "NatsTls":
+        tls = cls(
+            ca_file=env.optional("NATS_TLS_CA"),
+            cert_file=env.optional("NATS_TLS_CERT"),
+            key_file=env.optional("NATS_TLS_KEY"),
+            first=env.flag("NATS_TLS_FIRST", True),
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
+        tls.check()
+        return tls
+
+    def check(self) -> None:
+        """Load every file once, so a bad one stops the process at start with
+        the variable's name rather than at the first connection."""
+        if self.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as e:
+                message = f"NATS_TLS_CA: cannot load {self.ca_file}: {_reason(e)}"
+                raise ConfigError(message) from None
+        if self.cert_file is None:
+            return
+        try:
+            ssl.create_default_context().load_cert_chain(
+                self.cert_file, self.key_file, password=_no_passphrase
+            )
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"NATS_TLS_CERT / NATS_TLS_KEY: cannot load {self.cert_file} with "
+                f"{self.key_file}: {_reason(e)}"
+            ) from None
+
+
+def _no_passphrase() -> bytes:
+    return b""
+
+
+def _reason(error: OSError | ssl.SSLError) -> str:
+    """What went wrong with a file, without the library's tuple formatting."""
+    if isinstance(error, ssl.SSLError):
+        return error.reason or str(error)
+    return error.strerror or str(error)
+
+
+@dataclass(frozen=True, slots=True)
 class NatsCredentials:
     """How a process authenticates to NATS: a user and password (``NATS_USER``,
-    ``NATS_PASSWORD``) or a credentials file (``NATS_CREDS``), or nothing."""
+    ``NATS_PASSWORD``) or a credentials file (``NATS_CREDS``), or nothing; and
+    the TLS it uses (`NatsTls`), the same for every role."""
 
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     creds_file: str | None = None
+    tls: NatsTls = field(default_factory=NatsTls)
 
     @classmethod
     def from_env(cls, env: "Env") -> "NatsCredentials":
         user, password = env.optional("NATS_USER"), env.secret("NATS_PASSWORD")
         if (user is None) != (password is None):
             raise ConfigError("NATS_USER and NATS_PASSWORD go together")
-        return cls(user=user, password=password, creds_file=env.optional("NATS_CREDS"))
+        return cls(
+            user=user,
+            password=password,
+            creds_file=env.optional("NATS_CREDS"),
+            tls=NatsTls.from_env(env),
+        )
 
 
 def nats_servers(value: str) -> list[str]:

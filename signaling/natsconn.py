@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -13,18 +13,45 @@ from signaling.config import NatsCredentials
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
+Role = Literal["edge", "actors", "webhooks"]
+
+
+def inbox_prefix(role: Role) -> str:
+    """Where a role's replies arrive: each role has its own prefix and
+    ``nats_auth.conf`` lets it subscribe to that one only, so no role reads
+    another's replies (KV reads, JetStream acks, status answers)."""
+    return f"_INBOX_{role}"
+
+
+def _options(servers: list[str], credentials: NatsCredentials | None) -> dict[str, Any]:
+    """Authentication and TLS options for ``nats.connect``."""
+    options: dict[str, Any] = {}
+    if credentials is None:
+        return options
+    if credentials.user and credentials.password:
+        options |= {"user": credentials.user, "password": credentials.password}
+    if credentials.creds_file:
+        options["user_credentials"] = credentials.creds_file
+    if credentials.tls.enabled(servers):
+        options |= {
+            "tls": credentials.tls.context(),
+            "tls_handshake_first": credentials.tls.first,
+        }
+    return options
+
 
 async def connect(
     servers: list[str],
     *,
     name: str,
+    role: Role,
     deadline: float = 30.0,
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
     on_disconnected: Callable[[], Awaitable[None]] | None = None,
     credentials: NatsCredentials | None = None,
 ) -> Client:
-    """Connect, retrying the first connection until ``deadline`` seconds passed;
-    afterwards the client reconnects on its own, forever."""
+    """Connect as ``role``, retrying the first connection until ``deadline``
+    seconds passed; afterwards the client reconnects on its own, forever."""
 
     async def error_cb(error: Exception) -> None:
         log.warning("nats: %s: %s", type(error).__name__, error, exc_info=error)
@@ -39,17 +66,15 @@ async def connect(
         if on_disconnected is not None:
             await on_disconnected()
 
-    auth: dict[str, str] = {}
-    if credentials is not None and credentials.user and credentials.password:
-        auth = {"user": credentials.user, "password": credentials.password}
-    if credentials is not None and credentials.creds_file:
-        auth["user_credentials"] = credentials.creds_file
+    options = _options(servers, credentials)
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline
     delay = 0.1
     while True:
         try:
-            return await nats.connect(
+            # nats-py retries a first connection forever when reconnecting is
+            # allowed (max_reconnect_attempts=-1): the deadline is ours to keep.
+            connecting = nats.connect(
                 servers=servers,
                 name=name,
                 allow_reconnect=True,
@@ -61,8 +86,10 @@ async def connect(
                 error_cb=error_cb,
                 reconnected_cb=reconnected_cb,
                 disconnected_cb=disconnected_cb,
-                **auth,
+                inbox_prefix=inbox_prefix(role),
+                **options,
             )
+            return await asyncio.wait_for(connecting, max(give_up - loop.time(), 0.1))
         except (OSError, TimeoutError, nats.errors.NoServersError) as e:
             if loop.time() + delay > give_up:
                 raise ConnectionError(f"cannot reach NATS at {', '.join(servers)}") from e

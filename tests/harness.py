@@ -4,6 +4,7 @@ free loopback ports, and small clients to drive them."""
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -23,7 +24,9 @@ from bus_schema.commands import GetSnapshot
 from bus_schema.state import RoomState
 from bus_schema.status import WorkerStatus
 from signaling.cli import wait_ready
-from signaling.natsserver import NatsServer, NatsUsers, python_module, terminate
+from signaling.config import NatsTls
+from signaling.natsconn import Role, inbox_prefix
+from signaling.natsserver import NatsServer, NatsUsers, ServerTls, python_module, terminate
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
 RECV_TIMEOUT = 10.0
@@ -32,6 +35,8 @@ RELAXED_LIMITS = {
     "MAX_CONNECTIONS_PER_ADDRESS": "100000",
     "RATE_LIMIT_MESSAGES": "100000",
     "RATE_LIMIT_BURST": "100000",
+    "RATE_LIMIT_BYTES": "1000000000",
+    "RATE_LIMIT_BYTES_BURST": "1000000000",
     "DRAIN_DELAY": "0",
 }
 
@@ -126,11 +131,24 @@ class System:
 
     users: NatsUsers = field(default_factory=NatsUsers.generate)
     """The same NATS accounts and permissions as production (nats_auth.conf)."""
+    route_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    """What cluster nodes authenticate their routes with (as nats.conf)."""
+    server_tls: ServerTls | None = None
+    """TLS on every node's client port (then give ``client_tls``)."""
+    route_tls: ServerTls | None = None
+    """TLS on the routes between nodes."""
+    client_tls: NatsTls | None = None
+    """What every process (and `connect`) trusts and presents, as NATS_TLS_*."""
+    strays: list[NatsServer] = field(default_factory=list)
+    """Servers that are not the system's, started by `stray_node`."""
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.nats = NatsServer(
-            data_dir=self.root / "nats", log_file=self.root / "nats.log", users=self.users
+            data_dir=self.root / "nats",
+            log_file=self.root / "nats.log",
+            users=self.users,
+            tls=self.server_tls,
         )
 
     def _next(self, kind: str) -> str:
@@ -149,6 +167,7 @@ class System:
             # Every test client comes from 127.0.0.1 and some send in bursts: the
             # abuse limits are raised here and tested on their own (test_limits).
             **RELAXED_LIMITS,
+            **tls_env(self.client_tls),
             **self.extra_env,
         }
 
@@ -171,14 +190,35 @@ class System:
                 cluster_name="signaling",
                 cluster_port=cluster_ports[i],
                 routes=tuple(r for j, r in enumerate(routes) if j != i),
+                route_password=self.route_password,
                 log_file=self.root / f"nats-{i}.log",
                 users=self.users,
+                tls=self.server_tls,
+                cluster_tls=self.route_tls,
             )
             for i in range(size)
         ]
         for node in self.nodes:
             node.start()
         self.nats = self.nodes[0]
+
+    def stray_node(self, name: str, **options: Any) -> NatsServer:
+        """A nats-server that is not ours, soliciting a route to the first
+        node's cluster port as someone on the NATS network could (``options``:
+        its route password, TLS...). Stopped with the system."""
+        seed = self.nodes[0]
+        assert seed.cluster_port is not None, "start_cluster first"
+        stray = NatsServer(
+            data_dir=self.root / name,
+            name=name,
+            cluster_name=seed.cluster_name,
+            cluster_port=free_port(),
+            routes=(f"nats://127.0.0.1:{seed.cluster_port}",),
+            log_file=self.root / f"{name}.log",
+            **options,
+        )
+        self.strays.append(stray)
+        return stray.start()
 
     def start_actor(self, **env: str) -> Proc:
         name = self._next("actors")
@@ -205,6 +245,7 @@ class System:
                 **self.base_env(),
                 **self.users.client_env("webhooks"),
                 "DISPATCHER_ID": name,
+                "METRICS_PORT": str(free_port()),
                 **env,
             },
             self.root / f"{name}.log",
@@ -290,16 +331,23 @@ class System:
         for actor in self.actors:
             if actor.alive():
                 actor.stop()
-        for node in self.nodes or [self.nats]:
+        for node in [*(self.nodes or [self.nats]), *self.strays]:
             node.stop()
 
     def actor(self, worker_id: str) -> Proc:
         return next(a for a in self.actors if a.env["WORKER_ID"] == worker_id)
 
-    async def connect(self, role: str = "admin") -> NatsClient:
-        """A NATS connection of the test's own, as ``role`` (admin: anything)."""
-        password = self.users.passwords[role]
-        return await nats.connect(self.nats_url.split(","), user=role, password=password)
+    async def connect(self, role: Role | None = None, **options: Any) -> NatsClient:
+        """A NATS connection of the test's own, as ``role`` with its inbox
+        prefix (by default ``admin``: anything, the default prefix)."""
+        user = role or "admin"
+        if role is not None:
+            options.setdefault("inbox_prefix", inbox_prefix(role))
+        if self.client_tls is not None:
+            options.setdefault("tls", self.client_tls.context())
+            options.setdefault("tls_handshake_first", self.client_tls.first)
+        password = self.users.passwords[user]
+        return await nats.connect(self.nats_url.split(","), user=user, password=password, **options)
 
     async def bus(self) -> "Bus":
         return Bus(await self.connect())
@@ -375,6 +423,21 @@ class Bus:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"partitions not balanced: {owned}")
             await asyncio.sleep(0.1)
+
+
+def tls_env(tls: NatsTls | None) -> dict[str, str]:
+    """The NATS_TLS_* variables that give a process ``tls``."""
+    if tls is None:
+        return {}
+    env = {"NATS_TLS_FIRST": "on" if tls.first else "off"}
+    for name, value in (
+        ("NATS_TLS_CA", tls.ca_file),
+        ("NATS_TLS_CERT", tls.cert_file),
+        ("NATS_TLS_KEY", tls.key_file),
+    ):
+        if value is not None:
+            env[name] = value
+    return env
 
 
 def _rooms_covering(partitions: set[int]) -> list[str]:

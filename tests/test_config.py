@@ -1,14 +1,17 @@
 """Settings: every process validates its environment with a clear message."""
 
 import os
+import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import trustme
 
 from edge.settings import EdgeSettings
 from room_actors.settings import ActorSettings
-from signaling.config import ConfigError
+from signaling.config import ConfigError, NatsTls
 
 SECRET = "x" * 40
 
@@ -71,3 +74,36 @@ def test_edge_refuses_to_start_without_a_secret() -> None:
     )
     assert result.returncode != 0
     assert "JWT_SECRET must be set" in result.stderr
+
+
+def test_nats_tls_settings_are_read_once_for_every_role(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("roles")
+    ca_file, cert, key = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    env = {"NATS_TLS_CA": str(ca_file), "NATS_TLS_CERT": str(cert), "NATS_TLS_KEY": str(key)}
+    edge = EdgeSettings.from_env({"JWT_SECRET": SECRET, **env}).nats_credentials.tls
+    actors = ActorSettings.from_env(env).nats_credentials.tls
+    assert edge == actors == NatsTls(str(ca_file), str(cert), str(key), first=True)
+    assert edge.enabled(["nats://a:1"])
+    assert edge.context().verify_mode == ssl.CERT_REQUIRED
+    assert not NatsTls().enabled(["nats://a:1"])
+    assert NatsTls().enabled(["tls://a:1"])
+    assert not ActorSettings.from_env({**env, "NATS_TLS_FIRST": "off"}).nats_credentials.tls.first
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"NATS_TLS_CERT": "/x.pem"}, "NATS_TLS_CERT and NATS_TLS_KEY go together"),
+        ({"NATS_TLS_CA": "/nonexistent/ca.pem"}, "NATS_TLS_CA: cannot load /nonexistent/ca.pem"),
+        ({"NATS_TLS_CA": __file__}, "NATS_TLS_CA: cannot load"),
+        ({"NATS_TLS_CERT": __file__, "NATS_TLS_KEY": __file__}, "NATS_TLS_CERT / NATS_TLS_KEY"),
+        ({"NATS_TLS_FIRST": "maybe"}, "NATS_TLS_FIRST must be true or false"),
+    ],
+)
+def test_bad_nats_tls_settings(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        ActorSettings.from_env(env)

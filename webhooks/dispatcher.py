@@ -92,6 +92,7 @@ class Dispatcher:
             log.info("dispatcher %s stopping", settings.dispatcher_id)
             for task in tasks:
                 task.cancel()
+            role="webhooks",
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             if service is not None:

@@ -14,7 +14,10 @@ import pytest
 import websockets
 
 from bus_schema import buckets, subjects
+from bus_schema.log import LOG_STREAM
 from bus_schema.status import EdgeStatus, WorkerStatus
+from signaling.natsconn import Role, inbox_prefix
+from tests.e2e.test_webhooks import FAST, Receiver
 from tests.e2e.traffic import chat, open_rooms, stop_recorders, wait_delivered
 from tests.harness import Api, Member, System, WsClient, enter
 
@@ -221,12 +224,7 @@ async def test_an_edge_user_cannot_write_room_state_or_act_as_an_actor(
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    edge_nc = await nats.connect(
-        system.nats_url.split(","),
-        user="edge",
-        password=system.users.passwords["edge"],
-        error_cb=on_error,
-    )
+    edge_nc = await system.connect("edge", error_cb=on_error)
     js = edge_nc.jetstream()
     kv = await js.key_value(buckets.ROOM_STATE)
     assert (await kv.get(room_id)).value  # reading is allowed
@@ -252,3 +250,69 @@ async def test_an_edge_user_cannot_write_room_state_or_act_as_an_actor(
     await wait_delivered(rooms, 2)
     await stop_recorders(rooms)
     await api.close()
+
+
+ROLES: tuple[Role, ...] = ("edge", "actors", "webhooks")
+
+
+async def own_request(role: Role, nc: nats.aio.client.Client) -> None:
+    """A request each role makes in service: its answer comes to the role's inbox."""
+    js = nc.jetstream()
+    if role == "webhooks":
+        assert (await js.stream_info(LOG_STREAM)).config.name == LOG_STREAM
+    else:
+        kv = await js.key_value(buckets.ROOM_STATE if role == "edge" else buckets.LEASES)
+        assert (await kv.status()).bucket
+
+
+async def until_refused(
+    nc: nats.aio.client.Client, errors: list[Exception], subjects: list[str]
+) -> None:
+    """Subscribe to each subject and wait until the server has refused every one
+    (a permissions violation names the subject)."""
+    for subject in subjects:
+        await nc.subscribe(subject)
+    await nc.flush()
+    deadline = time.monotonic() + 10
+
+    def refused(subject: str) -> bool:
+        return any(f'subscription to "{subject.lower()}"' in str(e).lower() for e in errors)
+
+    while not all(refused(s) for s in subjects):
+        assert time.monotonic() < deadline, (subjects, errors)
+        await asyncio.sleep(0.05)
+
+
+async def test_each_role_reads_only_its_own_replies(make_system: Callable[..., System]) -> None:
+    receiver = await Receiver().start()
+    system = make_system()
+    await system.start()
+    system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+    api = Api(system.edges[0].url)
+    try:
+        for role in ROLES:
+            errors: list[Exception] = []
+
+            async def on_error(error: Exception, errors: list[Exception] = errors) -> None:
+                errors.append(error)
+
+            nc = await system.connect(role, error_cb=on_error)
+            others = ["_INBOX.>", *(f"{inbox_prefix(r)}.>" for r in ROLES if r != role)]
+            await until_refused(nc, errors, others)
+            await own_request(role, nc)  # its own replies still arrive
+            assert not any(inbox_prefix(role) in str(e) for e in errors), errors
+            await nc.close()
+        # Every role works with its own prefix: rooms, relays, webhooks.
+        rooms = await open_rooms(api, [system.edges[0].ws_url], rooms=1, size=2)
+        await chat(rooms, 2)
+        await wait_delivered(rooms, 2)
+        await stop_recorders(rooms)
+        await receiver.until(lambda: len(receiver.accepted()) >= 3)  # created, 2 joined
+        # An operator keeps the default prefix and sees everything.
+        bus = await system.bus()
+        assert await bus.room_state(rooms[0].room_id) is not None
+        assert (await bus.status(system.actors[0].env["WORKER_ID"])).partitions
+        await bus.close()
+    finally:
+        await api.close()
+        await receiver.stop()

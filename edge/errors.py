@@ -82,6 +82,16 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return Response(body, status_code=500, media_type=MediaType.JSON)
 
 
+def too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
+    """A JSON body nested deeper than msgspec recurses (Litestar decodes it
+    before our handler runs; the error is RecursionError, not a DecodeError).
+    Nothing of ours recurses on input, so this is the client's body: a 400,
+    logged without a traceback."""
+    log.info("%s %s: request body nested too deeply", request.method, request.url.path)
+    body = ErrorBody(error="Invalid request body: nested too deeply", code="invalid_body")
+    return Response(body, status_code=400, media_type=MediaType.JSON)
+
+
 def not_ready(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     """NATS or KV unreachable while answering: 503, the client may retry."""
     log.warning("%s %s: not ready (%s)", request.method, request.url.path, exc)
@@ -93,4 +103,9 @@ def exception_handlers() -> ExceptionHandlersMap:
     """What the app installs: every exception becomes an ``ErrorBody``."""
     from edge.bus import NotReady
 
-    return {HTTPException: http_error, NotReady: not_ready, Exception: internal_error}
+    return {
+        HTTPException: http_error,
+        NotReady: not_ready,
+        RecursionError: too_deep,
+        Exception: internal_error,
+    }

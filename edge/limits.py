@@ -1,5 +1,5 @@
-"""Abuse limits: messages per connection, misbehaviour strikes, connections and
-room creations per client address.
+"""Abuse limits: messages and bytes per connection, misbehaviour strikes,
+connections and room creations per client address.
 
 All are token buckets kept in this edge's memory: with N edges behind a load
 balancer a client address gets up to N times the per-edge allowance, which is
@@ -16,7 +16,8 @@ from edge.settings import EdgeSettings
 
 @dataclass(slots=True)
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
+    """``rate`` tokens per second, at most ``burst`` saved up. A token is a
+    message, or a byte when ``take`` is given a cost."""
 
     rate: float
     burst: float
@@ -27,12 +28,12 @@ class TokenBucket:
         if self.tokens < 0:
             self.tokens = self.burst
 
-    def take(self, now: float | None = None) -> bool:
+    def take(self, now: float | None = None, *, cost: float = 1.0) -> bool:
         now = time.monotonic() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -41,15 +42,24 @@ class TokenBucket:
 
 
 class ConnectionLimits:
-    """Per WebSocket: messages per second (with a burst), and strikes for
-    refused messages; a client out of strikes is closed (1008)."""
+    """Per WebSocket: messages and bytes per second (each with a burst), and
+    strikes for refused messages; a client out of strikes is closed (1008).
+
+    Counting messages alone would let a client send its whole message burst as
+    the largest frames; the byte budget bounds what one socket can make an edge
+    relay (and fan out) however it sizes its frames."""
 
     def __init__(self, settings: EdgeSettings) -> None:
         self.messages = TokenBucket(settings.messages_per_second, settings.messages_burst)
+        self.bytes = TokenBucket(settings.bytes_per_second, settings.bytes_burst)
         self.strikes = TokenBucket(settings.strikes_per_minute / 60.0, settings.max_strikes)
 
     def allow_message(self) -> bool:
         return self.messages.take()
+
+    def allow_bytes(self, size: int) -> bool:
+        """A frame of ``size`` bytes fits the byte budget (and is counted in it)."""
+        return self.bytes.take(cost=size)
 
     def strike(self) -> bool:
         """Count a refused message; False once the client has used up its strikes."""

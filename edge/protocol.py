@@ -3,10 +3,14 @@ rendering server frames.
 
 Client frames are JSON objects. Identity fields are stamped from the verified
 token (``from``; and ``roomId``/``participantId``/``participantName`` on
-``cloudflare-session``), ``room_seq`` is removed (the server sets it), and every
-other field is relayed untouched.
+``cloudflare-session``), server-only fields (`SERVER_FIELDS`) are removed, and
+every other field is relayed untouched.
+
+Targeted frames come from other edges over NATS; `peer_frame` checks that they
+are what an edge's `parse` produces before one reaches a client.
 """
 
+from collections.abc import Container
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, TypeVar
@@ -22,7 +26,12 @@ SESSION = "cloudflare-session"
 TRACK_STATE = "track-state"
 RESERVED_TYPES = frozenset({"welcome", "join", "leave", "error", "room-closed", "kicked"})
 """Types only the server sends: a client cannot forge a join or a welcome."""
+SERVER_FIELDS = frozenset({"room_seq", "by"})
+"""Fields only the server sets (the room's sequence number, ``"by":"admin"`` on an
+operator's mute): removed from every client frame, whatever it sent under them."""
 ALL = "all"
+MAX_STRING = 256
+"""Characters in ``type``, ``to`` and ``sessionId``."""
 
 _T = TypeVar("_T")
 _decoder = msgspec.json.Decoder()
@@ -76,11 +85,40 @@ class Identity:
     participant_name: str
 
 
-def parse(data: str | bytes, who: Identity, *, max_string: int = 256) -> Inbound:
-    """Validate one client frame and stamp it with the sender's identity."""
+def parse(
+    data: str | bytes,
+    who: Identity,
+    *,
+    max_string: int = MAX_STRING,
+    max_broadcast: int | None = None,
+) -> Inbound:
+    """Validate one client frame and stamp it with the sender's identity. A
+    frame that fans out to the room may take at most ``max_broadcast`` bytes as
+    relayed; a targeted one is bounded by the WebSocket frame size only."""
+    try:
+        inbound = _parse(data, who, max_string)
+    except RecursionError:
+        # msgspec decodes (and encodes) nested values recursively: a frame of
+        # 100,000 brackets is refused like any other bad frame, not a crash.
+        raise ProtocolError("too_deep", "Message is nested too deeply") from None
+    if (
+        max_broadcast is not None
+        and inbound.route is not Route.DIRECT
+        and len(inbound.frame) > max_broadcast
+    ):
+        raise ProtocolError(
+            "too_large",
+            f"Messages to the whole room may take at most {max_broadcast} bytes; "
+            "send larger ones to one participant",
+        )
+    return inbound
+
+
+def _parse(data: str | bytes, who: Identity, max_string: int) -> Inbound:
     try:
         message = _decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string.
         raise ProtocolError("invalid_json", "Message is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError("invalid_message", "Message must be a JSON object")
@@ -89,7 +127,8 @@ def parse(data: str | bytes, who: Identity, *, max_string: int = 256) -> Inbound
         raise ProtocolError("invalid_message", "Message needs a string `type`")
     if kind in RESERVED_TYPES:
         raise ProtocolError("reserved_type", f"Clients cannot send `{kind}` messages")
-    message.pop("room_seq", None)
+    for name in SERVER_FIELDS:
+        message.pop(name, None)
     message["from"] = who.participant_id
     if kind == SESSION:
         fields = _convert(message, _SessionFields)
@@ -130,6 +169,56 @@ def _convert(message: dict[str, Any], shape: type[_T]) -> _T:
         return msgspec.convert(message, shape)
     except msgspec.ValidationError as e:
         raise ProtocolError("invalid_message", str(e)) from None
+
+
+# --- edge -> edge (targeted frames) ----------------------------------------------
+
+
+PEER_REFUSED_TYPES = RESERVED_TYPES | {SESSION, TRACK_STATE}
+"""Types an edge never relays to one participant: server-only types, and the two
+that `parse` routes through the room's actor."""
+
+
+class RefusedPeerFrame(Exception):
+    """A targeted frame from another edge that `parse` could not have produced;
+    ``reason`` is one of a few fixed words (a metric label)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _PeerFields(msgspec.Struct):
+    """What is checked in a targeted frame; every other field is skipped."""
+
+    type: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    room_seq: Any = msgspec.UNSET
+    by: Any = msgspec.UNSET
+
+
+_peer_decoder = msgspec.json.Decoder(_PeerFields)
+
+
+def peer_frame(data: bytes, target: str, members: Container[str]) -> str:
+    """The text of a targeted frame for ``target``, published by another edge,
+    if an edge's `parse` could have produced it: one JSON object (valid UTF-8) of
+    a relayable type, ``to`` naming ``target``, ``from`` naming another member of
+    the room, no server-only field. Checked without re-encoding: what passes is
+    written to the client as it came. Raises `RefusedPeerFrame` otherwise."""
+    try:
+        fields = _peer_decoder.decode(data)
+        text = data.decode()
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise RefusedPeerFrame("malformed") from None
+    if not fields.type or len(fields.type) > MAX_STRING or fields.type in PEER_REFUSED_TYPES:
+        raise RefusedPeerFrame("type")
+    if fields.to != target or fields.from_ == target or fields.from_ not in members:
+        raise RefusedPeerFrame("sender")
+    if fields.room_seq is not msgspec.UNSET or fields.by is not msgspec.UNSET:
+        raise RefusedPeerFrame("server_field")
+    return text
 
 
 # --- server -> client ---------------------------------------------------------

@@ -35,6 +35,10 @@ class EdgeSettings:
     default_max_participants: int = 10
     max_participants_limit: int = 200
     max_frame_bytes: int = 64 * 1024
+    max_broadcast_bytes: int = 16 * 1024
+    """Largest frame, as relayed, that fans out to the whole room (``"to":"all"``,
+    ``cloudflare-session``, ``track-state``): a large frame (an SDP offer) goes to
+    one participant."""
     max_body_bytes: int = 256 * 1024
     max_name_length: int = 100
     send_queue_bytes: int = 1024 * 1024
@@ -44,6 +48,10 @@ class EdgeSettings:
     stun_urls: tuple[str, ...] = ("stun:stun.cloudflare.com:3478",)
     messages_per_second: float = 20.0
     messages_burst: float = 50.0
+    bytes_per_second: float = 64 * 1024
+    """Client bytes per second per connection (every frame counts, valid or not)..."""
+    bytes_burst: float = 512 * 1024
+    """...and the burst: a mesh newcomer's offers to a dozen peers fit in it."""
     max_strikes: float = 10.0
     """Refused messages (invalid, rate limited) a connection may send..."""
     strikes_per_minute: float = 12.0
@@ -98,6 +106,7 @@ class EdgeSettings:
         limit = env.integer("MAX_PARTICIPANTS_LIMIT", 200, minimum=1)
         if default_max > limit:
             raise ConfigError("DEFAULT_MAX_PARTICIPANTS must not exceed MAX_PARTICIPANTS_LIMIT")
+        max_frame = env.integer("MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
         return cls(
             jwt_secret=secret,
             jwt_secret_previous=previous,
@@ -119,7 +128,10 @@ class EdgeSettings:
             token_ttl=env.integer("TOKEN_TTL", 24 * 3600, minimum=60),
             default_max_participants=default_max,
             max_participants_limit=limit,
-            max_frame_bytes=env.integer("MAX_FRAME_BYTES", 64 * 1024, minimum=1024),
+            max_frame_bytes=max_frame,
+            max_broadcast_bytes=env.integer(
+                "MAX_BROADCAST_BYTES", min(16 * 1024, max_frame), minimum=256, maximum=max_frame
+            ),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             max_name_length=env.integer("MAX_NAME_LENGTH", 100, minimum=1, maximum=1000),
             send_queue_bytes=env.integer("SEND_QUEUE_BYTES", 1024 * 1024, minimum=64 * 1024),
@@ -127,6 +139,11 @@ class EdgeSettings:
             command_deadline=env.number("COMMAND_DEADLINE", 10.0, minimum=0.1),
             messages_per_second=env.number("RATE_LIMIT_MESSAGES", 20.0, minimum=0.1),
             messages_burst=env.number("RATE_LIMIT_BURST", 50.0, minimum=1.0),
+            bytes_per_second=env.number("RATE_LIMIT_BYTES", 64 * 1024, minimum=1024.0),
+            # A frame the burst cannot hold could never be sent.
+            bytes_burst=env.number(
+                "RATE_LIMIT_BYTES_BURST", max(512 * 1024, max_frame), minimum=max_frame
+            ),
             max_strikes=env.number("MAX_STRIKES", 10.0, minimum=1.0),
             strikes_per_minute=env.number("STRIKES_PER_MINUTE", 12.0, minimum=0.0),
             max_connections_per_address=env.integer("MAX_CONNECTIONS_PER_ADDRESS", 100, minimum=1),

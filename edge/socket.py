@@ -303,13 +303,18 @@ class ClientSession:
             if not self._limits.allow_message():
                 self._refuse("rate_limited", "Too many messages; slow down")
                 continue
+            if not self._limits.allow_bytes(_size(data)):
+                self._refuse("rate_limited", "Too much data; slow down")
+                continue
             await self._handle(data, feed)
 
     async def _handle(self, data: str | bytes, feed: RoomFeed) -> None:
         identity = self._identity
         arrived = time.monotonic()
         try:
-            inbound = protocol.parse(data, identity)
+            inbound = protocol.parse(
+                data, identity, max_broadcast=self._settings.max_broadcast_bytes
+            )
         except protocol.ProtocolError as e:
             metrics.child(metrics.MESSAGES_IN, "invalid").inc()
             self._refuse(e.code, e.message)
@@ -365,6 +370,13 @@ class _RelayFields(TypedDict):
     participant_id: str
     conn_id: str
     frame: msgspec.Raw
+
+
+def _size(data: str | bytes) -> int:
+    """Bytes in a frame as the client sent it (UTF-8 for a text frame)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode())
 
 
 async def _cancel(task: "asyncio.Task[Any]") -> None:

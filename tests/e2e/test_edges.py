@@ -232,7 +232,10 @@ async def test_no_message_is_lost_or_doubled_when_nats_restarts(
 async def test_a_slow_client_is_disconnected_and_delays_no_one(
     make_system: Callable[..., System],
 ) -> None:
-    system = make_system(SEND_QUEUE_BYTES=str(256 * 1024), RESUME_GRACE="1")
+    # 30 KB broadcasts: over the default size cap for frames to the whole room.
+    system = make_system(
+        SEND_QUEUE_BYTES=str(256 * 1024), RESUME_GRACE="1", MAX_BROADCAST_BYTES=str(64 * 1024)
+    )
     await system.start()
     api = Api(system.edges[0].url)
     room_id = await api.create_room("slow")

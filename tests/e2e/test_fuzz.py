@@ -17,6 +17,9 @@ from tests.harness import Api, Member, System, enter
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
+ADMIN_KEY = "fuzz-admin-key-0123456789abcdef"
+DEEP = 100_000
+
 FUZZ = settings(
     max_examples=120,
     deadline=None,
@@ -134,7 +137,16 @@ def invalid_frames(draw: st.DrawFn) -> str | bytes:
 async def pair(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[System, Member, Member]]:
-    system = System(tmp_path_factory.mktemp("fuzz"), extra_env={"MAX_STRIKES": "1000000"})
+    system = System(
+        tmp_path_factory.mktemp("fuzz"),
+        extra_env={
+            "MAX_STRIKES": "1000000",
+            # Room for frames and bodies nested 100,000 deep.
+            "MAX_FRAME_BYTES": str(1 << 20),
+            "MAX_BODY_BYTES": str(1 << 20),
+            "ADMIN_API_KEY": ADMIN_KEY,
+        },
+    )
     await system.start()
     api = Api(system.edges[0].url)
     room_id = await api.create_room("fuzz")
@@ -211,3 +223,86 @@ async def test_http_bodies_never_cause_a_server_error(
             if response.status_code >= 400:
                 payload: dict[str, Any] = response.json()
                 assert isinstance(payload["error"], str)
+
+
+async def settle(ann: Member, ben: Member) -> None:
+    """Read what the tests before left for Ann (marks), up to a fresh one."""
+    await ben.send({"type": "settled", "to": ann.participant_id})
+    while (await ann.recv())["type"] != "settled":
+        pass
+
+
+def assert_no_traceback(log: str) -> None:
+    assert "Traceback" not in log
+    errors = [line for line in log.splitlines() if '"level": "ERROR"' in line]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * DEEP + "]" * DEEP,
+        '{"a":' * DEEP + "1" + "}" * DEEP,
+        '{"type":"chat","to":"all","x":' + "[" * DEEP + "]" * DEEP + "}",
+        '{"type":"track-state","kind":"audio","enabled":true,"x":' + "[" * DEEP + "]" * DEEP + "}",
+        b'{"type":"offer","to":"all","x":' + b"[" * DEEP + b"]" * DEEP + b"}",
+    ],
+    ids=["arrays", "objects", "broadcast", "track-state", "binary"],
+)
+async def test_deeply_nested_frames_get_an_error_and_change_nothing(
+    pair: tuple[System, Member, Member], frame: str | bytes
+) -> None:
+    system, ann, ben = pair
+    await settle(ann, ben)
+    await ann.client.ws.send(frame)
+    error = await ann.recv()
+    assert (error["type"], error["code"]) == ("error", "too_deep")
+    await probe(ann, ben, SEQ)
+    assert_no_traceback(system.edges[0].log())
+
+
+async def test_invalid_utf8_inside_a_string_gets_an_error(
+    pair: tuple[System, Member, Member],
+) -> None:
+    system, ann, ben = pair
+    await settle(ann, ben)
+    await ann.client.ws.send(b'{"type":"chat","to":"all","text":"\xff"}')
+    error = await ann.recv()
+    assert (error["type"], error["code"]) == ("error", "invalid_json")
+    await probe(ann, ben, SEQ)
+    assert_no_traceback(system.edges[0].log())
+
+
+async def test_deeply_nested_http_bodies_are_400(pair: tuple[System, Member, Member]) -> None:
+    system, ann, _ = pair
+    deep = b"[" * DEEP + b"]" * DEEP
+    async with httpx.AsyncClient(base_url=system.edges[0].url) as http:
+        created = await http.post("/api/rooms", json={"name": "deep"})
+        room_id = created.json()["room_id"]
+        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+        requests = [
+            ("POST", "/api/rooms", deep, {}),
+            ("POST", "/api/rooms", b'{"name":"x","created_by":' + deep + b"}", {}),
+            ("POST", "/api/rooms", b'{"a":' * DEEP + b"1" + b"}" * DEEP, {}),
+            ("POST", f"/api/rooms/{room_id}/join", b'{"participant_name":' + deep + b"}", {}),
+            ("PATCH", f"/api/admin/rooms/{room_id}", b'{"name":' + deep + b"}", admin),
+            (
+                "POST",
+                f"/api/admin/rooms/{room_id}/participants/{ann.participant_id}/mute",
+                deep,
+                admin,
+            ),
+        ]
+        for method, path, body, headers in requests:
+            response = await http.request(
+                method,
+                path,
+                content=body,
+                headers={"content-type": "application/json", **headers},
+            )
+            assert response.status_code == 400, (method, path, response.text)
+            assert response.json() == {
+                "error": "Invalid request body: nested too deeply",
+                "code": "invalid_body",
+            }
+    assert_no_traceback(system.edges[0].log())

@@ -1,6 +1,7 @@
 """Every abuse limit and token rule, against real processes."""
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ import jwt
 import pytest
 import websockets
 
+from edge.settings import EdgeSettings
 from tests.harness import JWT_SECRET, Api, System, WsClient, enter
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -183,4 +185,115 @@ async def test_key_rotation_accepts_the_previous_secret(make_system: Callable[..
     other = token("some-other-secret-that-is-long-enough-0123456789abcdef", room_id)
     assert await status_before_upgrade(f"{system.edges[0].ws_url}?token={other}") == 401
     await client.close()
+    await api.close()
+
+
+# --- bytes -----------------------------------------------------------------------
+
+
+async def test_bytes_per_second_and_the_broadcast_size_are_limited(
+    make_system: Callable[..., System],
+) -> None:
+    """A burst of large frames is refused even under the message rate; a large
+    frame may go to one participant, not to the whole room; each refusal is a
+    strike."""
+    system = make_system(
+        RATE_LIMIT_BYTES="1024",
+        RATE_LIMIT_BYTES_BURST="100000",
+        MAX_STRIKES="3",
+        STRIKES_PER_MINUTE="0",
+    )
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("bytes")
+    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    ben = await enter(api, system.edges[0].ws_url, room_id, "Ben")
+    await ann.recv_type("join")
+    sdp = "a=candidate:1 1 udp 2122260223 10.0.0.1 50000 typ host\r\n" * 700  # ~40 KB
+    await ann.send({"type": "offer", "to": ben.participant_id, "sdp": sdp})
+    assert (await ben.recv_type("offer"))["sdp"] == sdp  # targeted: 40 KB is fine
+    await ann.send({"type": "offer", "to": "all", "sdp": sdp})
+    assert (await ann.recv_type("error"))["code"] == "too_large"  # strike 1
+    chat = "x" * 15_000  # ~90 KB of the 100 KB burst are spent
+    await ann.send({"type": "chat", "to": "all", "n": 1, "pad": chat})
+    assert (await ben.recv_type("chat"))["n"] == 1  # nothing of the refused broadcast came
+    await ann.send({"type": "chat", "to": "all", "n": 2, "pad": chat})
+    refused = await ann.recv_type("error")
+    assert (refused["code"], refused["message"]) == ("rate_limited", "Too much data; slow down")
+    await ann.send({"type": "chat", "to": "all", "n": 3, "pad": chat})
+    assert (await ann.recv_type("error"))["code"] == "rate_limited"  # strike 3
+    await ann.send({"type": "chat", "to": "all", "n": 4, "pad": chat})
+    code, _ = await ann.client.closed()
+    assert code == 1008
+    await api.close()
+
+
+def realistic_sdp(kind: str, size: int) -> str:
+    """An SDP of about ``size`` bytes (a browser offer with audio, video and
+    simulcast is 5 to 20 KB)."""
+    line = f"a=fmtp:96 apt=100;x-{kind}-parameters-and-codec-options=0123456789\r\n"
+    return "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n" + line * (size // len(line))
+
+
+async def test_a_call_set_up_passes_under_the_default_limits(
+    make_system: Callable[..., System],
+) -> None:
+    """The harness relaxes every rate; here the defaults apply. A newcomer in a
+    room of ten announces its Calls session (8 tracks) and mute state, and calls
+    the nine others over P2P at once: 20 KB offers and trickled ICE; they answer.
+    No frame is refused."""
+    defaults = EdgeSettings.from_env({"JWT_SECRET": JWT_SECRET})
+    system = make_system(
+        RATE_LIMIT_MESSAGES=str(defaults.messages_per_second),
+        RATE_LIMIT_BURST=str(defaults.messages_burst),
+        RATE_LIMIT_BYTES=str(defaults.bytes_per_second),
+        RATE_LIMIT_BYTES_BURST=str(defaults.bytes_burst),
+    )
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("call", max_participants=10)
+    others = [await enter(api, system.edges[0].ws_url, room_id, f"p{i}") for i in range(9)]
+    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    tracks = [
+        {"trackName": f"{ann.participant_id}-{i}" + "t" * 26, "kind": "video"} for i in range(8)
+    ]
+    sent = [
+        {"type": "cloudflare-session", "sessionId": "s" * 32, "tracks": tracks},
+        {"type": "track-state", "kind": "audio", "enabled": True},
+        {"type": "track-state", "kind": "video", "enabled": True},
+    ]
+    for other in others:
+        sent.append(
+            {"type": "offer", "to": other.participant_id, "sdp": realistic_sdp("o", 20_000)}
+        )
+        for n in range(3):
+            candidate = (
+                f"candidate:{n} 1 udp 2122260223 192.168.1.{n} 5{n}000 typ host generation 0"
+            )
+            sent.append(
+                {"type": "ice-candidate", "to": other.participant_id, "candidate": candidate}
+            )
+    total = sum(len(json.dumps(m)) for m in sent)
+    assert 180_000 < total < defaults.bytes_burst  # a big set-up, and headroom left
+    for message in sent:
+        await ann.send(message)
+    for other in others:
+        await other.send(
+            {"type": "answer", "to": ann.participant_id, "sdp": realistic_sdp("a", 20_000)}
+        )
+    for other in others:
+        kinds: list[str] = []
+        while len([k for k in kinds if k != "join"]) < 7:  # session, 2 states, offer, 3 ICE
+            kinds.append((await other.recv())["type"])
+        assert sorted(k for k in kinds if k != "join") == [
+            "cloudflare-session",
+            "ice-candidate",
+            "ice-candidate",
+            "ice-candidate",
+            "offer",
+            "track-state",
+            "track-state",
+        ]
+    answers = [await ann.recv() for _ in others]
+    assert {m["type"] for m in answers} == {"answer"}
     await api.close()

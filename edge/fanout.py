@@ -11,12 +11,19 @@ instead of delivering a wrong view.
 
 Each `Connection` has a bounded output queue: a client that does not read and
 lets its pending output pass the bound is disconnected (close code 4008); it
-never delays the others.
+never delays the others. A ``welcome`` and its replays (the room's state, which
+is bounded elsewhere) count on top of the bound until they are written, so a
+large room is never taken for a slow client.
+
+Targeted frames from other edges are checked (`protocol.peer_frame`) before a
+client sees them: a compromised edge cannot forge a ``welcome`` or speak for a
+participant who is not in the room.
 """
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +52,9 @@ log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 256
 """Rendered events each feed keeps, to catch up a client that joined behind it."""
+WAITING_PEER_FRAMES = 256
+"""Targeted frames a feed keeps while it cannot check their sender yet (no
+snapshot yet, or resyncing); more are dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +70,15 @@ class Connection:
     """A client socket as the fan-out sees it."""
 
     __slots__ = (
+        "_grace",
+        "_grace_end",
         "_held",
         "_limit",
         "_pending",
         "_queue",
+        "_queued",
         "_wakeup",
+        "_written",
         "closing",
         "conn_id",
         "identity",
@@ -84,6 +98,13 @@ class Connection:
         """Set while the writer waits for output (a deque and one future weigh
         less than an asyncio.Queue, and there is one per socket)."""
         self._pending = 0
+        self._queued = 0
+        self._written = 0
+        """Characters ever queued and ever handed to the writer."""
+        self._grace = 0
+        self._grace_end = 0
+        """The last snapshot's size, allowed beyond the bound until the writer
+        has passed ``_grace_end`` (where that snapshot ends in the output)."""
         self._held: list[str] | None = []
         self.closing: Close | None = None
         self.on_abandon: Callable[[], object] | None = None
@@ -98,11 +119,31 @@ class Connection:
         if self.closing is not None:
             return
         self._pending += len(text)
-        if self._pending > self._limit:
-            log.info("conn %s: slow consumer, disconnecting", self.conn_id)
+        limit = self._limit + (self._grace if self._written < self._grace_end else 0)
+        if self._pending > limit:
+            log.info(
+                "conn %s: slow consumer, disconnecting",
+                self.conn_id,
+                extra={"participant_id": self.participant_id, "conn_id": self.conn_id},
+            )
             self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full", discard=True)
             return
+        self._queued += len(text)
         self._push(text)
+
+    def send_snapshot(self, texts: list[str]) -> None:
+        """A ``welcome`` and its replays: the room's state, bounded by the room's
+        own limits, not by this client's speed. They never trip the slow-consumer
+        bound by themselves; what is queued after them is held to the bound."""
+        if self.closing is not None:
+            return
+        size = sum(len(text) for text in texts)
+        self._grace = size
+        self._grace_end = self._queued + size
+        for text in texts:
+            self._pending += len(text)
+            self._queued += len(text)
+            self._push(text)
 
     def _push(self, item: "str | Close") -> None:
         self._queue.append(item)
@@ -139,6 +180,7 @@ class Connection:
         item = self._queue.popleft()
         if isinstance(item, str):
             self._pending -= len(item)
+            self._written += len(item)
         return item
 
 
@@ -160,6 +202,8 @@ class RoomFeed:
         self._commands_order: deque[str] = deque(maxlen=RECENT_EVENTS)
         self._commands_seen: set[str] = set()
         self._buffer: list[Event] = []
+        self._waiting_peers: list[tuple[str, bytes]] = []
+        """Targeted frames that came before the feed could check their sender."""
         self._request_resync = request_resync
         self.resyncing = False
 
@@ -230,11 +274,41 @@ class RoomFeed:
         ``welcome`` is sent."""
         self._by_participant[connection.participant_id] = connection
 
-    def on_peer(self, participant_id: str, text: str) -> None:
-        """A targeted message for a participant of this room (maybe not local)."""
+    def on_peer(self, participant_id: str, data: bytes) -> None:
+        """A targeted message for a participant of this room (maybe not local).
+        Until the feed knows the room's members (before its first snapshot,
+        while resyncing) it is kept, and checked once they are known."""
+        if participant_id not in self._by_participant:
+            return  # someone on another edge: not ours to check or deliver
+        if self.seq is None or self.resyncing:
+            if len(self._waiting_peers) < WAITING_PEER_FRAMES:
+                self._waiting_peers.append((participant_id, data))
+            else:
+                _dropped_peer_frame(self.room_id, "overflow")
+            return
+        self._deliver_peer(participant_id, data)
+
+    def _deliver_peer(self, participant_id: str, data: bytes) -> None:
         connection = self._by_participant.get(participant_id)
-        if connection is not None:
-            connection.send_direct(text)
+        if connection is None:
+            return
+        try:
+            text = protocol.peer_frame(data, participant_id, self.members)
+        except protocol.RefusedPeerFrame as e:
+            _dropped_peer_frame(self.room_id, e.reason)
+            return
+        connection.send_direct(text)
+
+    def _release_waiting_peers(self) -> None:
+        """The members are known again: check and deliver what was kept."""
+        waiting, self._waiting_peers = self._waiting_peers, []
+        for participant_id, data in waiting:
+            self._deliver_peer(participant_id, data)
+
+    def give_up(self) -> None:
+        """The room's state could not be had: forget what waited for it."""
+        self.resyncing = False
+        self._waiting_peers = []
 
     def remove(self, connection: Connection) -> None:
         self.connections.pop(connection.conn_id, None)
@@ -300,14 +374,42 @@ class RoomFeed:
                 self._buffer = buffered[index:]
                 self._request_resync(self)
                 return
+        self._release_waiting_peers()
 
 
 def _send_welcome(connection: Connection, snapshot: Snapshot, *, replays: bool) -> None:
     metrics.child(metrics.MESSAGES_OUT, "welcome").inc()
-    connection.send(protocol.welcome(connection.participant_id, snapshot))
+    texts = [protocol.welcome(connection.participant_id, snapshot)]
     if replays:
-        for text in protocol.session_replays(connection.participant_id, snapshot):
-            connection.send(text)
+        texts += protocol.session_replays(connection.participant_id, snapshot)
+    connection.send_snapshot(texts)
+
+
+class _Throttled:
+    """A warning at most once per ``interval`` seconds, with the number of those
+    left out: a compromised edge cannot flood the log through us."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        suppressed, self._suppressed = self._suppressed, 0
+        self._next = now + self._interval
+        log.warning(message + "; %d more since the last warning", *args, suppressed)
+
+
+_peer_warnings = _Throttled(10.0)
+
+
+def _dropped_peer_frame(room_id: str, reason: str) -> None:
+    metrics.child(metrics.PEER_FRAMES_DROPPED, reason).inc()
+    _peer_warnings.warning("room %s: dropped a targeted frame from the bus (%s)", room_id, reason)
 
 
 _OUT_KIND: dict[type, str] = {
@@ -416,7 +518,7 @@ class Fanout:
         _, room_id, _, participant_id = msg.subject.rsplit(".", 3)
         feed = self._feeds.get(room_id)
         if feed is not None:
-            feed.on_peer(participant_id, msg.data.decode())
+            feed.on_peer(participant_id, msg.data)
 
     async def _on_control(self, msg: Msg) -> None:
         try:
@@ -456,7 +558,7 @@ class Fanout:
             return
         if not isinstance(reply, Snapshot):
             log.warning("room %s: resync failed, closing its connections", feed.room_id)
-            feed.resyncing = False
+            feed.give_up()
             for connection in list(feed.connections.values()):
                 connection.close(CloseCode.TRY_AGAIN_LATER, "Room state unavailable, reconnect")
             return

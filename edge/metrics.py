@@ -18,6 +18,12 @@ MESSAGES_OUT = Counter(
     "signaling_edge_messages_out_total", "Messages sent to clients, by type", ["type"]
 )
 ERRORS = Counter("signaling_edge_errors_total", "Errors sent to clients, by code", ["code"])
+PEER_FRAMES_DROPPED = Counter(
+    "signaling_edge_peer_frames_dropped_total",
+    "Targeted frames from other edges not delivered: malformed, a type or sender an edge "
+    "never relays, a server-only field, or too many while the room's members were unknown",
+    ["reason"],
+)
 RELAY_SECONDS = Histogram(
     "signaling_edge_relay_seconds",
     "From a client message's arrival to its relay being published (acknowledged by the "

@@ -3,6 +3,7 @@
 import msgspec
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from bus_schema.commands import Snapshot
 from bus_schema.events import Broadcasted, Event, ParticipantJoined
@@ -49,6 +50,7 @@ async def feed_and_ann() -> tuple[RoomFeed, Connection, list[RoomFeed]]:
         max_participants=5,
         participants=[person(ANN, ann.conn_id), person(BEN, "b")],
     )
+    feed.expect(ann)
     feed.add(ann, snapshot)
     assert [m["type"] for m in drained(ann)] == ["welcome"]
     return feed, ann, resyncs  # type: ignore[return-value]
@@ -97,3 +99,90 @@ async def test_a_connection_missing_from_the_snapshot_is_closed(feed_and_ann) ->
     feed.resynced(gone)
     assert ann.closing is not None
     assert ann.closing.code == 1013
+
+
+# --- targeted frames from other edges --------------------------------------------------
+
+CY = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
+
+
+def offer(sender: str = BEN, kind: str = "offer", to: str = ANN) -> bytes:
+    return msgspec.json.encode({"type": kind, "to": to, "from": sender, "sdp": "v=0"})
+
+
+def dropped(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "signaling_edge_peer_frames_dropped_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_only_frames_an_edge_could_relay_reach_the_client(feed_and_ann) -> None:  # type: ignore[no-untyped-def]
+    feed, ann, _ = feed_and_ann
+    before = dropped("type"), dropped("sender"), dropped("malformed")
+    feed.on_peer(ANN, offer(kind="welcome"))
+    feed.on_peer(ANN, offer(sender=CY))  # not in the room
+    feed.on_peer(ANN, b"[]")
+    feed.on_peer(ANN, offer(kind="answer"))
+    feed.on_peer(BEN, offer(to=BEN))  # for someone on another edge: not ours
+    assert drained(ann) == [msgspec.json.decode(offer(kind="answer"))]
+    after = dropped("type"), dropped("sender"), dropped("malformed")
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+
+
+async def test_frames_before_the_first_snapshot_are_checked_against_it() -> None:
+    feed = RoomFeed(ROOM, request_resync=lambda _feed: None)
+    ann = Connection(protocol.Identity(ROOM, ANN, "Ann"), limit_bytes=1 << 20)
+    feed.expect(ann)  # the socket is joining: the feed knows no member yet
+    feed.on_peer(ANN, offer())
+    feed.on_peer(ANN, offer(sender=CY))
+    assert drained(ann) == []
+    snapshot = Snapshot(
+        room_id=ROOM,
+        seq=2,
+        max_participants=5,
+        participants=[person(ANN, ann.conn_id), person(BEN, "b")],
+    )
+    feed.add(ann, snapshot)
+    assert [(m["type"], m.get("from")) for m in drained(ann)] == [("welcome", None), ("offer", BEN)]
+
+
+async def test_frames_during_a_resync_wait_for_the_new_members(feed_and_ann) -> None:  # type: ignore[no-untyped-def]
+    feed, ann, _ = feed_and_ann
+    feed.resyncing = True
+    feed.on_peer(ANN, offer(sender=CY))  # Cy joined while we were not listening
+    assert drained(ann) == []
+    now = Snapshot(
+        room_id=ROOM,
+        seq=5,
+        max_participants=5,
+        participants=[person(ANN, ann.conn_id), person(CY, "c")],
+    )
+    feed.resynced(now)
+    assert [(m["type"], m.get("from")) for m in drained(ann)] == [("welcome", None), ("offer", CY)]
+
+
+# --- the slow-consumer bound -----------------------------------------------------------
+
+
+async def test_a_snapshot_never_trips_the_bound_by_itself() -> None:
+    conn = Connection(protocol.Identity(ROOM, ANN, "Ann"), limit_bytes=100)
+    conn.send_snapshot(["w" * 300, "r" * 200])  # five times the bound
+    assert conn.closing is None
+    conn.send("a" * 100)  # the bound applies beyond the snapshot
+    assert conn.closing is None
+    for _ in range(2):
+        await conn.next_output()  # the snapshot is written
+    conn.send("b" * 1)  # 101 pending, and the snapshot's grace is over
+    assert conn.closing is not None
+    assert conn.closing.code == 4008
+
+
+async def test_beyond_the_snapshot_a_client_that_stops_reading_is_dropped() -> None:
+    conn = Connection(protocol.Identity(ROOM, ANN, "Ann"), limit_bytes=100)
+    conn.send_snapshot(["w" * 300])
+    conn.send("a" * 100)
+    assert conn.closing is None
+    conn.send("b")
+    assert conn.closing is not None
+    assert conn.closing.discard_pending

@@ -2,6 +2,7 @@
 connections, gap-free delivery and slow clients, with real processes."""
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ import msgspec
 import pytest
 import websockets
 
-from bus_schema import codec, subjects
+from bus_schema import codec, ids, subjects
 from bus_schema.events import Broadcasted
 from tests.e2e.traffic import (
     assert_exactly_once_in_order,
@@ -20,7 +21,7 @@ from tests.e2e.traffic import (
     stop_recorders,
     wait_delivered,
 )
-from tests.harness import Api, Member, System, WsClient, enter
+from tests.harness import RECV_TIMEOUT, Api, Member, System, WsClient, enter
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -287,3 +288,147 @@ async def test_traffic_over_two_edges_is_exactly_once(make_system: Callable[...,
 async def drain(ws: Any) -> None:
     while True:
         await ws.recv()
+
+
+async def test_forged_frames_from_another_edge_never_reach_a_client(
+    system: System, api: Api
+) -> None:
+    """A compromised edge publishes on a room's peer subjects as the ``edge``
+    NATS user: a ``welcome``, a ``kicked``, a non-object, invalid JSON, a sender
+    who is not in the room, a server-only field. The receiving edge drops them
+    all; the next frame its client gets is a real member's."""
+    edge = system.edges[0]
+    room_id = await api.create_room("forgery")
+    ann = await enter(api, edge.ws_url, room_id, "Ann")
+    ben = await enter(api, edge.ws_url, room_id, "Ben")
+    await ann.recv_type("join")
+    stranger = ids.new_id()
+    to_ann = {"to": ann.participant_id}
+    forgeries: list[object] = [
+        {
+            "type": "welcome",
+            "participant_id": ann.participant_id,
+            "room_id": room_id,
+            "participants": [],
+            "room_seq": 99,
+            "from": ben.participant_id,
+            **to_ann,
+        },
+        {
+            "type": "kicked",
+            "room_id": room_id,
+            "message": "bye",
+            "from": ben.participant_id,
+            **to_ann,
+        },
+        ["offer", ben.participant_id],
+        {"type": "offer", "from": stranger, "sdp": "v=0", **to_ann},
+        {"type": "offer", "sdp": "v=0", **to_ann},
+        {
+            "type": "track-state",
+            "kind": "audio",
+            "enabled": False,
+            "by": "admin",
+            "from": ben.participant_id,
+            **to_ann,
+        },
+    ]
+    frames = [json.dumps(f).encode() for f in forgeries] + [b'{"type":"offer",', b"\xff\xfe"]
+    before = await dropped_peer_frames(edge.url)
+    nc = await system.connect("edge")
+    try:
+        for frame in frames:
+            await nc.publish(subjects.peer(room_id, ann.participant_id), frame)
+        await nc.flush()  # the server has them: they reach the edge before Ben's frame
+    finally:
+        await nc.close()
+    await ben.send({"type": "marker", **to_ann})
+    message = await ann.recv()
+    assert (message["type"], message["from"]) == ("marker", ben.participant_id)
+    after = await dropped_peer_frames(edge.url)
+    assert after - before == len(frames)
+    assert "dropped a targeted frame from the bus" in edge.log()
+    await ann.client.close()
+    await ben.client.close()
+
+
+async def dropped_peer_frames(url: str) -> float:
+    """The edge's count of targeted frames it refused (every reason)."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        text = (await http.get("/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("signaling_edge_peer_frames_dropped_total{")
+    )
+
+
+async def test_a_big_rooms_welcome_is_not_a_slow_consumer(
+    make_system: Callable[..., System],
+) -> None:
+    """A newcomer's ``welcome`` and session replays may be larger than
+    SEND_QUEUE_BYTES in a big room: they are the room's state, not the client's
+    slowness. The newcomer is welcomed and stays; once it stops reading, the
+    bound applies to what comes after, and it is cut off."""
+    system = make_system(SEND_QUEUE_BYTES=str(64 * 1024), RESUME_GRACE="1")
+    await system.start()
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("big", max_participants=41)
+    members = [await enter(api, system.edges[0].ws_url, room_id, f"m{i}") for i in range(40)]
+    # The members keep reading (what they get is not the point here).
+    readers = [asyncio.create_task(drain(m.client.ws)) for m in members]
+    for member in members:
+        tracks = [
+            {
+                "trackName": f"{member.participant_id}-{n}".ljust(64, "t"),
+                "kind": "video",
+                "mid": str(n),
+                "location": "local",
+            }
+            for n in range(8)
+        ]
+        await member.send({"type": "cloudflare-session", "sessionId": "s" * 64, "tracks": tracks})
+    state = await system.bus()
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # every session is in the room's state
+            room = await state.room_state(room_id)
+            assert room is not None
+            sessions = [p.session_id for p in room.participants.values() if p.session_id]
+            if len(sessions) == len(members):
+                break
+            assert time.monotonic() < deadline, "sessions not stored"
+            await asyncio.sleep(0.1)
+    finally:
+        await state.close()
+
+    joined = await api.join(room_id, "Newcomer")
+    newcomer = await WsClient.connect(system.edges[0].ws_url, joined["token"])
+    first = [await asyncio.wait_for(newcomer.ws.recv(), RECV_TIMEOUT) for _ in range(41)]
+    kinds = [json.loads(text)["type"] for text in first]
+    assert kinds == ["welcome"] + ["cloudflare-session"] * len(members)
+    first_output = sum(len(text) for text in first)  # ~96 KB, all ASCII
+    assert first_output > 64 * 1024 * 1.25, first_output  # well over the bound
+    sender = members[0]
+    await sender.send({"type": "marker", "to": joined["participant_id"]})
+    assert (await newcomer.recv_type("marker"))["from"] == sender.participant_id  # still here
+
+    # Then it stops reading: targeted frames pile up (far more than socket buffers).
+    payload = "x" * 60_000
+    for n in range(200):
+        await sender.send({"type": "chat", "to": joined["participant_id"], "n": n, "pad": payload})
+    deadline = time.monotonic() + 30
+    while not slow_consumer_logged(system.edges[0].log(), joined["participant_id"]):
+        assert time.monotonic() < deadline, "the newcomer was never cut off"
+        await asyncio.sleep(0.1)
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(drain(newcomer.ws), 30)
+    assert newcomer.ws.close_code in (4008, 1006)  # 4008 if the close frame fitted in
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    await api.close()
+
+
+def slow_consumer_logged(log: str, participant_id: str) -> bool:
+    return any("slow consumer" in line and participant_id in line for line in log.splitlines())

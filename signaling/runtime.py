@@ -32,6 +32,24 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RefusedHandshakeFilter(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs ``ASGI callable returned without
+    completing handshake.`` at ERROR after every WebSocket refused with an HTTP
+    denial response (``websocket.http.response.*``): it never marks the handshake
+    done after sending the denial (wsproto does; Kludex/uvicorn PR #3138). The
+    edge refuses upgrades that way on purpose (401, 403, 429, 503), so a stranger
+    could fill the error log; uvicorn already logs the refusal itself at INFO
+    (``"WebSocket /ws" 401``). The line is kept only at DEBUG, as DEBUG."""
+
+    MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "uvicorn.error" or record.msg != self.MESSAGE:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 CONTEXT_FIELDS = ("room_id", "participant_id", "conn_id", "edge_id", "worker_id", "partition")
 """Passed as ``extra=`` on log calls; JSON lines carry them as fields."""
 
@@ -88,6 +106,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
+    handler.addFilter(RefusedHandshakeFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

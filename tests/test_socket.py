@@ -1,5 +1,6 @@
 """WebSocket behaviour of PROTOCOL.md against a real edge, worker and nats-server."""
 
+import asyncio
 import json
 import time
 import uuid
@@ -8,7 +9,7 @@ import jwt
 import pytest
 import websockets
 
-from tests.harness import JWT_SECRET, Api, WsClient, enter
+from tests.harness import JWT_SECRET, Api, System, WsClient, enter
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -326,3 +327,25 @@ async def test_connect_to_deleted_room_is_refused(api: Api, ws_url: str) -> None
     client = await WsClient.connect(ws_url, token)
     assert (await client.recv_type("error"))["code"] == "room_not_found"
     assert (await client.closed())[0] == 4004
+
+
+async def test_refused_upgrades_log_no_error(system: System, api: Api, ws_url: str) -> None:
+    """A stranger's refused handshakes (no token, a bad token) cannot fill the
+    error log: uvicorn's own "ASGI callable returned without completing
+    handshake" after each HTTP denial stays out of it (signaling.runtime)."""
+    edge = system.edges[0]
+    start = len(edge.log())
+    for n in range(20):
+        url = ws_url if n % 2 else f"{ws_url}?token=not-a-jwt-{n}"
+        assert (await refused_status(url))[0] == 401
+    # A connection after them: once it is logged, so would their lines be.
+    room_id = await api.create_room("after refusals")
+    member = await enter(api, ws_url, room_id, "After")
+    deadline = time.monotonic() + 10
+    while member.participant_id not in edge.log()[start:]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    lines = edge.log()[start:].splitlines()
+    assert [line for line in lines if '"level": "ERROR"' in line] == []
+    assert sum('"WebSocket /ws' in line and " 401" in line for line in lines) == 20
+    await member.client.close()

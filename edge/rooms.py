@@ -146,7 +146,7 @@ async def create_room(
         raise ApiError(400, "name is required", "invalid_body")
     name = check_name(body.name, "name", settings)
     created_by = check_name(
-        _first(body.created_by, body.createdBy, "anonymous"), "created_by", settings
+        _first(body.created_by, body.createdBy, "unknown"), "created_by", settings
     )
     maximum = _first(body.max_participants, body.maxParticipants, settings.default_max_participants)
     if not 1 <= maximum <= settings.max_participants_limit:

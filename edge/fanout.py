@@ -66,6 +66,11 @@ class Close:
     frames queued before the close (an ``error``, say) go out first."""
 
 
+def _size(text: str) -> int:
+    """The bytes a frame takes on the wire (UTF-8): what the output bound counts."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 class Connection:
     """A client socket as the fan-out sees it."""
 
@@ -100,7 +105,7 @@ class Connection:
         self._pending = 0
         self._queued = 0
         self._written = 0
-        """Characters ever queued and ever handed to the writer."""
+        """Bytes ever queued and ever handed to the writer."""
         self._grace = 0
         self._grace_end = 0
         """The last snapshot's size, allowed beyond the bound until the writer
@@ -118,7 +123,8 @@ class Connection:
         """Queue a frame; disconnect the client if its unsent output passes the bound."""
         if self.closing is not None:
             return
-        self._pending += len(text)
+        size = _size(text)
+        self._pending += size
         limit = self._limit + (self._grace if self._written < self._grace_end else 0)
         if self._pending > limit:
             log.info(
@@ -128,7 +134,7 @@ class Connection:
             )
             self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full", discard=True)
             return
-        self._queued += len(text)
+        self._queued += size
         self._push(text)
 
     def send_snapshot(self, texts: list[str]) -> None:
@@ -137,13 +143,13 @@ class Connection:
         bound by themselves; what is queued after them is held to the bound."""
         if self.closing is not None:
             return
-        size = sum(len(text) for text in texts)
+        size = sum(_size(text) for text in texts)
         self._grace = size
         self._grace_end = self._queued + size
         for text in texts:
-            self._pending += len(text)
-            self._queued += len(text)
             self._push(text)
+        self._pending += size
+        self._queued += size
 
     def _push(self, item: "str | Close") -> None:
         self._queue.append(item)
@@ -179,8 +185,9 @@ class Connection:
                 self._wakeup = None
         item = self._queue.popleft()
         if isinstance(item, str):
-            self._pending -= len(item)
-            self._written += len(item)
+            size = _size(item)
+            self._pending -= size
+            self._written += size
         return item
 
 

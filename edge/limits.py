@@ -67,14 +67,17 @@ class ConnectionLimits:
 
 
 class AddressLimits:
-    """Per client address: open connections and room creations per minute."""
+    """Per client address: open connections, room creations and joins per minute."""
 
     def __init__(self, settings: EdgeSettings) -> None:
         self._max_connections = settings.max_connections_per_address
-        self._creations_per_minute = settings.room_creations_per_minute
         self._header = settings.client_ip_header
         self._connections: dict[str, int] = {}
-        self._creations: dict[str, TokenBucket] = {}
+        self._per_minute = {
+            "create": settings.room_creations_per_minute,
+            "join": settings.joins_per_minute,
+        }
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._last_prune = time.monotonic()
 
     def address(self, peer: str | None, headers: Mapping[str, str]) -> str:
@@ -102,17 +105,24 @@ class AddressLimits:
             self._connections.pop(address, None)
 
     def create_room(self, address: str) -> bool:
+        return self._take("create", address)
+
+    def join(self, address: str) -> bool:
+        """A join token (each may cost a call to the TURN API)."""
+        return self._take("join", address)
+
+    def _take(self, action: str, address: str) -> bool:
         now = time.monotonic()
         self._prune(now)
-        bucket = self._creations.get(address)
+        bucket = self._buckets.get((action, address))
         if bucket is None:
-            rate = self._creations_per_minute / 60.0
-            bucket = self._creations[address] = TokenBucket(rate, self._creations_per_minute)
+            per_minute = self._per_minute[action]
+            bucket = self._buckets[(action, address)] = TokenBucket(per_minute / 60.0, per_minute)
         return bucket.take(now)
 
     def _prune(self, now: float) -> None:
         if now - self._last_prune < 60:
             return
         self._last_prune = now
-        for address in [a for a, b in self._creations.items() if b.full(now)]:
-            del self._creations[address]
+        for key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[key]

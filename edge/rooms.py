@@ -213,9 +213,13 @@ async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Roo
 
 
 @post(
-    "/api/rooms/{room_id:str}/join", status_code=200, responses=error_responses(400, 404, 409, 413)
+    "/api/rooms/{room_id:str}/join",
+    status_code=200,
+    responses=error_responses(400, 404, 409, 413, 429),
 )
 async def join_room(
+    request: Request[Any, Any, Any],
+    addresses: NamedDependency[AddressLimits],
     room_id: FromPath[str],
     bus: NamedDependency[EdgeBus],
     calls: NamedDependency[CallsProxy],
@@ -233,6 +237,9 @@ async def join_room(
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
     if len(state.participants) >= state.meta.max_participants:
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
+    address = addresses.address(request.client.host if request.client else None, request.headers)
+    if not addresses.join(address):
+        raise ApiError(429, "Too many joins from your address; try again later", "rate_limited")
     participant_id = ids.new_id()
     token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
     ice = await calls.ice.get(participant_id)

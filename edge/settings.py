@@ -58,6 +58,9 @@ class EdgeSettings:
     """...regaining this many per minute; out of strikes: close 1008."""
     max_connections_per_address: int = 100
     room_creations_per_minute: int = 30
+    joins_per_minute: int = 300
+    """Join tokens per client address per minute (a whole office behind one
+    address joining a big call fits; each join may cost a TURN API call)."""
     client_ip_header: str | None = None
     """Behind a trusted proxy: the header carrying the client address."""
     heartbeat_interval: float = 1.0
@@ -148,6 +151,7 @@ class EdgeSettings:
             strikes_per_minute=env.number("STRIKES_PER_MINUTE", 12.0, minimum=0.0),
             max_connections_per_address=env.integer("MAX_CONNECTIONS_PER_ADDRESS", 100, minimum=1),
             room_creations_per_minute=env.integer("ROOM_CREATIONS_PER_MINUTE", 30, minimum=1),
+            joins_per_minute=env.integer("JOINS_PER_MINUTE", 300, minimum=1),
             client_ip_header=(env.optional("CLIENT_IP_HEADER") or "").lower() or None,
             heartbeat_interval=env.number("HEARTBEAT_INTERVAL", 1.0, minimum=0.1, maximum=60.0),
             drain_delay=env.number("DRAIN_DELAY", 1.0, minimum=0.0, maximum=300.0),

@@ -186,3 +186,12 @@ async def test_beyond_the_snapshot_a_client_that_stops_reading_is_dropped() -> N
     conn.send("b")
     assert conn.closing is not None
     assert conn.closing.discard_pending
+
+
+async def test_the_bound_counts_bytes_not_characters() -> None:
+    conn = Connection(protocol.Identity(ROOM, ANN, "Ann"), limit_bytes=100)
+    conn.send("\U0001d538" * 20)  # 20 characters, 80 bytes in UTF-8
+    assert conn.closing is None
+    conn.send("é" * 11)  # 22 bytes more: 102
+    assert conn.closing is not None
+    assert conn.closing.code == 4008

@@ -128,6 +128,17 @@ async def test_room_creations_per_address_per_minute(make_system: Callable[..., 
         assert refused.json()["code"] == "rate_limited"
 
 
+async def test_joins_per_address_per_minute(make_system: Callable[..., System]) -> None:
+    system = make_system(JOINS_PER_MINUTE="3")
+    await system.start()
+    async with httpx.AsyncClient(base_url=system.edges[0].url) as http:
+        room_id = (await http.post("/api/rooms", json={"name": "r"})).json()["room_id"]
+        for _ in range(3):
+            assert (await http.post(f"/api/rooms/{room_id}/join", json={})).status_code == 200
+        refused = await http.post(f"/api/rooms/{room_id}/join", json={})
+        assert (refused.status_code, refused.json()["code"]) == (429, "rate_limited")
+
+
 async def test_cross_site_websocket_upgrades_are_refused(
     make_system: Callable[..., System],
 ) -> None:

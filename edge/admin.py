@@ -200,7 +200,7 @@ _ROOM_EXAMPLE = Example(
     value={
         "id": _ROOM_ID,
         "name": "Standup",
-        "created_by": "anonymous",
+        "created_by": "unknown",
         "created_at": "2026-11-26T10:00:00.000Z",
         "max_participants": 10,
         "empty_timeout": 7200.0,

@@ -137,8 +137,8 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
 
     nc = await connect(
         list(settings.nats_servers),
-        role="edge",
         name=f"edge-{settings.edge_id}",
+        role="edge",
         on_reconnected=on_reconnected,
         credentials=settings.nats_credentials,
     )

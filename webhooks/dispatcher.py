@@ -55,6 +55,7 @@ class Dispatcher:
         nc = await connect(
             list(settings.nats_servers),
             name=f"webhooks-{settings.dispatcher_id}",
+            role="webhooks",
             credentials=settings.nats_credentials,
         )
         http = httpx.AsyncClient(
@@ -92,7 +93,6 @@ class Dispatcher:
             log.info("dispatcher %s stopping", settings.dispatcher_id)
             for task in tasks:
                 task.cancel()
-            role="webhooks",
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             if service is not None:

@@ -316,3 +316,29 @@ async def test_each_role_reads_only_its_own_replies(make_system: Callable[..., S
     finally:
         await api.close()
         await receiver.stop()
+
+
+async def test_an_actor_cannot_make_a_stream_that_captures_other_roles_traffic(
+    make_system: Callable[..., System],
+) -> None:
+    """The actors' JetStream rights cover their own buckets and the event log:
+    a stream that would record edges' replies (or anything else) is refused."""
+    system = make_system()
+    await system.start()
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    actors = await system.connect("actors", error_cb=on_error)
+    js = actors.jetstream(timeout=2)
+    for name, captured in (("CAPTURE", f"{inbox_prefix('edge')}.>"), ("EVERYTHING", "signal.>")):
+        with pytest.raises((nats.errors.TimeoutError, nats.js.errors.Error)):
+            await js.add_stream(name=name, subjects=[captured])
+    assert any("permissions violation" in str(e).lower() for e in errors), errors
+    await actors.close()
+    bus = await system.bus()
+    for name in ("CAPTURE", "EVERYTHING"):
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await bus.js.stream_info(name)
+    await bus.close()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
@@ -22,6 +22,7 @@ from edge.fanout import Fanout
 from edge.settings import EdgeSettings
 from signaling.natsconn import connect
 from signaling.services import MicroService, version
+from signaling.streams import bucket_keys
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,10 @@ class EdgeBus:
         return None if value is None else codec.room_state.decode(value)
 
     async def room_ids(self) -> list[str]:
-        """Every room with stored state (closed rooms are deleted, so absent)."""
-        kv = await self._bucket(buckets.ROOM_STATE)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
+        """Every room with stored state, and rooms closed lately (their delete
+        markers): read a room's state to tell. Never misses a room that exists
+        (`signaling.streams.bucket_keys` says why not ``KeyValue.keys()``)."""
+        keys = await bucket_keys(self.nc, buckets.ROOM_STATE)
         return [key for key in keys if is_uuid(key)]
 
     async def calls_session(self, session_id: str) -> CallsSession | None:

@@ -182,6 +182,53 @@ async def test_list_get_and_update_rooms(system: System, api: Api, ws_url: str) 
         await admin.close()
 
 
+async def test_the_room_list_never_misses_a_room_while_rooms_change(
+    make_system: Callable[..., System],
+) -> None:
+    """The listing used nats-py's ``KeyValue.keys()``, which now and then ended
+    its snapshot before the keys arrived and listed no room at all (about 1 call
+    in 60 while the bucket was being written): a reconciling backend would have
+    dropped every room. Hundreds of listings while state changes must each see
+    every room."""
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    admin = Admin(system.edges[0].url, admin_jwt())
+    try:
+        room_ids = {await api.create_room(f"kept-{i}") for i in range(5)}
+        busy = next(iter(room_ids))
+        ann = await enter(api, system.edges[0].ws_url, busy, "Ann")
+        bob = await enter(api, system.edges[0].ws_url, busy, "Bob")
+        await ann.recv_type("join")
+        stop = asyncio.Event()
+
+        async def churn() -> None:
+            """Keep writing room_state: a mute toggled, new rooms created."""
+            enabled = False
+            while not stop.is_set():
+                await ann.send({"type": "track-state", "kind": "audio", "enabled": enabled})
+                await bob.recv_type("track-state")
+                enabled = not enabled
+                if len(room_ids) < 60:  # all on one page of 100
+                    room_ids.add(await api.create_room("churn"))
+
+        writer = asyncio.create_task(churn())
+        try:
+            for attempt in range(300):
+                expected = set(room_ids)
+                page = await admin.ok("GET", "/rooms", params={"limit": 100})
+                listed = {room["id"] for room in page["rooms"]}
+                assert expected <= listed, (attempt, len(expected - listed), len(listed))
+        finally:
+            stop.set()
+            await writer
+        await ann.client.ws.close()
+        await bob.client.ws.close()
+    finally:
+        await admin.close()
+        await api.close()
+
+
 async def test_mute_kick_and_close(system: System, api: Api, ws_url: str) -> None:
     admin = Admin(system.edges[0].url, admin_jwt())
     try:

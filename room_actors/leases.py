@@ -60,7 +60,9 @@ class _Seen:
     revision: int
 
 
-async def open_leases_bucket(js: JetStreamContext, *, replicas: int) -> KeyValue:
+async def open_leases_bucket(
+    js: JetStreamContext, *, replicas: int, max_bytes: int | None = None
+) -> KeyValue:
     try:
         return await js.key_value(buckets.LEASES)
     except BucketNotFoundError:
@@ -71,6 +73,7 @@ async def open_leases_bucket(js: JetStreamContext, *, replicas: int) -> KeyValue
                 history=1,
                 storage=StorageType.FILE,
                 replicas=replicas,
+                max_bytes=max_bytes,
                 limit_marker_ttl=1.0,
                 direct=True,
             )

@@ -43,6 +43,9 @@ class ActorSettings:
     """Seconds the event log keeps an event."""
     log_max_bytes: int = 1024**3
     """Bytes the event log keeps at most (the oldest events go first)."""
+    kv_max_bytes: int = 1024**3
+    """Bytes each KV bucket (rooms, room_state, calls_sessions, actor_leases)
+    holds at most; a full bucket refuses writes and keeps what it has."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9102
     """Prometheus metrics port; ``None`` (METRICS_PORT=off) serves none."""
@@ -80,6 +83,7 @@ class ActorSettings:
             ),
             log_max_age=env.number("LOG_MAX_AGE", 7 * 24 * 3600.0, minimum=60.0),
             log_max_bytes=env.integer("LOG_MAX_BYTES", 1024**3, minimum=1024 * 1024),
+            kv_max_bytes=env.integer("KV_MAX_BYTES", 1024**3, minimum=1024 * 1024),
             metrics_host=env.text("METRICS_HOST", "127.0.0.1"),
             metrics_port=_port(env.text("METRICS_PORT", "9102")),
             nats_credentials=NatsCredentials.from_env(env),

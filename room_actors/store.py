@@ -1,7 +1,7 @@
 """Room state in JetStream KV: load, and save with compare-and-set on the revision."""
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ from bus_schema import buckets, codec, subjects
 from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors import metrics
+from signaling.streams import ensure_limits, ensure_stream, kv_stream
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,18 @@ class Loaded:
     expiry marker): the next write must name it."""
 
 
-async def ensure_buckets(js: JetStreamContext, *, ttl: float, replicas: int) -> None:
-    """Create the buckets actors write if they are missing, and bring the TTL of
-    existing ones to ``ttl`` (idempotent)."""
+async def ensure_buckets(
+    js: JetStreamContext, *, ttl: float, replicas: int, max_bytes: int
+) -> None:
+    """Create the buckets actors write if they are missing, and bring the TTL and
+    byte limit of existing ones to ``ttl`` and ``max_bytes`` (idempotent). The
+    leases bucket, created by `room_actors.leases`, gets its byte limit here too
+    once it exists.
+
+    A bucket at ``max_bytes`` refuses every write (nats-py creates KV streams
+    with discard ``new``, which this keeps): creating a room, a join, any turn
+    that saves state fails with a retryable error; nothing stored is removed to
+    make room, so no room loses its state to another's growth."""
     for bucket, description in (
         (buckets.ROOMS, "room metadata, projected from room_state by the owning actor"),
         (buckets.ROOM_STATE, "room state, written only by the owning actor with CAS"),
@@ -53,42 +63,40 @@ async def ensure_buckets(js: JetStreamContext, *, ttl: float, replicas: int) -> 
                     description=description,
                     history=1,
                     ttl=ttl,
+                    max_bytes=max_bytes,
                     storage=StorageType.FILE,
                     replicas=replicas,
                     direct=True,
                 )
             )
             continue
-        info = await js.stream_info(f"KV_{bucket}")
-        if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
-            log.info("bucket %s: TTL %s -> %s s", bucket, info.config.max_age, ttl)
-            await js.update_stream(dataclasses.replace(info.config, max_age=ttl))
+        await ensure_limits(
+            js, kv_stream(bucket), max_age=ttl, max_bytes=max_bytes, discard=DiscardPolicy.NEW
+        )
+    with contextlib.suppress(NotFoundError):
+        await ensure_limits(
+            js, kv_stream(buckets.LEASES), max_bytes=max_bytes, discard=DiscardPolicy.NEW
+        )
 
 
 async def ensure_log_stream(
     js: JetStreamContext, *, max_age: float, max_bytes: int, replicas: int
 ) -> None:
     """Create the durable room event log, or bring its limits to the settings."""
-    config = StreamConfig(
-        name=LOG_STREAM,
-        description="room lifecycle events, appended by the owning actors (docs/admin.md)",
-        subjects=[subjects.LOG_ALL],
-        storage=StorageType.FILE,
-        max_age=max_age,
-        max_bytes=max_bytes,
-        discard=DiscardPolicy.OLD,
-        num_replicas=replicas,
-        duplicate_window=120.0,
+    await ensure_stream(
+        js,
+        StreamConfig(
+            name=LOG_STREAM,
+            description="room lifecycle events, appended by the owning actors (docs/admin.md)",
+            subjects=[subjects.LOG_ALL],
+            storage=StorageType.FILE,
+            max_age=max_age,
+            max_bytes=max_bytes,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+        ),
     )
-    try:
-        info = await js.stream_info(LOG_STREAM)
-    except NotFoundError:
-        await js.add_stream(config)
-        return
-    current = info.config
-    if (current.max_age, current.max_bytes) != (max_age, max_bytes):
-        log.info("stream %s: max_age %s s, max_bytes %s", LOG_STREAM, max_age, max_bytes)
-        await js.update_stream(dataclasses.replace(current, max_age=max_age, max_bytes=max_bytes))
 
 
 class RoomStore:

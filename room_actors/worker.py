@@ -79,7 +79,12 @@ class Worker:
         settings = self.settings
         js = nc.jetstream()
         await until_ready(
-            lambda: ensure_buckets(js, ttl=settings.room_ttl, replicas=settings.kv_replicas),
+            lambda: ensure_buckets(
+                js,
+                ttl=settings.room_ttl,
+                replicas=settings.kv_replicas,
+                max_bytes=settings.kv_max_bytes,
+            ),
             what="KV buckets",
         )
         await until_ready(
@@ -93,7 +98,10 @@ class Worker:
         )
         store = await until_ready(lambda: RoomStore.bind(js), what="KV buckets")
         leases_kv = await until_ready(
-            lambda: open_leases_bucket(js, replicas=settings.kv_replicas), what="leases bucket"
+            lambda: open_leases_bucket(
+                js, replicas=settings.kv_replicas, max_bytes=settings.kv_max_bytes
+            ),
+            what="leases bucket",
         )
         # The two refer to each other: leases call the registry when ownership
         # changes; the registry asks the leases what it owns.

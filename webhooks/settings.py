@@ -27,6 +27,13 @@ class WebhookSettings:
     hands the event to another (a dispatcher that died); a live dispatcher
     keeps extending it while it retries."""
     dead_letter_max_age: float = 30 * 24 * 3600.0
+    dead_letter_max_bytes: int = 256 * 1024**2
+    """Bytes the dead-letter stream keeps at most (the oldest letters go first)."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9103
+    """Prometheus metrics port; ``None`` (METRICS_PORT=off) serves none."""
+    metrics_interval: float = 5.0
+    """Seconds between two reads of the consumers' pending counts for the metrics."""
     nats_credentials: NatsCredentials = field(default_factory=NatsCredentials)
     log_level: str = "INFO"
     log_format: str = "json"
@@ -63,6 +70,16 @@ class WebhookSettings:
             ack_wait=env.number("WEBHOOK_ACK_WAIT", 30.0, minimum=1.0, maximum=3600.0),
             dead_letter_max_age=env.number(
                 "WEBHOOK_DEAD_LETTER_MAX_AGE", 30 * 24 * 3600.0, minimum=60.0
+            ),
+            dead_letter_max_bytes=env.integer(
+                "WEBHOOK_DEAD_MAX_BYTES", 256 * 1024**2, minimum=1024
+            ),
+            metrics_host=env.text("METRICS_HOST", "127.0.0.1"),
+            metrics_port=None
+            if env.text("METRICS_PORT", "9103").lower() == "off"
+            else env.integer("METRICS_PORT", 9103, minimum=1, maximum=65535),
+            metrics_interval=env.number(
+                "WEBHOOK_METRICS_INTERVAL", 5.0, minimum=0.1, maximum=300.0
             ),
             nats_credentials=NatsCredentials.from_env(env),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

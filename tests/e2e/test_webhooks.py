@@ -10,14 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import msgspec
 import nats
+import nats.js.errors
 import pytest
-from nats.js.api import DeliverPolicy
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, DiscardPolicy
+from prometheus_client.parser import text_string_to_metric_families
 
 from bus_schema import log, subjects
 from bus_schema.status import DispatcherStatus
-from tests.harness import Api, System, enter
+from tests.harness import Api, Proc, System, enter
 from webhooks import signing
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
@@ -47,10 +51,12 @@ class Delivery:
 @dataclass
 class Receiver:
     """A webhook receiver on loopback: HTTP/1.1 with keep-alive, answering 503
-    while ``failing`` is set (or to ``fail_status`` always)."""
+    while ``failing`` is set (or to ``fail_status`` always); ``answers`` lists
+    the statuses to give an event id's next attempts, before the usual answer."""
 
     failing: bool = False
     fail_status: int = 0
+    answers: dict[str, list[int]] = field(default_factory=dict)
     attempts: list[Delivery] = field(default_factory=list)
     server: asyncio.Server | None = None
     port: int = 0
@@ -80,7 +86,12 @@ class Receiver:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                status = self.fail_status or (503 if self.failing else 200)
+                planned = self.answers.get(json.loads(body)["id"])
+                status = (
+                    planned.pop(0)
+                    if planned
+                    else (self.fail_status or (503 if self.failing else 200))
+                )
                 self.attempts.append(Delivery(headers, body, status))
                 self.arrived.set()
                 reason = "OK" if status == 200 else "Error"
@@ -102,9 +113,11 @@ class Receiver:
                 await asyncio.wait_for(self.arrived.wait(), min(remaining, 1.0))
 
 
-async def room_story(api: Api, ws_url: str) -> tuple[str, int]:
-    """A room where three things happen to two people; the number of events."""
-    room_id = await api.create_room("hooked", departure_timeout=0)
+async def room_story(api: Api, ws_url: str, room_id: str | None = None) -> tuple[str, int]:
+    """A room (new, or ``room_id`` just created) where three things happen to
+    two people; the number of events."""
+    if room_id is None:
+        room_id = await api.create_room("hooked", departure_timeout=0)
     ann = await enter(api, ws_url, room_id, "Ann")
     bob = await enter(api, ws_url, room_id, "Bob")
     await ann.recv_type("join")
@@ -133,10 +146,11 @@ async def stored_ids(system: System, count: int, timeout: float = 15.0) -> list[
 
 
 async def dispatchers_ready(system: System, timeout: float = 30.0) -> None:
-    """Until every dispatcher answers its status request (it then fetches work)."""
+    """Until every running dispatcher answers its status request (it then
+    fetches work)."""
     nc = await system.connect()
     try:
-        for dispatcher in system.dispatchers:
+        for dispatcher in filter(Proc.alive, system.dispatchers):
             subject = subjects.dispatcher_status(dispatcher.env["DISPATCHER_ID"])
             deadline = time.monotonic() + timeout
             while True:
@@ -148,6 +162,62 @@ async def dispatchers_ready(system: System, timeout: float = 30.0) -> None:
                     await asyncio.sleep(0.1)
     finally:
         await nc.close()
+
+
+async def dead_letters(system: System, count: int, timeout: float = 30.0) -> list[Msg]:
+    """The first ``count`` letters of the dead-letter stream, as stored (the
+    stream appears once a dispatcher started)."""
+    nc = await system.connect()
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sub = await js.subscribe(
+                    subjects.WEBHOOK_DEAD_ALL,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.ALL,
+                )
+                break
+            except nats.js.errors.NotFoundError:
+                assert time.monotonic() < deadline, "no dead-letter stream"
+                await asyncio.sleep(0.2)
+        letters = []
+        while len(letters) < count:
+            letters.append(await sub.next_msg(timeout=max(0.1, deadline - time.monotonic())))
+        return letters
+    finally:
+        await nc.close()
+
+
+async def scrape(dispatcher: Proc) -> dict[tuple[str, str], float]:
+    """A dispatcher's Prometheus metrics over HTTP: (sample name, its
+    ``partition`` or ``reason`` label) -> value."""
+    url = f"http://127.0.0.1:{dispatcher.env['METRICS_PORT']}/metrics"
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        response = await http.get(url)
+    assert response.status_code == 200
+    values = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            label = sample.labels.get("partition") or sample.labels.get("reason") or ""
+            values[(sample.name, label)] = sample.value
+    return values
+
+
+async def metrics_until(
+    dispatcher: Proc, check: Callable[[dict[tuple[str, str], float]], bool], timeout: float = 30.0
+) -> dict[tuple[str, str], float]:
+    """Scrape until ``check`` holds (the gauges are refreshed in the background)."""
+    deadline = time.monotonic() + timeout
+    values: dict[tuple[str, str], float] = {}
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            values = await scrape(dispatcher)
+            if check(values):
+                return values
+        assert time.monotonic() < deadline, (values, dispatcher.log()[-3000:])
+        await asyncio.sleep(0.1)
 
 
 def check_signed(delivery: Delivery) -> str:
@@ -294,30 +364,14 @@ async def test_undeliverable_events_become_dead_letters(
     try:
         system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST, WEBHOOK_RETRY_FOR="1")
         room_id = await api.create_room("unlucky")
-        nc = await system.connect()
-        try:
-            js = nc.jetstream()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    sub = await js.subscribe(
-                        subjects.WEBHOOK_DEAD_ALL,
-                        ordered_consumer=True,
-                        deliver_policy=DeliverPolicy.ALL,
-                    )
-                    break
-                except Exception:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.2)
-            msg = await sub.next_msg(timeout=30)
-            assert msg.subject == subjects.webhook_dead_letter(room_id)
-            entry = log.log_entry.decode(msg.data)
-            assert (entry.id, entry.event) == (f"{room_id}.0", log.ROOM_CREATED)
-            assert msg.header is not None
-            assert msg.header["Signaling-Webhook-Error"] == "HTTP 500"
-            assert int(msg.header["Signaling-Webhook-Attempts"]) >= 2
-        finally:
-            await nc.close()
+        [msg] = await dead_letters(system, 1)
+        assert msg.subject == subjects.webhook_dead_letter(room_id)
+        entry = log.log_entry.decode(msg.data)
+        assert (entry.id, entry.event) == (f"{room_id}.0", log.ROOM_CREATED)
+        assert msg.header is not None
+        assert msg.header["Signaling-Webhook-Error"] == "HTTP 500"
+        assert msg.header["Signaling-Webhook-Reason"] == "gave_up"
+        assert int(msg.header["Signaling-Webhook-Attempts"]) >= 2
         # Later events are not stuck behind it.
         receiver.fail_status = 0
         ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
@@ -325,6 +379,131 @@ async def test_undeliverable_events_become_dead_letters(
             lambda: any(d.entry["room_seq"] == 1 for d in receiver.accepted()), timeout=30
         )
         await ann.client.ws.close()
+    finally:
+        await api.close()
+        await receiver.stop()
+
+
+async def test_a_refused_event_is_dead_lettered_at_once_and_the_next_one_follows(
+    make_system: Callable[..., System],
+) -> None:
+    """A 4xx other than 408/429 is the receiver's final word on that event: one
+    attempt, a dead letter, and the partition's next event right after it."""
+    receiver = await Receiver().start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        dispatcher = system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST)
+        room_id = await api.create_room("picky", departure_timeout=0)
+        refusals = {1: 400, 3: 404, 4: 410, 5: 422}
+        receiver.answers = {f"{room_id}.{seq}": [status] for seq, status in refusals.items()}
+        receiver.answers[f"{room_id}.2"] = [429, 408]  # "later": retried, then accepted
+        _, total = await room_story(api, system.edges[0].ws_url, room_id)
+        await receiver.until(lambda: len({d.entry["id"] for d in receiver.attempts}) >= total)
+
+        # Each refused event was POSTed once, and the next event came right after it.
+        order = [d.entry["room_seq"] for d in receiver.attempts if d.entry["room_id"] == room_id]
+        assert order == [0, 1, 2, 2, 2, 3, 4, 5]
+        assert [d.entry["room_seq"] for d in receiver.accepted()] == [0, 2]
+
+        letters = await dead_letters(system, len(refusals))
+        for letter, (seq, status) in zip(letters, refusals.items(), strict=True):
+            assert log.log_entry.decode(letter.data).id == f"{room_id}.{seq}"
+            assert letter.header is not None
+            assert letter.header["Signaling-Webhook-Error"] == f"HTTP {status}"
+            assert letter.header["Signaling-Webhook-Reason"] == "rejected_4xx"
+            assert letter.header["Signaling-Webhook-Attempts"] == "1"
+
+        values = await metrics_until(
+            dispatcher, lambda v: v[("signaling_webhooks_delivered_total", "")] == 2
+        )
+        assert values[("signaling_webhooks_dead_lettered_total", "rejected_4xx")] == 4
+        assert values[("signaling_webhooks_dead_lettered_total", "gave_up")] == 0
+        assert values[("signaling_webhooks_failed_attempts_total", "")] == 6
+    finally:
+        await api.close()
+        await receiver.stop()
+
+
+async def test_the_dead_letter_stream_keeps_to_its_byte_limit(
+    make_system: Callable[..., System],
+) -> None:
+    """At ``WEBHOOK_DEAD_MAX_BYTES`` the oldest letters go; a dispatcher started
+    with another limit brings the existing stream to it."""
+    receiver = await Receiver(fail_status=400).start()  # every event refused
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    nc = await system.connect()
+    try:
+        first = system.start_webhooks(
+            WEBHOOK_URL=receiver.url, **FAST, WEBHOOK_DEAD_MAX_BYTES="4096"
+        )
+        stories = [await room_story(api, system.edges[0].ws_url) for _ in range(3)]
+        total = sum(n for _, n in stories)
+        await receiver.until(lambda: len(receiver.attempts) >= total)
+        await metrics_until(
+            first,
+            lambda v: v[("signaling_webhooks_dead_lettered_total", "rejected_4xx")] == total,
+        )
+        js = nc.jetstream()
+        info = await js.stream_info(log.DEAD_LETTER_STREAM)
+        assert info.config.max_bytes == 4096
+        assert info.config.discard == DiscardPolicy.OLD
+        assert info.config.max_age == 30 * 24 * 3600
+        assert info.state.last_seq == total
+        assert info.state.bytes <= 4096
+        assert info.state.first_seq > 1, "the oldest letters were discarded"
+        newest = await js.get_last_msg(log.DEAD_LETTER_STREAM, subjects.WEBHOOK_DEAD_ALL)
+        assert newest.seq == total, "the newest letter kept"
+        ids = {f"{room_id}.{seq}" for room_id, n in stories for seq in range(n)}
+        assert log.log_entry.decode(newest.data).id in ids
+
+        first.stop()
+        system.start_webhooks(WEBHOOK_URL=receiver.url, **FAST, WEBHOOK_DEAD_MAX_BYTES="8192")
+        await dispatchers_ready(system)
+        info = await js.stream_info(log.DEAD_LETTER_STREAM)
+        assert info.config.max_bytes == 8192
+        assert info.state.last_seq == total, "the letters kept"
+    finally:
+        await nc.close()
+        await api.close()
+        await receiver.stop()
+
+
+async def test_metrics_show_pending_events_and_lag_while_the_receiver_is_down(
+    make_system: Callable[..., System],
+) -> None:
+    receiver = await Receiver(failing=True).start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        dispatcher = system.start_webhooks(
+            WEBHOOK_URL=receiver.url, **FAST, WEBHOOK_METRICS_INTERVAL="0.2"
+        )
+        room_id, total = await room_story(api, system.edges[0].ws_url)
+        partition = str(subjects.log_partition_of(room_id))
+        pending = ("signaling_webhooks_pending", partition)
+        lag = ("signaling_webhooks_lag_seconds", partition)
+
+        down = await metrics_until(dispatcher, lambda v: v[pending] == total and v[lag] > 0)
+        later = await metrics_until(dispatcher, lambda v: v[lag] > down[lag] + 0.5)
+        assert later[pending] == total
+        assert later[("signaling_webhooks_failed_attempts_total", "")] >= 2
+        assert later[("signaling_webhooks_delivered_total", "")] == 0
+        others = [
+            later[("signaling_webhooks_pending", str(p))]
+            for p in range(subjects.LOG_PARTITIONS)
+            if str(p) != partition
+        ]
+        assert others == [0] * (subjects.LOG_PARTITIONS - 1)
+
+        receiver.failing = False
+        await receiver.until(lambda: len(receiver.accepted()) >= total)
+        after = await metrics_until(dispatcher, lambda v: v[pending] == 0 and v[lag] == 0)
+        assert after[("signaling_webhooks_delivered_total", "")] == total
     finally:
         await api.close()
         await receiver.stop()

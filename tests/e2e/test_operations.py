@@ -233,9 +233,14 @@ async def test_an_edge_user_cannot_write_room_state_or_act_as_an_actor(
     ):
         await js.publish(f"$KV.{buckets.ROOM_STATE}.{room_id}", b"{}", timeout=2)
     await edge_nc.subscribe(subjects.partition_commands(0))  # pretending to be an actor
+    forged = b'{"type":"closed","room_id":"%s","seq":99,"participant_id":"","reason":"x"}'
+    await edge_nc.publish(subjects.room_events(room_id), forged % room_id.encode())
     await edge_nc.flush()
     deadline = time.monotonic() + 5
-    while not any("permissions violation" in str(e).lower() for e in errors):
+    while not all(
+        any(what in str(e).lower() for e in errors)
+        for what in ("subscription to", 'publish to "signal.room.')
+    ):
         assert time.monotonic() < deadline, errors
         await asyncio.sleep(0.05)
     await edge_nc.close()
@@ -316,6 +321,26 @@ async def test_each_role_reads_only_its_own_replies(make_system: Callable[..., S
     finally:
         await api.close()
         await receiver.stop()
+
+
+async def test_nats_refuses_clients_without_credentials(make_system: Callable[..., System]) -> None:
+    """Spoken in the NATS protocol itself: CONNECT without a user, or with a
+    wrong password, is answered with an authorization error."""
+    system = make_system()
+    system.start_nats()
+    host, port = system.nats.url.removeprefix("nats://").split(":")
+    for auth in ({}, {"user": "edge", "pass": "not-the-password"}):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            greeting = await asyncio.wait_for(reader.readline(), 5)
+            assert greeting.startswith(b"INFO ")
+            options = {"verbose": False, "pedantic": False, "protocol": 1, **auth}
+            writer.write(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
+            answer = await asyncio.wait_for(reader.readline(), 5)
+            assert b"authorization violation" in answer.lower(), answer
+        finally:
+            writer.close()
+            await writer.wait_closed()
 
 
 async def test_an_actor_cannot_make_a_stream_that_captures_other_roles_traffic(

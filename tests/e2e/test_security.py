@@ -139,3 +139,15 @@ async def test_garbage_from_many_connections_keeps_memory_bounded(
     assert late.participant_id
     await asyncio.gather(*(c.close() for c in clients))
     await api.close()
+
+
+async def test_the_web_client_is_served_with_a_strict_policy(system: System) -> None:
+    """Other sites cannot frame the page, and the page runs only its own code."""
+    async with httpx.AsyncClient(base_url=system.edges[0].url) as http:
+        page = await http.get("/")
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    for directive in ("default-src 'self'", "frame-ancestors 'none'", "object-src 'none'"):
+        assert directive in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import NoKeysError
 
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Rejected
@@ -107,11 +106,7 @@ class Registry:
                 )
                 self._partitions.add(partition)
         wanted = set(partitions)
-        try:
-            room_ids = await self._store.room_ids()
-        except NoKeysError:
-            return
-        for room_id in room_ids:
+        for room_id in await self._store.room_ids():
             if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted:
                 loaded = await self._store.load(room_id)
                 state = loaded.state

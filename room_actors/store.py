@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import nats.errors
+from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import (
@@ -20,7 +21,7 @@ from bus_schema import buckets, codec, subjects
 from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors import metrics
-from signaling.streams import ensure_limits, ensure_stream, kv_stream
+from signaling.streams import bucket_keys, ensure_limits, ensure_stream, kv_stream
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +112,18 @@ class RoomStore:
         self._rooms = rooms_kv
         self._calls = calls_kv
         self._js = js
+        self._nc: Client | None = None
 
     @classmethod
-    async def bind(cls, js: JetStreamContext) -> "RoomStore":
-        return cls(
+    async def bind(cls, nc: Client, js: JetStreamContext) -> "RoomStore":
+        store = cls(
             await js.key_value(buckets.ROOM_STATE),
             await js.key_value(buckets.ROOMS),
             await js.key_value(buckets.CALLS_SESSIONS),
             js,
         )
+        store._nc = nc
+        return store
 
     async def delete(self, room_id: str, revision: int | None) -> int | None:
         """Delete a closed room's state (if still at ``revision``) and metadata."""
@@ -194,5 +198,8 @@ class RoomStore:
             log.warning("could not forget a Calls session: %s", type(e).__name__)
 
     async def room_ids(self) -> list[str]:
-        """Every room with stored state (raises ``NoKeysError`` when there is none)."""
-        return await self._state.keys()
+        """Every room key of ``room_state``, deleted ones included (reading the
+        key tells): the server's own list, not nats-py's ``keys()``, which may
+        come back short (`signaling.streams.bucket_keys`)."""
+        assert self._nc is not None, "bind() the store to list rooms"
+        return await bucket_keys(self._nc, buckets.ROOM_STATE)

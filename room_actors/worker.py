@@ -96,7 +96,7 @@ class Worker:
             ),
             what="event log stream",
         )
-        store = await until_ready(lambda: RoomStore.bind(js), what="KV buckets")
+        store = await until_ready(lambda: RoomStore.bind(nc, js), what="KV buckets")
         leases_kv = await until_ready(
             lambda: open_leases_bucket(
                 js, replicas=settings.kv_replicas, max_bytes=settings.kv_max_bytes

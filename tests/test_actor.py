@@ -100,7 +100,7 @@ async def test_a_stale_writer_is_fenced(tmp_path: Path) -> None:
         nc = await nats.connect(server.url)
         js = nc.jetstream()
         await ensure_buckets(js, ttl=60, replicas=1, max_bytes=1024**2)
-        old_owner, new_owner = await RoomStore.bind(js), await RoomStore.bind(js)
+        old_owner, new_owner = await RoomStore.bind(nc, js), await RoomStore.bind(nc, js)
         room_id = ids.new_id()
         created = decide(
             None,

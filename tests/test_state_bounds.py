@@ -19,7 +19,7 @@ from bus_schema.commands import (
 from bus_schema.events import Broadcasted, TrackStateChanged
 from bus_schema.limits import MAX_TRACK_NAME, MAX_TRACKS, MAX_TRACKS_BYTES, track_problem
 from bus_schema.state import RoomState, Track
-from room_actors.state import Clock, ExpireDisconnected, Limits, decide, next_deadline
+from room_actors.state import Clock, ExpireDisconnected, Limits, Outcome, decide, next_deadline
 from tests.test_state import ANN, BEN, FRAME, LIMITS, NOW, ROOM, created, join
 
 WINDOW = LIMITS.preconnect_window
@@ -186,7 +186,7 @@ def test_leavers_are_remembered_only_while_their_tokens_could_pass_for_fresh() -
 def test_a_track_state_that_changes_nothing_is_only_relayed() -> None:
     room = join(created(), ANN, "j1")
 
-    def mute(state: RoomState, cmd_id: str, enabled: bool) -> tuple[RoomState, object]:
+    def mute(state: RoomState, cmd_id: str) -> Outcome:
         command = SetTrackState(
             cmd_id=cmd_id,
             room_id=ROOM,
@@ -194,35 +194,24 @@ def test_a_track_state_that_changes_nothing_is_only_relayed() -> None:
             conn_id="conn",
             frame=FRAME,
             kind="audio",
-            enabled=enabled,
+            enabled=False,
         )
         outcome = decide(state, command, NOW, LIMITS)
         assert outcome.state is not None
-        (event,) = outcome.events
-        return outcome.state, event
+        assert len(outcome.events) == 1
+        return outcome
 
-    muted, first = mute(room, "t1", False)
-    assert isinstance(first, TrackStateChanged)
-    reserved, second = mute(muted, "t2", False)  # the same again: no change
-    assert isinstance(second, Broadcasted)
-    again = decide(
-        reserved,
-        SetTrackState(
-            cmd_id="t3",
-            room_id=ROOM,
-            participant_id=ANN,
-            conn_id="conn",
-            frame=FRAME,
-            kind="audio",
-            enabled=False,
-        ),
-        NOW,
-        LIMITS,
-    )
+    first = mute(room, "t1")
+    assert isinstance(first.events[0], TrackStateChanged)
+    assert first.state is not None
+    second = mute(first.state, "t2")  # the same again: no change
+    assert isinstance(second.events[0], Broadcasted)
+    assert second.state is not None
+    again = mute(second.state, "t3")
     assert not again.durable  # numbered within the reservation: not even written
     assert isinstance(again.events[0], Broadcasted)
     assert again.state is not None
-    assert again.state.participants[ANN] == muted.participants[ANN]
+    assert again.state.participants[ANN] == first.state.participants[ANN]
 
 
 def publish(state: RoomState, tracks: list[Track], limits: Limits = LIMITS) -> object:
@@ -284,7 +273,7 @@ def test_a_command_that_would_pass_the_state_bound_is_refused() -> None:
     assert msgspec.json.decode(codec.encode(joined.state))  # still a valid state
 
 
-def fullest_tracks() -> list[Track]:
+def fullest_tracks(session_id: str = "f" * 64) -> list[Track]:
     """As many bytes of tracks as a participant may announce."""
     tracks: list[Track] = []
     while len(tracks) < MAX_TRACKS:
@@ -294,7 +283,7 @@ def fullest_tracks() -> list[Track]:
                 kind="video",
                 mid="9" * 16,
                 location="local",
-                sessionId="f" * 64,
+                sessionId=session_id,
             )
             if track_problem([*tracks, track]) is None:
                 tracks.append(track)

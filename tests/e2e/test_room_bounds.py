@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import websockets
 
 from bus_schema import buckets
-from bus_schema.limits import MAX_TRACK_NAME, MAX_TRACKS, MAX_TRACKS_BYTES, track_problem
-from bus_schema.state import Track
+from bus_schema.limits import MAX_TRACKS_BYTES
 from signaling.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
 from tests.harness import (
     CALLS_APP_ID,
@@ -25,6 +25,7 @@ from tests.harness import (
     System,
     calls_env,
 )
+from tests.test_state_bounds import fullest_tracks
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,33 +37,12 @@ NAME = "\U0001d538" * 100
 """The longest participant name, four bytes a character."""
 
 
-def fullest_tracks(session_id: str) -> list[dict[str, Any]]:
-    """As many bytes of tracks as one participant may announce."""
-    tracks: list[Track] = []
-    while len(tracks) < MAX_TRACKS:
-        for length in range(MAX_TRACK_NAME, 0, -1):
-            track = Track(
-                trackName="€" * length,
-                kind="video",
-                mid=str(len(tracks)),
-                location="local",
-                sessionId=session_id,
-            )
-            if track_problem([*tracks, track]) is None:
-                tracks.append(track)
-                break
-        else:
-            break
+def tracks_to_announce(session_id: str) -> list[dict[str, Any]]:
+    """As many bytes of tracks as one participant may announce, and a field
+    the room must not keep."""
     return [
-        {
-            "trackName": t.trackName,
-            "kind": t.kind,
-            "mid": t.mid,
-            "location": t.location,
-            "sessionId": t.sessionId,
-            "extra": "x" * 200,  # relayed in the frame, never kept
-        }
-        for t in tracks
+        {**msgspec.structs.asdict(track), "extra": "x" * 200}  # relayed, never kept
+        for track in fullest_tracks(session_id)
     ]
 
 
@@ -131,7 +111,7 @@ async def test_a_full_room_at_every_cap_stays_well_under_max_payload(
             sockets.append(ws)
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 30))
             assert welcome["type"] == "welcome"
-            tracks = fullest_tracks(owned[index][0])
+            tracks = tracks_to_announce(owned[index][0])
             await ws.send(
                 json.dumps(
                     {"type": "cloudflare-session", "sessionId": owned[index][0], "tracks": tracks}

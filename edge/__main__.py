@@ -1,23 +1,18 @@
 """``python -m edge``: run one edge (Litestar on uvicorn) until SIGTERM/SIGINT."""
 
-import os
-import sys
+from collections.abc import Callable
 
 from edge.server import build_server
 from edge.settings import EdgeSettings
-from signaling.config import ConfigError
-from signaling.runtime import configure_logging, tune_gc
+from runtime.process import run_role
+
+
+def prepare(settings: EdgeSettings) -> Callable[[], None]:
+    return build_server(settings).run
 
 
 def main() -> None:
-    try:
-        settings = EdgeSettings.from_env(os.environ)
-    except ConfigError as e:
-        sys.exit(f"configuration error: {e}")
-    configure_logging(settings.log_level, settings.log_format)
-    server = build_server(settings)
-    tune_gc()
-    server.run()
+    run_role(EdgeSettings.from_env, prepare)
 
 
 if __name__ == "__main__":

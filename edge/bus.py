@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -20,9 +19,10 @@ from edge import metrics
 from edge.commands import RoomCommands
 from edge.fanout import Fanout
 from edge.settings import EdgeSettings
-from signaling.natsconn import connect
-from signaling.services import MicroService, version
-from signaling.streams import bucket_keys
+from runtime.clock import iso_now
+from runtime.natsconn import connect
+from runtime.services import MicroService, version
+from runtime.streams import bucket_keys
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class EdgeBus:
         self._js = nc.jetstream()
         self._kv: dict[str, KeyValue] = {}
         self._settings = settings
-        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self._started_at = iso_now()
         self.draining = False
         """Set on SIGTERM: /ready answers 503 and new sockets are refused."""
 
@@ -100,7 +100,7 @@ class EdgeBus:
     async def room_ids(self) -> list[str]:
         """Every room with stored state, and rooms closed lately (their delete
         markers): read a room's state to tell. Never misses a room that exists
-        (`signaling.streams.bucket_keys` says why not ``KeyValue.keys()``)."""
+        (`runtime.streams.bucket_keys` says why not ``KeyValue.keys()``)."""
         keys = await bucket_keys(self.nc, buckets.ROOM_STATE)
         return [key for key in keys if is_uuid(key)]
 

@@ -4,10 +4,9 @@ Label values come from small fixed sets: client message types other than the
 protocol's own are counted as ``other``, so a client cannot create series.
 """
 
-import functools
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
+
+from runtime.metrics import child as child  # re-exported: `metrics.child(...)`
 
 CONNECTIONS = Gauge("signaling_edge_connections", "Open WebSocket connections")
 ROOMS = Gauge("signaling_edge_rooms", "Rooms with at least one client on this edge")
@@ -54,14 +53,3 @@ KNOWN_TYPES = frozenset(
 
 def kind(message_type: str) -> str:
     return message_type if message_type in KNOWN_TYPES else "other"
-
-
-def child(metric: Any, *labels: str) -> Any:
-    """``metric.labels(*labels)``, cached: label values come from small fixed sets,
-    and looking a child up costs more than the increment itself."""
-    return _child(metric, labels)
-
-
-@functools.lru_cache(maxsize=1024)
-def _child(metric: Any, labels: tuple[str, ...]) -> Any:
-    return metric.labels(*labels)

@@ -4,7 +4,6 @@ Bodies and answers are typed, so the OpenAPI schema (``/schema``) describes
 them; every error answers ``{"error", "code"}`` (see `edge.errors`).
 """
 
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -23,15 +22,11 @@ from edge.commands import CommandFailed
 from edge.errors import ApiError, ErrorBody
 from edge.limits import AddressLimits
 from edge.settings import EdgeSettings
+from runtime.clock import iso_now
 
 _V = TypeVar("_V")
 
 MAX_TIMEOUT = 7 * 24 * 3600
-
-
-def iso_now() -> str:
-    """ISO 8601 in UTC with milliseconds, as JavaScript's ``toISOString`` writes it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class CreateRoomBody(msgspec.Struct):

@@ -1,22 +1,19 @@
 """``python -m room_actors``: run one room actor worker until SIGTERM/SIGINT."""
 
-import os
-import sys
+from collections.abc import Callable
 
 from room_actors.settings import ActorSettings
 from room_actors.worker import Worker
-from signaling.config import ConfigError
-from signaling.runtime import configure_logging, run_until_signalled, tune_gc
+from runtime.process import run_role, run_until_signalled
+
+
+def prepare(settings: ActorSettings) -> Callable[[], None]:
+    worker = Worker(settings)
+    return lambda: run_until_signalled(worker.run)
 
 
 def main() -> None:
-    try:
-        settings = ActorSettings.from_env(os.environ)
-    except ConfigError as e:
-        sys.exit(f"configuration error: {e}")
-    configure_logging(settings.log_level, settings.log_format)
-    tune_gc()
-    run_until_signalled(Worker(settings).run)
+    run_role(ActorSettings.from_env, prepare)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from msgspec.structs import replace
 from nats.aio.client import Client
@@ -48,7 +47,6 @@ from bus_schema.log import LogEntry
 from bus_schema.state import CallsSession, RoomState
 from room_actors import metrics
 from room_actors.state import (
-    Clock,
     ExpireDisconnected,
     Internal,
     Limits,
@@ -58,6 +56,8 @@ from room_actors.state import (
     resumed,
 )
 from room_actors.store import Fenced, RoomStore
+from runtime import clock
+from runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,6 @@ events are saved with the state (the outbox), so this bounds what they add."""
 
 RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
 """The answer when this worker does not (or no longer) own the room."""
-
-
-_second: list[Any] = [-1, ""]
-"""The last whole second formatted, and its text (formatting is the slow part)."""
-
-
-def clock_now() -> Clock:
-    """Now, as ISO 8601 in UTC with milliseconds (JavaScript's ``toISOString``)
-    and as Unix seconds."""
-    epoch = time.time()
-    second = int(epoch)
-    if second != _second[0]:
-        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return Clock(iso=f"{_second[1]}.{int((epoch - second) * 1000):03d}Z", epoch=epoch)
 
 
 @dataclass(slots=True)
@@ -340,7 +326,7 @@ class RoomActor:
         """The durable event log: what happened to the room, in order."""
         if not entries and all(isinstance(e, Broadcasted) for e in events):
             return  # relayed messages are not logged: nothing to do on the hot path
-        at = (now or clock_now()).iso
+        at = (now or clock.now()).iso
         entries = entries + [e for e in (log_entry(event, at) for event in events) if e]
         if entries:
             await self._store.append_log(entries)
@@ -353,7 +339,7 @@ class RoomActor:
                 self._recent.append(event)
 
     def _apply(self, batch: list[_Pending]) -> "_Turn":
-        now = clock_now()
+        now = clock.now()
         turn = _Turn(self._state, now=now)
         for pending in batch:
             command = pending.command

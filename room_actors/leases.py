@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
@@ -42,16 +41,13 @@ from bus_schema import buckets, codec, subjects
 from bus_schema.state import PartitionLease, WorkerLease
 from room_actors import metrics
 from room_actors.placement import assign
-from signaling.natsconn import until_ready
+from runtime.clock import iso_now
+from runtime.natsconn import until_ready
 
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 _WRONG_LAST_SEQUENCE = (10071, 10164)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +101,7 @@ class Leases:
         """partition -> revision of its key, as we wrote it."""
         self._revision = 0
         self._valid_until = 0.0
-        self._started_at = _now()
+        self._started_at = iso_now()
         self._leaving = False
         self._changed = asyncio.Event()
         self._synced = asyncio.Event()
@@ -160,7 +156,7 @@ class Leases:
             WorkerLease(
                 worker_id=self.worker_id,
                 started_at=self._started_at,
-                renewed_at=_now(),
+                renewed_at=iso_now(),
                 leaving=self._leaving,
                 partitions=self.owned,
             )
@@ -351,7 +347,7 @@ class Leases:
 
     async def _claim(self, partition: int, revision: int) -> bool:
         value = codec.encode(
-            PartitionLease(partition=partition, worker_id=self.worker_id, since=_now())
+            PartitionLease(partition=partition, worker_id=self.worker_id, since=iso_now())
         )
         key = buckets.partition_key(partition)
         try:

@@ -1,9 +1,8 @@
 """Prometheus metrics of a room actor worker (served on ``METRICS_PORT``)."""
 
-import functools
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
+
+from runtime.metrics import child as child  # re-exported: `metrics.child(...)`
 
 ROOMS_ACTIVE = Gauge("signaling_actor_rooms_active", "Rooms in this worker's memory")
 PARTITIONS_OWNED = Gauge("signaling_actor_partitions_owned", "Partitions this worker serves")
@@ -36,14 +35,3 @@ LOG_FAILED = Counter(
     "Events that could not be appended to the event log after retries",
 )
 ROOMS_CLOSED = Counter("signaling_actor_rooms_closed_total", "Rooms closed, by reason", ["reason"])
-
-
-def child(metric: Any, *labels: str) -> Any:
-    """``metric.labels(*labels)``, cached: label values come from small fixed sets,
-    and looking a child up costs more than the increment itself."""
-    return _child(metric, labels)
-
-
-@functools.lru_cache(maxsize=1024)
-def _child(metric: Any, labels: tuple[str, ...]) -> Any:
-    return metric.labels(*labels)

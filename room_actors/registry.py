@@ -17,7 +17,7 @@ from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
 from room_actors.state import ExpireDisconnected, Limits, Republish
 from room_actors.store import RoomStore
-from signaling.services import MicroService
+from runtime.services import MicroService
 
 log = logging.getLogger(__name__)
 

@@ -49,6 +49,7 @@ from bus_schema.events import (
 from bus_schema.ids import is_token_id
 from bus_schema.limits import track_problem
 from bus_schema.state import TRACK_KINDS, Participant, RoomMeta, RoomState
+from runtime.clock import Clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +92,6 @@ class Limits:
     (each only for ``preconnect_window`` seconds)."""
     state_max_bytes: int = 512 * 1024
     """A command that would make the stored state larger is refused."""
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """The time of a turn, as ISO 8601 (for people) and Unix seconds (for deadlines)."""
-
-    iso: str
-    epoch: float
 
 
 @dataclass(frozen=True, slots=True)

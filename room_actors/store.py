@@ -21,7 +21,7 @@ from bus_schema import buckets, codec, subjects
 from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors import metrics
-from signaling.streams import bucket_keys, ensure_limits, ensure_stream, kv_stream
+from runtime.streams import bucket_keys, ensure_limits, ensure_stream, kv_stream
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,6 @@ class RoomStore:
     async def room_ids(self) -> list[str]:
         """Every room key of ``room_state``, deleted ones included (reading the
         key tells): the server's own list, not nats-py's ``keys()``, which may
-        come back short (`signaling.streams.bucket_keys`)."""
+        come back short (`runtime.streams.bucket_keys`)."""
         assert self._nc is not None, "bind() the store to list rooms"
         return await bucket_keys(self._nc, buckets.ROOM_STATE)

@@ -16,8 +16,8 @@ from room_actors.registry import Registry
 from room_actors.settings import ActorSettings
 from room_actors.state import EdgesLost, Limits
 from room_actors.store import RoomStore, ensure_buckets, ensure_log_stream
-from signaling.natsconn import connect, until_ready
-from signaling.services import MicroService
+from runtime.natsconn import connect, until_ready
+from runtime.services import MicroService
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,5 @@
-"""Process entry points and what every process shares.
-
-``signaling dev|edge|actors`` (`signaling.cli`), the nats-server launcher used by
-``signaling dev`` and by the tests (`signaling.natsserver`), environment parsing
-(`signaling.config`) and the NATS connection helper (`signaling.natsconn`).
+"""The launcher, on top of every role: ``signaling dev|edge|actors|webhooks|
+admin-token`` (`signaling.cli`) and the nats-server it starts for ``signaling
+dev`` and the tests (`signaling.natsserver`, with the NATS users of
+``nats_auth.conf``). Nothing below imports it.
 """

@@ -136,7 +136,7 @@ def start_fake_calls(logs: Path) -> tuple["subprocess.Popen[bytes]", dict[str, s
     }
     # --name=value: a secret may start with "-", which argparse would take for an option.
     args = [
-        sys.executable, "-m", "signaling.fakecalls", f"--port={port}",
+        sys.executable, "-m", "tools.fakecalls", f"--port={port}",
         f"--app-id={env['CLOUDFLARE_APP_ID']}",
         f"--app-secret={env['CLOUDFLARE_APP_SECRET']}",
         f"--turn-key-id={env['CLOUDFLARE_TURN_KEY_ID']}",

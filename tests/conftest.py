@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from signaling.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
 from tests.harness import CALLS_APP_ID, CALLS_APP_SECRET, TURN_KEY, TURN_TOKEN, Api, System
+from tools.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -23,9 +23,9 @@ from bus_schema import buckets, codec, ids, subjects
 from bus_schema.commands import GetSnapshot
 from bus_schema.state import RoomState
 from bus_schema.status import WorkerStatus
+from runtime.config import NatsTls
+from runtime.natsconn import Role, inbox_prefix
 from signaling.cli import wait_ready
-from signaling.config import NatsTls
-from signaling.natsconn import Role, inbox_prefix
 from signaling.natsserver import NatsServer, NatsUsers, ServerTls, python_module, terminate
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"

@@ -1,21 +1,19 @@
 """``python -m webhooks``: run one webhook dispatcher until SIGTERM/SIGINT."""
 
-import os
-import sys
+from collections.abc import Callable
 
-from signaling.config import ConfigError
-from signaling.runtime import configure_logging, run_until_signalled
+from runtime.process import run_role, run_until_signalled
 from webhooks.dispatcher import Dispatcher
 from webhooks.settings import WebhookSettings
 
 
+def prepare(settings: WebhookSettings) -> Callable[[], None]:
+    dispatcher = Dispatcher(settings)
+    return lambda: run_until_signalled(dispatcher.run)
+
+
 def main() -> None:
-    try:
-        settings = WebhookSettings.from_env(os.environ)
-    except ConfigError as e:
-        sys.exit(f"configuration error: {e}")
-    configure_logging(settings.log_level, settings.log_format)
-    run_until_signalled(Dispatcher(settings).run)
+    run_role(WebhookSettings.from_env, prepare)
 
 
 if __name__ == "__main__":

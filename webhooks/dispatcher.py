@@ -40,9 +40,9 @@ from prometheus_client import start_http_server
 from bus_schema import codec, subjects
 from bus_schema.log import DEAD_LETTER_STREAM, LOG_STREAM, LogEntry, log_entry
 from bus_schema.status import DispatcherStatus
-from signaling.natsconn import connect, until_ready
-from signaling.services import MicroService, version
-from signaling.streams import ensure_stream
+from runtime.natsconn import connect, until_ready
+from runtime.services import MicroService, version
+from runtime.streams import ensure_stream
 from webhooks import metrics, signing
 from webhooks.settings import WebhookSettings
 

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bus_schema.ids import is_token_id, new_token_id
-from signaling.config import ConfigError, Env, NatsCredentials, nats_servers
+from runtime.config import ConfigError, Env, NatsCredentials, nats_servers
 
 MIN_SECRET_LENGTH = 24
 

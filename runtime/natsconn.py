@@ -1,0 +1,117 @@
+"""Connecting to NATS the same way in every process."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import nats
+from nats.aio.client import Client
+
+from runtime.config import NatsCredentials
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+Role = Literal["edge", "actors", "webhooks"]
+
+
+def inbox_prefix(role: Role) -> str:
+    """Where a role's replies arrive: each role has its own prefix and
+    ``nats_auth.conf`` lets it subscribe to that one only, so no role reads
+    another's replies (KV reads, JetStream acks, status answers)."""
+    return f"_INBOX_{role}"
+
+
+def _options(servers: list[str], credentials: NatsCredentials | None) -> dict[str, Any]:
+    """Authentication and TLS options for ``nats.connect``."""
+    options: dict[str, Any] = {}
+    if credentials is None:
+        return options
+    if credentials.user and credentials.password:
+        options |= {"user": credentials.user, "password": credentials.password}
+    if credentials.creds_file:
+        options["user_credentials"] = credentials.creds_file
+    if credentials.tls.enabled(servers):
+        options |= {
+            "tls": credentials.tls.context(),
+            "tls_handshake_first": credentials.tls.first,
+        }
+    return options
+
+
+async def connect(
+    servers: list[str],
+    *,
+    name: str,
+    role: Role,
+    deadline: float = 30.0,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_disconnected: Callable[[], Awaitable[None]] | None = None,
+    credentials: NatsCredentials | None = None,
+) -> Client:
+    """Connect as ``role``, retrying the first connection until ``deadline``
+    seconds passed; afterwards the client reconnects on its own, forever."""
+
+    async def error_cb(error: Exception) -> None:
+        log.warning("nats: %s: %s", type(error).__name__, error, exc_info=error)
+
+    async def reconnected_cb() -> None:
+        log.info("nats: reconnected")
+        if on_reconnected is not None:
+            await on_reconnected()
+
+    async def disconnected_cb() -> None:
+        log.info("nats: disconnected")
+        if on_disconnected is not None:
+            await on_disconnected()
+
+    options = _options(servers, credentials)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    delay = 0.1
+    while True:
+        try:
+            # nats-py retries a first connection forever when reconnecting is
+            # allowed (max_reconnect_attempts=-1): the deadline is ours to keep.
+            connecting = nats.connect(
+                servers=servers,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                error_cb=error_cb,
+                reconnected_cb=reconnected_cb,
+                disconnected_cb=disconnected_cb,
+                inbox_prefix=inbox_prefix(role),
+                **options,
+            )
+            return await asyncio.wait_for(connecting, max(give_up - loop.time(), 0.1))
+        except (OSError, TimeoutError, nats.errors.NoServersError) as e:
+            if loop.time() + delay > give_up:
+                raise ConnectionError(f"cannot reach NATS at {', '.join(servers)}") from e
+            log.info("nats: not reachable yet (%s), retrying", type(e).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+async def until_ready(
+    operation: Callable[[], Awaitable[_T]], *, what: str, deadline: float = 60.0
+) -> _T:
+    """Retry ``operation`` while JetStream is not ready yet (a cluster electing
+    its leaders, a node restarting), up to ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except (nats.errors.Error, TimeoutError) as e:
+            if loop.time() + delay > give_up:
+                raise
+            log.info("%s: not ready (%s), retrying", what, type(e).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

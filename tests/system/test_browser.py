@@ -1,0 +1,422 @@
+"""The web client in a real browser: Debian's Chromium, headless, driven by
+Playwright, with fake camera and microphone. People call each other through
+different edges of a running multi-edge system."""
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright
+
+from edge.auth import TokenService
+from tests.harness import JWT_SECRET, Api, System, calls_env
+from tools.fakecalls import FakeCallsServer
+
+CHROMIUM = (
+    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+)
+ARTIFACTS = Path(
+    os.environ.get("TEST_ARTIFACTS", Path(__file__).parents[2] / "tests" / "artifacts")
+)
+WAIT = 45.0
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium: install Debian's `chromium` package (.ci/run does) "
+        "or set CHROMIUM=/path/to/chromium to run the browser tests",
+    ),
+]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+class Cable:
+    """A TCP forwarder in front of an edge: the browser's link to the service,
+    which a test can cut (no Close frame: the connection just drops) and plug
+    into another edge."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.listen_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    async def start(self) -> "Cable":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.listen_port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    def cut(self, new_port: int | None = None) -> None:
+        """Drop every connection at once (a reset, as when a network fails)."""
+        if new_port is not None:
+            self.port = new_port
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        await launched.close()
+
+
+async def open_page(browser: Browser, url: str) -> Page:
+    """A page in its own browser context (its own storage), camera and mic allowed."""
+    context = await browser.new_context(
+        permissions=["camera", "microphone"], viewport={"width": 960, "height": 400}
+    )
+    page = await context.new_page()
+    page.set_default_timeout(WAIT * 1000)
+    await page.goto(url)
+    return page
+
+
+async def join(browser: Browser, base_url: str, room_id: str, name: str) -> Page:
+    page = await open_page(browser, f"{base_url}/?room={room_id}")
+    await page.fill("#display-name", name)
+    await page.click("#join-form button")
+    await page.wait_for_selector("#status[data-state=connected]")
+    return page
+
+
+async def until(page: Page, script: str, arg: Any = None, timeout: float = WAIT) -> Any:
+    """Poll ``script`` (an async JS function of one argument) in the page until
+    it returns something truthy, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await page.evaluate(script, arg)
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {script!r} (last: {last!r})")
+
+
+PEER_MEDIA = """async (want) => {
+  const call = window.signaling.call;
+  if (!call || call.peers.size !== want) return null;
+  const out = {};
+  for (const [id, link] of call.peers) {
+    if (link.pc.connectionState !== "connected") return null;
+    let frames = 0;
+    (await link.pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") frames += r.framesDecoded || 0;
+    });
+    const video = document.querySelector(`.tile[data-participant-id="${id}"] video`);
+    if (frames === 0 || !video || video.videoWidth === 0) return null;
+    out[id] = frames;
+  }
+  return out;
+}"""
+
+
+ROW = 'document.querySelector(`#participants li[data-participant-id="${id}"]`)'
+ROW_SAYS = f"([id, key, value]) => {ROW}?.dataset[key] === value"
+"""The participant list shows ``key`` (audio/video) of participant ``id`` as ``value``."""
+GONE = f"(id) => !{ROW} && window.signaling.call.peers.size === 1"
+GONE_FROM_LIST = f"(id) => !{ROW}"
+
+
+async def media_flowing(page: Page, peers: int) -> dict[str, int]:
+    """Every peer link connected, video decoded from each, and still flowing."""
+    first: dict[str, int] = await until(page, PEER_MEDIA, peers)
+    more: dict[str, int] = await until(
+        page,
+        """async ([want, first]) => {
+          const now = await ("""
+        + PEER_MEDIA
+        + """)(want);
+          if (!now) return null;
+          return Object.keys(first).every((id) => now[id] > first[id] + 5) ? now : null;
+        }""",
+        [peers, first],
+    )
+    return more
+
+
+async def me(page: Page) -> str:
+    participant_id: str = await page.evaluate("window.signaling.call.me")
+    return participant_id
+
+
+async def listed(page: Page) -> dict[str, dict[str, str]]:
+    """The participant list as shown: id -> audio/video/name."""
+    rows: dict[str, dict[str, str]] = await page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#participants li')].map(
+             (li) => [li.dataset.participantId, {audio: li.dataset.audio, video: li.dataset.video,
+                                                name: li.querySelector('.name').textContent}]))"""
+    )
+    return rows
+
+
+async def events(page: Page) -> list[dict[str, str]]:
+    seen: list[dict[str, str]] = await page.evaluate("window.signaling.events")
+    return seen
+
+
+async def test_a_call_between_browsers_on_different_edges(
+    make_system: Callable[..., System], browser: Browser
+) -> None:
+    # Loopback only: no STUN server to ask, host candidates are enough here.
+    system = make_system(STUN_URLS="")
+    await system.start(edges=2)
+    edge_a, edge_b = system.edges
+    cable = await Cable(edge_a.port).start()
+    api = Api(edge_a.url)
+    try:
+        room_id = await api.create_room("browser call")
+
+        # Two people, each through another edge, reach each other with video both ways.
+        alice = await join(browser, cable.url, room_id, "Alice")
+        bob = await join(browser, edge_b.url, room_id, "Bob")
+        assert await alice.evaluate("window.signaling.mode") == "p2p"
+        await media_flowing(alice, 1)
+        await media_flowing(bob, 1)
+        alice_id, bob_id = await me(alice), await me(bob)
+        assert set(await listed(alice)) == set(await listed(bob)) == {alice_id, bob_id}
+        await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
+        await alice.screenshot(path=str(ARTIFACTS / "two-person-call.png"))
+
+        # A third joins later, sees both, and everybody is connected to everybody.
+        carol = await join(browser, edge_a.url, room_id, "Carol")
+        carol_id = await me(carol)
+        for page in (alice, bob, carol):
+            await media_flowing(page, 2)
+            await until(
+                page, "(n) => document.querySelectorAll('#participants li').length === n", 3
+            )
+        names = {row["name"] for row in (await listed(carol)).values()}
+        assert names == {"Alice", "Bob", "Carol (you)"}
+
+        # Bob mutes his microphone: the others see it.
+        await bob.click("#toggle-audio")
+        for page in (alice, carol):
+            await until(page, ROW_SAYS, [bob_id, "audio", "false"])
+        assert (await listed(bob))[bob_id]["audio"] == "false"
+
+        # Alice's WebSocket drops (no Close frame) and her link now leads to the
+        # other edge: she reconnects, resumes, and nobody sees her leave or join.
+        welcomes = sum(e["type"] == "welcome" for e in await events(alice))
+        marks = {page: len(await events(page)) for page in (bob, carol)}
+        cable.cut(new_port=edge_b.port)
+        await until(
+            alice,
+            "(n) => window.signaling.events.filter((e) => e.type === 'welcome').length > n",
+            welcomes,
+        )
+        await alice.wait_for_selector("#status[data-state=connected]")
+        await alice.click("#toggle-video")
+        for page in (bob, carol):
+            await until(page, ROW_SAYS, [alice_id, "video", "false"])
+            since = (await events(page))[marks[page] :]
+            churn = [e for e in since if e["type"] in ("join", "leave") and e["from"] == alice_id]
+            assert churn == [], since
+        await media_flowing(alice, 2)
+
+        # Carol closes her tab: the others see her leave.
+        await carol.context.close()
+        for page in (alice, bob):
+            await until(page, GONE, carol_id)
+            assert {"type": "leave", "from": carol_id} in await events(page)
+    finally:
+        await api.close()
+        await cable.close()
+
+
+async def test_the_page_says_what_went_wrong(
+    make_system: Callable[..., System], browser: Browser
+) -> None:
+    system = make_system(STUN_URLS="")
+    await system.start(edges=1)
+    url = system.edges[0].url
+    api = Api(url)
+    try:
+        # No room in the link: the page offers to create one, and does.
+        page = await open_page(browser, f"{url}/")
+        await page.fill("#room-name", "made in a browser")
+        await page.click("#create-form button")
+        await page.wait_for_selector("#join-view:not([hidden])")
+        assert "room=" in page.url
+        assert await page.text_content("#room-title") == "made in a browser"
+
+        # A link to a room that does not exist.
+        missing = await open_page(browser, f"{url}/?room=00000000-0000-4000-8000-000000000000")
+        await missing.wait_for_selector("#error:not([hidden])")
+        assert "invalid or the room has expired" in (await missing.text_content("#error") or "")
+        garbage = await open_page(browser, f"{url}/?room=not-a-room")
+        await garbage.wait_for_selector("#error:not([hidden])")
+        assert "invalid or the room has expired" in (await garbage.text_content("#error") or "")
+
+        # A full room.
+        room_id = await api.create_room("tiny", max_participants=1)
+        await join(browser, url, room_id, "First")
+        second = await open_page(browser, f"{url}/?room={room_id}")
+        await second.fill("#display-name", "Second")
+        await second.click("#join-form button")
+        await second.wait_for_selector("#error:not([hidden])")
+        assert await second.text_content("#error") == "This room is full."
+        assert await second.is_visible("#join-view")
+    finally:
+        await api.close()
+
+
+async def test_a_call_through_the_calls_sfu(
+    make_system: Callable[..., System], browser: Browser, fake_calls: FakeCallsServer
+) -> None:
+    """With Calls configured, the page publishes through the proxy and pulls the
+    others' tracks (the stand-in negotiates but carries no media)."""
+    system = make_system(STUN_URLS="", TURN_CREDENTIALS_TTL="10", **calls_env(fake_calls.base_url))
+    await system.start(edges=2)
+    edge_a, edge_b = system.edges
+    api = Api(edge_a.url)
+    try:
+        room_id = await api.create_room("sfu call")
+        alice = await join(browser, edge_a.url, room_id, "Alice")
+        bob = await join(browser, edge_b.url, room_id, "Bob")
+        assert await alice.evaluate("window.signaling.mode") == "sfu"
+        alice_id, bob_id = await me(alice), await me(bob)
+        pulled = """(id) => {
+          const call = window.signaling.call;
+          const p = call.participants.get(id);
+          const pulled = call.sfu.pulled.get(id);
+          return p && p.session && pulled && pulled.mids.length === 2
+            && call.sfu.pc.signalingState === "stable" ? p.session : null;
+        }"""
+        bob_session = await until(alice, pulled, bob_id)
+        alice_session = await until(bob, pulled, alice_id)
+        # The stand-in saw both publish two tracks and pull the other's two.
+        sessions = fake_calls.fake.sessions
+        assert {
+            t.track_name for t in sessions[alice_session].tracks.values() if t.location == "local"
+        } == {
+            f"{alice_id}-audio",
+            f"{alice_id}-video",
+        }
+        assert bob_session in sessions
+        for page in (alice, bob):
+            assert await page.is_hidden("#error"), await page.text_content("#error")
+        # TURN credentials live 10 s here: the page renews them at half their
+        # life and hands them to its peer connection.
+        first = await alice.evaluate(
+            "window.signaling.call.sfu.pc.getConfiguration().iceServers"
+            ".find((s) => s.username).username"
+        )
+        renewed = await until(
+            alice,
+            """(first) => {
+              const servers = window.signaling.call.sfu.pc.getConfiguration().iceServers;
+              const turn = servers.find((s) => s.username);
+              return window.signaling.iceRenewals > 0 && turn.username !== first
+                ? turn.username : null;
+            }""",
+            first,
+            timeout=20,
+        )
+        assert renewed != first
+    finally:
+        await api.close()
+
+
+async def test_the_page_follows_what_an_operator_does(
+    make_system: Callable[..., System], browser: Browser
+) -> None:
+    """Mute, remove and close through the room service API, seen in the pages."""
+    system = make_system(STUN_URLS="")
+    await system.start(edges=1)
+    url = system.edges[0].url
+    api = Api(url)
+    token = TokenService(JWT_SECRET, ttl=600).issue_admin()
+    admin = httpx.AsyncClient(
+        base_url=f"{url}/api/admin", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    try:
+        room_id = await api.create_room("moderated call")
+        alice = await join(browser, url, room_id, "Alice")
+        bob = await join(browser, url, room_id, "Bob")
+        alice_id, bob_id = await me(alice), await me(bob)
+
+        muted = await admin.post(
+            f"/rooms/{room_id}/participants/{alice_id}/mute", json={"kind": "audio"}
+        )
+        assert muted.status_code == 200, muted.text
+        # Alice's own microphone is turned off, and everyone's list says so.
+        await until(
+            alice, "() => document.querySelector('#toggle-audio').textContent === 'Unmute mic'"
+        )
+        assert await alice.evaluate(
+            "window.signaling.call.stream.getAudioTracks().every((t) => !t.enabled)"
+        )
+        for page in (alice, bob):
+            await until(page, ROW_SAYS, [alice_id, "audio", "false"])
+
+        removed = await admin.delete(f"/rooms/{room_id}/participants/{bob_id}")
+        assert removed.status_code == 200, removed.text
+        await bob.wait_for_selector("#error:not([hidden])")
+        assert await bob.text_content("#error") == "You were removed from the room."
+        await until(alice, GONE_FROM_LIST, bob_id)
+
+        closed = await admin.delete(f"/rooms/{room_id}")
+        assert closed.status_code == 200, closed.text
+        await alice.wait_for_selector("#error:not([hidden])")
+        assert await alice.text_content("#error") == "The room was closed."
+        await alice.wait_for_selector("#status[data-state=closed]")
+    finally:
+        await admin.aclose()
+        await api.close()

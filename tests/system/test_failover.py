@@ -1,0 +1,192 @@
+"""Room actors across several workers: one owner per room, failover, fencing,
+rebalancing and handover, with worker processes killed, paused and stopped for real."""
+
+import asyncio
+import collections
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bus_schema import buckets, codec, subjects
+from tests.harness import Api, System, enter
+from tests.system.traffic import (
+    assert_exactly_once_in_order,
+    chat,
+    open_rooms,
+    stop_recorders,
+    wait_delivered,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def wait_log(proc_log: Callable[[], str], text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc_log():
+        assert time.monotonic() < deadline, f"never logged {text!r}"
+        await asyncio.sleep(0.1)
+
+
+async def test_sigkill_a_worker_mid_traffic(make_system: Callable[..., System]) -> None:
+    system = make_system()
+    await system.start(actors=3)
+    bus = await system.bus()
+    workers = [a.env["WORKER_ID"] for a in system.actors]
+    await bus.balanced(workers)
+    api = Api(system.edges[0].url)
+    rooms = await open_rooms(api, [system.edges[0].ws_url], rooms=30, size=3)
+    owners = collections.Counter([await bus.room_owner(room.room_id) for room in rooms])
+    victim = owners.most_common(1)[0][0]
+    assert victim is not None
+
+    talking = asyncio.create_task(chat(rooms, 20, pause=0.05))
+    await asyncio.sleep(0.3)  # mid-traffic: some messages sent, most still to come
+    system.actor(victim).kill()
+    await talking
+    await wait_delivered(rooms, 20)
+    assert_exactly_once_in_order(rooms, 20)
+
+    survivors = [w for w in workers if w != victim]
+    await bus.balanced(survivors)
+    for room in rooms:
+        assert await bus.room_owner(room.room_id) in survivors
+        state = await bus.room_state(room.room_id)
+        assert state is not None
+        assert sorted(p.name for p in state.participants.values()) == ["m0", "m1", "m2"]
+    await stop_recorders(rooms)
+    await bus.close()
+    await api.close()
+
+
+async def test_paused_worker_cannot_overwrite_after_takeover(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(LEASE_TTL="1")
+    await system.start(actors=2)
+    bus = await system.bus()
+    workers = [a.env["WORKER_ID"] for a in system.actors]
+    await bus.balanced(workers)
+    api = Api(system.edges[0].url)
+    [room] = await open_rooms(api, [system.edges[0].ws_url], rooms=1, size=2)
+    paused_id = await bus.room_owner(room.room_id)
+    assert paused_id is not None
+    paused = system.actor(paused_id)
+
+    # Record every revision of the room's state as it is written.
+    written: list[int] = []
+    kv = await bus.js.key_value(buckets.ROOM_STATE)
+    watcher = await kv.watch(room.room_id)
+
+    async def record() -> None:
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                written.append(codec.room_state.decode(entry.value).seq)
+
+    recording = asyncio.create_task(record())
+
+    paused.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        await chat([room], 5)
+        await wait_delivered([room], 5)
+        new_owner = await bus.room_owner(room.room_id)
+        assert new_owner not in (None, paused_id)
+    finally:
+        paused.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    await wait_log(paused.log, "lost its lease")
+    await chat([room], 5, first=5)
+    await wait_delivered([room], 10)
+    assert_exactly_once_in_order([room], 10)
+
+    state = await bus.room_state(room.room_id)
+    assert state is not None
+    assert written == sorted(set(written)), written  # never rewritten from an older revision
+    assert written[-1] == state.seq
+    recording.cancel()
+    await watcher.stop()
+    await stop_recorders([room])
+    await bus.close()
+    await api.close()
+
+
+async def test_a_fourth_worker_takes_its_share(make_system: Callable[..., System]) -> None:
+    system = make_system()
+    await system.start(actors=3)
+    bus = await system.bus()
+    workers = [a.env["WORKER_ID"] for a in system.actors]
+    await bus.balanced(workers)
+    api = Api(system.edges[0].url)
+    rooms = await open_rooms(api, [system.edges[0].ws_url], rooms=12, size=2)
+    await chat(rooms, 3)
+
+    fourth = system.start_actor()
+    owned = await bus.balanced([*workers, fourth.env["WORKER_ID"]])
+    assert sorted(len(p) for p in owned.values()) == [8, 8, 8, 8]
+
+    await chat(rooms, 3, first=3)
+    await wait_delivered(rooms, 6)
+    assert_exactly_once_in_order(rooms, 6)
+    await stop_recorders(rooms)
+    await bus.close()
+    await api.close()
+
+
+async def test_sigterm_hands_over_without_waiting_for_the_lease(
+    make_system: Callable[..., System],
+) -> None:
+    # A lease that would take a minute to expire: only a handover can be this quick.
+    system = make_system(LEASE_TTL="60")
+    await system.start(actors=3)
+    bus = await system.bus()
+    workers = [a.env["WORKER_ID"] for a in system.actors]
+    await bus.balanced(workers)
+    api = Api(system.edges[0].url)
+    rooms = await open_rooms(api, [system.edges[0].ws_url], rooms=10, size=2)
+    leaving = collections.Counter([await bus.room_owner(r.room_id) for r in rooms]).most_common(1)
+    leaving_id = leaving[0][0]
+    assert leaving_id is not None
+
+    assert system.actor(leaving_id).stop() == 0
+    assert "handing partitions over" in system.actor(leaving_id).log()
+    await chat(rooms, 3)  # edges give up after 10 s, far below the 60 s lease
+    await wait_delivered(rooms, 3)
+    assert_exactly_once_in_order(rooms, 3)
+    await bus.balanced([w for w in workers if w != leaving_id])
+    await stop_recorders(rooms)
+    await bus.close()
+    await api.close()
+
+
+async def test_idle_rooms_are_passivated_and_reload(make_system: Callable[..., System]) -> None:
+    system = make_system(ROOM_PASSIVATE_AFTER="1")
+    await system.start()
+    bus = await system.bus()
+    worker_id = system.actors[0].env["WORKER_ID"]
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("sleepy")
+    deadline = time.monotonic() + 30
+    while (await bus.status(worker_id)).rooms_active != 0:
+        assert time.monotonic() < deadline, "room never passivated"
+        await asyncio.sleep(0.2)
+    member = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    assert (await bus.status(worker_id)).rooms_active == 1
+    await member.client.close()
+    await bus.close()
+    await api.close()
+
+
+async def test_partitions_and_owners_are_readable_in_kv(make_system: Callable[..., System]) -> None:
+    system = make_system()
+    await system.start(actors=2)
+    bus = await system.bus()
+    workers = [a.env["WORKER_ID"] for a in system.actors]
+    owned = await bus.balanced(workers)
+    kv = await bus.js.key_value(buckets.LEASES)
+    keys = set(await kv.keys())
+    assert {buckets.worker_key(w) for w in workers} <= keys
+    assert {buckets.partition_key(p) for p in range(subjects.PARTITIONS)} <= keys
+    for worker_id, partitions in owned.items():
+        for partition in partitions:
+            assert await bus.partition_owner(partition) == worker_id
+    await bus.close()

@@ -20,6 +20,3 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     """No actor answered before the deadline."""
     INTERNAL = "internal"
-
-
-RETRYABLE = frozenset({ErrorCode.NOT_OWNER})

@@ -21,14 +21,6 @@ PARTICIPANT_JOINED = "participant_joined"
 PARTICIPANT_LEFT = "participant_left"
 SESSION_PUBLISHED = "session_published"
 TRACK_STATE_CHANGED = "track_state_changed"
-EVENTS = (
-    ROOM_CREATED,
-    ROOM_CLOSED,
-    PARTICIPANT_JOINED,
-    PARTICIPANT_LEFT,
-    SESSION_PUBLISHED,
-    TRACK_STATE_CHANGED,
-)
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

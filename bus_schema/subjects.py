@@ -31,8 +31,6 @@ PREFIX = "signal"
 PARTITIONS = 32
 """Rooms are spread over this many partitions. Changing it re-shards every room."""
 
-ALL = f"{PREFIX}.>"
-
 
 class InvalidSubjectToken(ValueError):
     """An id that would change the shape of a subject (a dot, a wildcard, a space...)."""

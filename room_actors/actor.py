@@ -154,10 +154,10 @@ class RoomActor:
         self.last_active = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
         self._recent: deque[Event] = deque(maxlen=_RECENT_EVENTS)
+        """The last events published, to catch up an edge that missed some."""
         self._skipped: tuple[int, int] | None = None
         """(last saved, first usable) sequence numbers when this actor took the
         room over past a reservation."""
-        """The last events published, to catch up an edge that missed some."""
 
     @property
     def busy(self) -> bool:

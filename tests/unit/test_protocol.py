@@ -5,6 +5,7 @@ import json
 import msgspec
 import pytest
 
+from bus_schema.state import Track
 from edge import protocol
 
 WHO = protocol.Identity(
@@ -26,16 +27,41 @@ def test_relayed_appends_room_seq_to_the_stamped_frame() -> None:
 
 
 def test_parse_routes() -> None:
-    assert protocol.parse('{"type":"x"}', WHO).route is protocol.Route.BROADCAST
-    assert protocol.parse('{"type":"x","to":"all"}', WHO).route is protocol.Route.BROADCAST
+    assert isinstance(protocol.parse('{"type":"x"}', WHO), protocol.BroadcastFrame)
+    assert isinstance(protocol.parse('{"type":"x","to":"all"}', WHO), protocol.BroadcastFrame)
     direct = protocol.parse('{"type":"x","to":"someone"}', WHO)
-    assert (direct.route, direct.to) == (protocol.Route.DIRECT, "someone")
+    assert isinstance(direct, protocol.DirectFrame)
+    assert direct.to == "someone"
     state = protocol.parse('{"type":"track-state","kind":"video","enabled":true}', WHO)
-    assert (state.route, state.kind, state.enabled) == (protocol.Route.TRACK_STATE, "video", True)
+    assert isinstance(state, protocol.TrackStateFrame)
+    assert (state.kind, state.enabled) == ("video", True)
+    session = protocol.parse(
+        '{"type":"cloudflare-session","sessionId":"s","tracks":[{"trackName":"t"}]}', WHO
+    )
+    assert isinstance(session, protocol.SessionFrame)
+    assert (session.session_id, session.tracks) == ("s", [Track(trackName="t")])
+
+
+def test_each_route_has_its_metric_label() -> None:
+    """``signaling_edge_relay_seconds{route=...}`` keeps its four label values."""
+    frames = [
+        '{"type":"cloudflare-session","sessionId":"s"}',
+        '{"type":"track-state","kind":"audio","enabled":false}',
+        '{"type":"chat"}',
+        '{"type":"offer","to":"someone"}',
+    ]
+    routes = [protocol.route(protocol.parse(frame, WHO)) for frame in frames]
+    assert routes == ["session", "track-state", "broadcast", "direct"]
+    assert [protocol.parse(frame, WHO).type for frame in frames] == [
+        "cloudflare-session",
+        "track-state",
+        "chat",
+        "offer",
+    ]
 
 
 def test_parse_accepts_binary_frames() -> None:
-    assert protocol.parse(b'{"type":"x"}', WHO).route is protocol.Route.BROADCAST
+    assert isinstance(protocol.parse(b'{"type":"x"}', WHO), protocol.BroadcastFrame)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +133,7 @@ def test_frames_to_the_room_have_a_smaller_size_cap(
             protocol.parse(big, WHO, max_broadcast=16_384)
         assert error.value.code == "too_large"
     else:
-        assert protocol.parse(big, WHO, max_broadcast=16_384).route is protocol.Route.DIRECT
+        assert isinstance(protocol.parse(big, WHO, max_broadcast=16_384), protocol.DirectFrame)
     assert protocol.parse(json.dumps(frame), WHO, max_broadcast=16_384)  # small: fine
 
 

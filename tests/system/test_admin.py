@@ -255,6 +255,8 @@ async def test_mute_kick_and_close(system: System, api: Api, ws_url: str) -> Non
             f"/rooms/{room_id}/participants/{bob.participant_id}/mute", json={"kind": "screen"}
         )
         assert bad.status_code == 400
+        assert bad.json()["code"] == "invalid_body"
+        assert "'screen' at `kind`" in bad.json()["error"]
 
         # Remove Bob: he is told and disconnected, the others see him leave.
         await admin.ok("DELETE", f"/rooms/{room_id}/participants/{bob.participant_id}")

@@ -8,7 +8,12 @@ class CloseConnection(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     code: int
     reason: str
     notice: str = ""
-    """A text frame to send the client before closing (``kicked``), if any."""
+    """What the client is told before the close, as a kind its edge renders:
+    ``""`` (nothing) or `KICKED`."""
+
+
+KICKED = "kicked"
+"""`CloseConnection.notice`: the participant was removed from the room."""
 
 
 EdgeControl = CloseConnection

@@ -4,7 +4,18 @@ Each event carries the room's ``seq``, one more than the previous event of the
 room. Events are published only after the state they describe is saved.
 """
 
+from typing import Literal, TypeGuard, get_args
+
 import msgspec
+
+TrackKind = Literal["audio", "video"]
+"""The kinds of media track: in ``track-state``, in announced tracks, in mutes
+(declared here, the lowest module that needs it; `bus_schema.state` re-exports it)."""
+TRACK_KINDS: tuple[str, ...] = get_args(TrackKind)
+
+
+def is_track_kind(value: object) -> TypeGuard[TrackKind]:
+    return value in TRACK_KINDS
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -35,11 +46,21 @@ class SessionPublished(_Event, frozen=True, tag="session"):
 
 
 class TrackStateChanged(_Event, frozen=True, tag="track_state"):
-    kind: str
+    """A participant's own ``track-state``: its frame is relayed as sent."""
+
+    kind: TrackKind
     enabled: bool
     frame: msgspec.Raw
-    by: str = ""
-    """``admin`` when an operator muted the track: the participant is told too."""
+
+
+class TrackMuted(_Event, frozen=True, tag="track_muted"):
+    """Someone else set the participant's track (an operator: ``by`` is
+    ``admin``). Edges render it as a ``track-state`` with ``by``, and the
+    participant is told too."""
+
+    kind: TrackKind
+    enabled: bool
+    by: str
 
 
 class Broadcasted(_Event, frozen=True, tag="broadcast"):
@@ -59,6 +80,7 @@ Event = (
     | ParticipantLeft
     | SessionPublished
     | TrackStateChanged
+    | TrackMuted
     | Broadcasted
     | RoomClosed
 )

@@ -1,14 +1,11 @@
 """Values kept in JetStream KV (see `bus_schema.buckets`)."""
 
-from typing import Literal
-
 import msgspec
 
+from bus_schema.events import TRACK_KINDS as TRACK_KINDS
 from bus_schema.events import Event
+from bus_schema.events import TrackKind as TrackKind
 
-TrackKind = Literal["audio", "video"]
-"""The kinds of media track: in ``track-state``, in announced tracks, in mutes."""
-TRACK_KINDS: tuple[str, ...] = ("audio", "video")
 TRACK_LOCATIONS: tuple[str, ...] = ("local", "remote")
 
 

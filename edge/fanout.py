@@ -35,7 +35,7 @@ from nats.aio.subscription import Subscription
 from bus_schema import codec, ids, subjects
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import Catchup, GetSnapshot, Snapshot
-from bus_schema.control import CloseConnection
+from bus_schema.control import KICKED, CloseConnection
 from bus_schema.events import (
     Broadcasted,
     Event,
@@ -43,6 +43,7 @@ from bus_schema.events import (
     ParticipantLeft,
     RoomClosed,
     SessionPublished,
+    TrackMuted,
     TrackStateChanged,
 )
 from edge import metrics, protocol
@@ -242,8 +243,8 @@ class RoomFeed:
                 self.members.add(event.participant_id)
             case ParticipantLeft():
                 self.members.discard(event.participant_id)
-        # An operator's mute is news to the participant too.
-        about = "" if isinstance(event, TrackStateChanged) and event.by else event.participant_id
+        # A mute by someone else (an operator) is news to the participant too.
+        about = "" if isinstance(event, TrackMuted) else event.participant_id
         self._recent.append((event.seq, about, text))
         delivered = 0
         for connection in self.connections.values():
@@ -424,6 +425,7 @@ _OUT_KIND: dict[type, str] = {
     ParticipantLeft: "leave",
     SessionPublished: "cloudflare-session",
     TrackStateChanged: "track-state",
+    TrackMuted: "track-state",
     Broadcasted: "other",
     RoomClosed: "room-closed",
 }
@@ -437,6 +439,8 @@ def _render(event: Event) -> str:
             return protocol.left(event)
         case SessionPublished() | TrackStateChanged() | Broadcasted():
             return protocol.relayed(event.frame, event.seq)
+        case TrackMuted():
+            return protocol.track_muted(event)
         case RoomClosed():
             return protocol.room_closed(event)
 
@@ -536,8 +540,8 @@ class Fanout:
         if isinstance(message, CloseConnection):
             connection = self._connections.get(message.conn_id)
             if connection is not None:
-                if message.notice:
-                    connection.send(message.notice)
+                if message.notice == KICKED:
+                    connection.send(protocol.kicked(connection.identity.room_id))
                 connection.close(message.code, message.reason)
 
     def resync_all(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from bus_schema.commands import Snapshot
-from bus_schema.events import ParticipantJoined, ParticipantLeft, RoomClosed
+from bus_schema.events import ParticipantJoined, ParticipantLeft, RoomClosed, TrackMuted
 from bus_schema.limits import track_problem
 from bus_schema.state import Track, TrackKind
 
@@ -293,6 +293,19 @@ class _RoomClosed(msgspec.Struct, tag_field="type", tag="room-closed"):
     room_seq: int
 
 
+class _TrackMuted(msgspec.Struct, tag_field="type", tag=TRACK_STATE):
+    from_: str = msgspec.field(name="from")
+    kind: str
+    enabled: bool
+    by: str
+    room_seq: int
+
+
+class _Kicked(msgspec.Struct, tag_field="type", tag="kicked"):
+    room_id: str
+    message: str
+
+
 class _Error(msgspec.Struct, tag_field="type", tag="error"):
     code: str
     message: str
@@ -354,6 +367,24 @@ def left(event: ParticipantLeft) -> str:
 
 def room_closed(event: RoomClosed) -> str:
     return _text(_RoomClosed(room_id=event.room_id, reason=event.reason, room_seq=event.seq))
+
+
+def track_muted(event: TrackMuted) -> str:
+    """Someone else set a participant's track: a ``track-state`` saying ``by`` whom."""
+    return _text(
+        _TrackMuted(
+            from_=event.participant_id,
+            kind=event.kind,
+            enabled=event.enabled,
+            by=event.by,
+            room_seq=event.seq,
+        )
+    )
+
+
+def kicked(room_id: str) -> str:
+    """Told to a participant removed from the room, just before its socket is closed."""
+    return _text(_Kicked(room_id=room_id, message="You were removed from the room"))
 
 
 def relayed(frame: msgspec.Raw, seq: int) -> str:

@@ -41,6 +41,7 @@ from bus_schema.events import (
     ParticipantLeft,
     RoomClosed,
     SessionPublished,
+    TrackMuted,
     TrackStateChanged,
 )
 from bus_schema.log import LogEntry
@@ -444,11 +445,15 @@ def log_entry(event: Event, at: str) -> LogEntry | None:
             return replace(base, event=event_log.SESSION_PUBLISHED, session_id=event.session_id)
         case TrackStateChanged():
             return replace(
+                base, event=event_log.TRACK_STATE_CHANGED, kind=event.kind, enabled=event.enabled
+            )
+        case TrackMuted():
+            return replace(
                 base,
                 event=event_log.TRACK_STATE_CHANGED,
                 kind=event.kind,
                 enabled=event.enabled,
-                by=event.by or None,
+                by=event.by,
             )
         case RoomClosed():
             metrics.child(metrics.ROOMS_CLOSED, event.reason).inc()

@@ -6,8 +6,8 @@ returned as the same object, so the caller knows whether to save.
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import msgspec
 from msgspec.structs import replace
 
 from bus_schema import codec
@@ -35,6 +35,7 @@ from bus_schema.commands import (
     Snapshot,
     UpdateRoom,
 )
+from bus_schema.control import KICKED as KICKED_NOTICE
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import (
@@ -44,12 +45,17 @@ from bus_schema.events import (
     ParticipantLeft,
     RoomClosed,
     SessionPublished,
+    TrackMuted,
     TrackStateChanged,
+    is_track_kind,
 )
 from bus_schema.ids import is_token_id
 from bus_schema.limits import track_problem
-from bus_schema.state import TRACK_KINDS, Participant, RoomMeta, RoomState
+from bus_schema.state import Participant, RoomMeta, RoomState
 from runtime.clock import Clock
+
+if TYPE_CHECKING:
+    from room_actors.settings import ActorSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,26 +78,50 @@ SEQ_BLOCK = 1000
 """How many sequence numbers one write reserves for broadcasts."""
 
 
+KICKED_KEPT = 1000
+"""How many removed participants a room remembers (their tokens stay refused)."""
+DEPARTED_KEPT = 256
+"""How many recent leavers a room remembers for the Calls proxy at most (each
+only for ``preconnect_window`` seconds)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    recent_commands: int = 64
-    resume_grace: float = 10.0
+    """The bounds and timeouts `decide` applies. Built from the worker's
+    settings (`from_settings`): each default is written once, in
+    `room_actors.settings`; the two list bounds that are not settings are the
+    constants above."""
+
+    recent_commands: int
+    resume_grace: float
     """Seconds a participant whose connection dropped keeps its place."""
-    empty_timeout: float = 7200.0
+    empty_timeout: float
     """Default seconds a room nobody joins lives (0: no limit but ``ROOM_TTL``)."""
-    departure_timeout: float = 300.0
+    departure_timeout: float
     """Default seconds a room lives after its last participant left."""
-    kicked_kept: int = 1000
-    """How many removed participants a room remembers (their tokens stay refused)."""
-    calls_sessions_per_participant: int = 8
-    calls_sessions_per_room: int = 400
-    preconnect_window: float = 300.0
+    calls_sessions_per_participant: int
+    calls_sessions_per_room: int
+    preconnect_window: float
     """Seconds a token may use the Calls proxy before its WebSocket first connects."""
-    departed_kept: int = 256
-    """How many recent leavers a room remembers for the Calls proxy at most
-    (each only for ``preconnect_window`` seconds)."""
-    state_max_bytes: int = 512 * 1024
+    state_max_bytes: int
     """A command that would make the stored state larger is refused."""
+    kicked_kept: int
+    departed_kept: int
+
+    @classmethod
+    def from_settings(cls, settings: "ActorSettings") -> "Limits":
+        return cls(
+            recent_commands=settings.recent_commands,
+            resume_grace=settings.resume_grace,
+            empty_timeout=settings.empty_timeout,
+            departure_timeout=settings.departure_timeout,
+            calls_sessions_per_participant=settings.calls_sessions_per_participant,
+            calls_sessions_per_room=settings.calls_sessions_per_room,
+            preconnect_window=settings.calls_preconnect_window,
+            state_max_bytes=settings.room_state_max_bytes,
+            kicked_kept=KICKED_KEPT,
+            departed_kept=DEPARTED_KEPT,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,18 +532,19 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
                 cmd_id=command.cmd_id,
             )
         case SetTrackState():
-            if command.kind not in TRACK_KINDS:
+            kind = command.kind
+            if not is_track_kind(kind):
                 return Outcome(state, BAD_KIND)
-            if getattr(sender, command.kind) == command.enabled:
+            if getattr(sender, kind) == command.enabled:
                 # Nothing changes: relayed (as the old service did), but not
                 # saved, logged or sent to webhooks.
                 return _broadcast(state, command, seq)
-            updated = replace(sender, **{command.kind: command.enabled})
+            updated = replace(sender, **{kind: command.enabled})
             event = TrackStateChanged(
                 room_id=state.room_id,
                 seq=seq,
                 participant_id=sender.id,
-                kind=command.kind,
+                kind=kind,
                 enabled=command.enabled,
                 frame=command.frame,
                 cmd_id=command.cmd_id,
@@ -582,14 +613,11 @@ def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Li
     removed = _remove(state, [present], "kicked", clock, limits)
     assert removed.state is not None
     kicked = [*removed.state.kicked[-(limits.kicked_kept - 1) :], present.id]
-    notice = msgspec.json.encode(
-        {"type": "kicked", "room_id": state.room_id, "message": "You were removed from the room"}
-    ).decode()
     close = CloseConnection(
         conn_id=present.conn_id,
         code=CloseCode.NOT_IN_ROOM,
         reason="Removed from the room",
-        notice=notice,
+        notice=KICKED_NOTICE,
     )
     return dataclasses.replace(
         removed,
@@ -602,28 +630,19 @@ def _mute(state: RoomState, command: MuteTrack) -> Outcome:
     present = state.participants.get(command.participant_id)
     if present is None:
         return Outcome(state, NO_SUCH_PARTICIPANT)
-    if command.kind not in TRACK_KINDS:
+    kind = command.kind
+    if not is_track_kind(kind):
         return Outcome(state, BAD_KIND)
     seq = state.seq + 1
-    frame = msgspec.json.encode(
-        {
-            "type": "track-state",
-            "from": present.id,
-            "kind": command.kind,
-            "enabled": command.enabled,
-            "by": "admin",
-        }
-    )
-    event = TrackStateChanged(
+    event = TrackMuted(
         room_id=state.room_id,
         seq=seq,
         participant_id=present.id,
-        kind=command.kind,
+        kind=kind,
         enabled=command.enabled,
-        frame=msgspec.Raw(frame),
         by="admin",
         cmd_id=command.cmd_id,
     )
-    updated = replace(present, **{command.kind: command.enabled})
+    updated = replace(present, **{kind: command.enabled})
     new_state = replace(state, seq=seq, participants={**state.participants, present.id: updated})
     return Outcome(new_state, Ack(seq=seq), (event,))

@@ -114,16 +114,7 @@ class Worker:
             on_release=lambda partitions: registry.release(partitions),
             on_lost=lambda partitions: registry.drop(partitions),
         )
-        limits = Limits(
-            recent_commands=settings.recent_commands,
-            resume_grace=settings.resume_grace,
-            empty_timeout=settings.empty_timeout,
-            departure_timeout=settings.departure_timeout,
-            calls_sessions_per_participant=settings.calls_sessions_per_participant,
-            calls_sessions_per_room=settings.calls_sessions_per_room,
-            preconnect_window=settings.calls_preconnect_window,
-            state_max_bytes=settings.room_state_max_bytes,
-        )
+        limits = Limits.from_settings(settings)
         registry = Registry(
             nc, store, limits, owns=leases.owns, service=service, worker_id=settings.worker_id
         )

@@ -11,6 +11,7 @@ import pytest
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Ack, Broadcast, CreateRoom, Join, Rejected, Snapshot
 from bus_schema.events import Broadcasted, ParticipantJoined
+from room_actors.settings import ActorSettings
 from room_actors.state import Clock, Limits, decide
 from room_actors.store import Fenced, RoomStore, ensure_buckets
 from signaling.natsserver import NatsServer
@@ -113,7 +114,7 @@ async def test_a_stale_writer_is_fenced(tmp_path: Path) -> None:
                 max_participants=3,
             ),
             Clock(iso="2026-01-01T00:00:00.000Z", epoch=0.0),
-            Limits(),
+            Limits.from_settings(ActorSettings()),
         ).state
         assert created is not None
         revision = await old_owner.save(created, None)

@@ -1,5 +1,7 @@
 """room_actors.state: pure decisions, no I/O."""
 
+import dataclasses
+
 import msgspec
 import pytest
 
@@ -21,14 +23,18 @@ from bus_schema.commands import (
     Snapshot,
     UpdateRoom,
 )
+from bus_schema.control import KICKED
 from bus_schema.events import (
     Broadcasted,
     ParticipantJoined,
     ParticipantLeft,
     SessionPublished,
+    TrackMuted,
     TrackStateChanged,
 )
 from bus_schema.state import RoomState, Track
+from edge import protocol
+from room_actors.settings import ActorSettings
 from room_actors.state import (
     SEQ_BLOCK,
     EdgesLost,
@@ -44,7 +50,8 @@ ROOM = "11111111-1111-4111-8111-111111111111"
 ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 BEN = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
 NOW = Clock(iso="2026-01-01T00:00:00.000Z", epoch=1_000_000.0)
-LIMITS = Limits(recent_commands=4, resume_grace=10.0)
+DEFAULTS = Limits.from_settings(ActorSettings())
+LIMITS = dataclasses.replace(DEFAULTS, recent_commands=4, resume_grace=10.0)
 FRAME = msgspec.Raw(b'{"type":"x"}')
 
 
@@ -360,7 +367,7 @@ def test_broadcasts_within_the_reservation_need_no_write() -> None:
 
 # --- operators and the room lifecycle -------------------------------------------------
 
-TIMED = Limits(recent_commands=4, resume_grace=10.0, empty_timeout=30.0, departure_timeout=5.0)
+TIMED = dataclasses.replace(LIMITS, empty_timeout=30.0, departure_timeout=5.0)
 
 
 def test_an_empty_room_closes_after_its_empty_timeout() -> None:
@@ -412,9 +419,18 @@ def test_kick_mute_update_and_close() -> None:
     assert mute.state is not None
     assert mute.state.participants[BEN].audio is False
     (event,) = mute.events
-    assert isinstance(event, TrackStateChanged)
+    assert isinstance(event, TrackMuted)
+    assert (event.participant_id, event.kind, event.enabled) == (BEN, "audio", False)
     assert event.by == "admin"
-    assert msgspec.json.decode(event.frame)["by"] == "admin"
+    # Rendered by the edges as the old service's frame, with ``by``.
+    assert msgspec.json.decode(protocol.track_muted(event)) == {
+        "type": "track-state",
+        "from": BEN,
+        "kind": "audio",
+        "enabled": False,
+        "by": "admin",
+        "room_seq": 3,
+    }
     bad = decide(
         room, MuteTrack(cmd_id="m2", room_id=ROOM, participant_id=BEN, kind="x"), NOW, LIMITS
     )
@@ -430,7 +446,12 @@ def test_kick_mute_update_and_close() -> None:
     assert [(e.participant_id, e.reason) for e in kick.events] == [(BEN, "kicked")]  # type: ignore[attr-defined]
     ((edge, close),) = kick.control
     assert (edge, close.conn_id, close.code) == ("e1", "conn", 4003)
-    assert msgspec.json.decode(close.notice)["type"] == "kicked"
+    assert close.notice == KICKED
+    assert msgspec.json.decode(protocol.kicked(ROOM)) == {
+        "type": "kicked",
+        "room_id": ROOM,
+        "message": "You were removed from the room",
+    }
     refused = decide(
         kick.state,
         Join(cmd_id="j9", room_id=ROOM, participant_id=BEN, name="b", edge_id="e1", conn_id="c9"),

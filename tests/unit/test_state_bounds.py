@@ -1,5 +1,7 @@
 """room_actors.state: who may use the Calls proxy, and the bounds on what a room keeps."""
 
+import dataclasses
+
 import msgspec
 import pytest
 
@@ -21,7 +23,7 @@ from bus_schema.limits import MAX_TRACK_NAME, MAX_TRACKS, MAX_TRACKS_BYTES, trac
 from bus_schema.state import RoomState, Track
 from room_actors.state import ExpireDisconnected, Limits, Outcome, decide, next_deadline
 from runtime.clock import Clock
-from tests.unit.test_state import ANN, BEN, FRAME, LIMITS, NOW, ROOM, created, join
+from tests.unit.test_state import ANN, BEN, DEFAULTS, FRAME, LIMITS, NOW, ROOM, created, join
 
 WINDOW = LIMITS.preconnect_window
 FRESH = int(NOW.epoch) - 10
@@ -105,7 +107,9 @@ def test_removed_participants_are_refused_for_good() -> None:
 
 
 def test_calls_sessions_are_capped_per_participant_and_per_room() -> None:
-    limits = Limits(recent_commands=64, calls_sessions_per_participant=2, calls_sessions_per_room=3)
+    limits = dataclasses.replace(
+        DEFAULTS, calls_sessions_per_participant=2, calls_sessions_per_room=3
+    )
     room = join(join(created(), ANN, "j1"), BEN, "j2")
     room, ok1 = register(room, ANN, "s1", limits=limits)
     room, ok2 = register(room, ANN, "s2", limits=limits)
@@ -164,7 +168,7 @@ def test_sessions_of_a_token_that_never_connects_go_when_it_is_no_longer_fresh()
 
 
 def test_leavers_are_remembered_only_while_their_tokens_could_pass_for_fresh() -> None:
-    limits = Limits(recent_commands=4, departed_kept=3)
+    limits = dataclasses.replace(LIMITS, departed_kept=3)
     room = created()
     for index in range(5):
         who = f"{index:08d}-0000-4000-8000-000000000000"
@@ -249,7 +253,7 @@ def test_announced_tracks_out_of_bounds_change_nothing(tracks: list[Track]) -> N
 
 
 def test_a_command_that_would_pass_the_state_bound_is_refused() -> None:
-    limits = Limits(recent_commands=4, state_max_bytes=len(codec.encode(created())) + 300)
+    limits = dataclasses.replace(LIMITS, state_max_bytes=len(codec.encode(created())) + 300)
     room = created()
     joined = decide(
         room,
@@ -310,7 +314,7 @@ def test_a_room_with_every_list_at_its_cap_stays_well_under_max_payload() -> Non
     from room_actors.actor import TURN_FRAME_BYTES
     from room_actors.state import snapshot
 
-    limits = Limits()
+    limits = DEFAULTS
     max_payload = 1024 * 1024
     participants = {}
     for index in range(200):

@@ -18,6 +18,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, Parameter
+from litestar.types import Guard
 from nats.errors import Error as NatsError
 
 from bus_schema import ids
@@ -105,27 +106,32 @@ class Done(msgspec.Struct, kw_only=True):
     """The room's sequence number after the action."""
 
 
-async def admin_guard(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
-    """``Authorization: Bearer <ADMIN_API_KEY or admin JWT>``."""
-    del handler
-    settings: EdgeSettings = connection.app.state.settings
-    tokens: TokenService = connection.app.state.tokens
-    header = connection.headers.get("authorization", "")
-    scheme, _, credential = header.partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        raise ApiError(401, "Admin credentials required", "unauthorized")
-    key = settings.admin_api_key
-    if key is not None and hmac.compare_digest(credential.encode(), key.encode()):
-        return
-    try:
-        tokens.verify_admin(credential)
-    except NotAdmin:
-        raise ApiError(403, "Admin credentials required", "forbidden") from None
-    except InvalidToken:
-        raise ApiError(401, "Invalid admin credentials", "unauthorized") from None
+def admin_guard(admin_api_key: str | None, tokens: TokenService) -> Guard:
+    """``Authorization: Bearer <ADMIN_API_KEY or admin JWT>``. Litestar passes a
+    guard the connection and the handler only (no dependencies), so the app
+    factory hands it what it checks against."""
+
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        del handler
+        header = connection.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise ApiError(401, "Admin credentials required", "unauthorized")
+        if admin_api_key is not None and hmac.compare_digest(
+            credential.encode(), admin_api_key.encode()
+        ):
+            return
+        try:
+            tokens.verify_admin(credential)
+        except NotAdmin:
+            raise ApiError(403, "Admin credentials required", "forbidden") from None
+        except InvalidToken:
+            raise ApiError(401, "Invalid admin credentials", "unauthorized") from None
+
+    return guard
 
 
 def _room_id(room_id: str) -> str:
@@ -407,7 +413,7 @@ async def mute_participant(
     return Done(room_id=room_id, room_seq=reply.seq if isinstance(reply, Ack) else 0)
 
 
-def admin_router() -> Router:
+def admin_router(settings: EdgeSettings, tokens: TokenService) -> Router:
     return Router(
         path="/api/admin",
         route_handlers=[
@@ -418,7 +424,7 @@ def admin_router() -> Router:
             remove_participant,
             mute_participant,
         ],
-        guards=[admin_guard],
+        guards=[admin_guard(settings.admin_api_key, tokens)],
         tags=["room service (admin)"],
         security=[{"AdminBearer": []}],
     )

@@ -74,7 +74,15 @@ static_files = create_static_files_router(
 
 @get("/ws", sync_to_thread=False, include_in_schema=False)
 def ws_without_upgrade() -> None:
-    raise ApiError(426, "Expected a WebSocket[Any, Any, Any] upgrade", "upgrade_required")
+    raise ApiError(426, "Expected a WebSocket upgrade", "upgrade_required")
+
+
+def start_draining(app: Litestar) -> None:
+    """Stop taking clients (SIGTERM): ``/ready`` answers 503 and new sockets are
+    refused. Nothing to do before the lifespan has connected to NATS."""
+    bus: EdgeBus | None = getattr(app.state, "bus", None)
+    if bus is not None:
+        bus.draining = True
 
 
 def create_app(settings: EdgeSettings) -> Litestar:
@@ -85,11 +93,14 @@ def create_app(settings: EdgeSettings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
+        """The NATS connection and the Calls client live as long as the app: the
+        lifespan opens them and keeps them in ``app.state`` (Litestar's place for
+        what a lifespan makes), whence the providers below hand them to handlers.
+        What exists before the app (settings, tokens, limits) is handed out by
+        closures, and ``app.state`` is read in this module only."""
         async with open_bus(settings) as bus, open_calls(settings, bus, tokens) as calls:
             app.state.bus = bus
             app.state.calls = calls
-            app.state.settings = settings
-            app.state.tokens = tokens
             yield
 
     def provide_bus(state: State) -> EdgeBus:
@@ -113,7 +124,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             calls_proxy,
             index_page,
             static_files,
-            admin_router(),
+            admin_router(settings, tokens),
         ],
         lifespan=[resources],
         dependencies={

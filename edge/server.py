@@ -15,7 +15,7 @@ from types import FrameType
 import uvicorn
 from litestar import Litestar
 
-from edge.app import create_app
+from edge.app import create_app, start_draining
 from edge.settings import EdgeSettings
 
 
@@ -31,9 +31,7 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._stop_at = time.monotonic() + self._delay
-        bus = getattr(self._app.state, "bus", None)
-        if bus is not None:
-            bus.draining = True
+        start_draining(self._app)
 
     async def on_tick(self, counter: int) -> bool:
         if self._stop_at is not None and time.monotonic() >= self._stop_at:

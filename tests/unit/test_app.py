@@ -1,5 +1,7 @@
 """The edge application builds cleanly (any deprecation or other warning fails)."""
 
+from litestar.testing import TestClient
+
 from bus_schema.state import TRACK_KINDS
 from edge.app import create_app
 from edge.settings import EdgeSettings
@@ -17,3 +19,12 @@ def test_the_admin_mute_body_takes_the_track_kinds_of_bus_schema() -> None:
     schema = create_app(EdgeSettings(jwt_secret="x" * 40)).openapi_schema.to_schema()
     kind = schema["components"]["schemas"]["MuteBody"]["properties"]["kind"]
     assert kind["enum"] == list(TRACK_KINDS)
+
+
+def test_ws_without_an_upgrade_is_426_in_plain_words() -> None:
+    """A plain GET of ``/ws`` says what it wanted, without Python's type syntax.
+    (The lifespan does not run: the answer needs no NATS.)"""
+    client = TestClient(create_app(EdgeSettings(jwt_secret="x" * 40)))
+    response = client.get("/ws")
+    assert response.status_code == 426
+    assert response.json() == {"error": "Expected a WebSocket upgrade", "code": "upgrade_required"}

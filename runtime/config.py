@@ -1,129 +1,71 @@
-"""Reading settings from environment variables, with clear messages for bad values.
+"""What every role reads from the environment: where NATS is and how to reach
+it (credentials, TLS), how to log, and where metrics are served. Declared with
+`runtime.settings`, like each role's own settings.
 
-Only entry points call this (``Settings.from_env``); library code gets a frozen
-settings object.
+Only entry points read the environment (``Settings.from_env``); library code
+gets a frozen settings object.
 """
 
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Sequence
 
-_N = TypeVar("_N", int, float)
+from runtime.settings import (
+    ConfigError,
+    Setting,
+    Settings,
+    choice,
+    field_of,
+    flag,
+    listed,
+    nested,
+    settings_class,
+    text,
+)
 
-
-class ConfigError(ValueError):
-    """A setting is missing or has a bad value; the message names the variable."""
-
-
-class Env:
-    """Typed access to a mapping of environment variables."""
-
-    def __init__(self, environ: Mapping[str, str], record: set[str] | None = None) -> None:
-        self._environ = environ
-        self._record = record
-        """Every variable name looked up is added here (the compose test uses it)."""
-
-    def raw(self, name: str) -> str | None:
-        if self._record is not None:
-            self._record.add(name)
-        value = self._environ.get(name)
-        if value is None or value.strip() == "":
-            return None
-        return value.strip()
-
-    def secret(self, name: str) -> str | None:
-        """``NAME``, or the contents of the file named by ``NAME_FILE`` (for
-        Docker/Kubernetes secrets)."""
-        value = self.raw(name)
-        path = self.raw(f"{name}_FILE")
-        if value is not None or path is None:
-            return value
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().strip() or None
-        except OSError as e:
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {e.strerror}") from None
-
-    def text(self, name: str, default: str) -> str:
-        value = self.raw(name)
-        return default if value is None else value
-
-    def optional(self, name: str) -> str | None:
-        return self.raw(name)
-
-    def integer(
-        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
-    ) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-        return self._bounded(name, number, minimum, maximum)
-
-    def number(
-        self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
-    ) -> float:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-        return self._bounded(name, number, minimum, maximum)
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        lowered = value.lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name, default)
-        if value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    @staticmethod
-    def _bounded(name: str, number: _N, minimum: _N, maximum: _N | None) -> _N:
-        if number < minimum or (maximum is not None and number > maximum):
-            upper = "" if maximum is None else f" and at most {maximum}"
-            raise ConfigError(f"{name} must be at least {minimum}{upper}, got {number}")
-        return number
+__all__ = ["CommonSettings", "ConfigError", "NatsCredentials", "NatsTls", "metrics_host"]
 
 
-@dataclass(frozen=True, slots=True)
-class NatsTls:
-    """TLS towards NATS: the CA that signed the servers' certificates
-    (``NATS_TLS_CA``; the system's roots without it) and, for mutual TLS, this
-    process's own certificate and key (``NATS_TLS_CERT``, ``NATS_TLS_KEY``).
+@settings_class
+class NatsTls(Settings):
+    """TLS towards NATS: the CA that signed the servers' certificates (the
+    system's roots without it) and, for mutual TLS, this process's own
+    certificate and key. TLS is on when any of these is set or a ``NATS_URL``
+    entry is ``tls://``."""
 
-    TLS is on when any of these is set or a ``NATS_URL`` entry is ``tls://``.
-    """
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    first: bool = True
-    """Open TLS before the server speaks (``NATS_TLS_FIRST``; the server's
-    ``handshake_first``). Otherwise nats-py upgrades only when the server's
-    plaintext greeting asks for TLS, so whoever can forge that greeting on the
-    network reads the password; off only for servers that cannot do it."""
+    ca_file: str | None = text(
+        "NATS_TLS_CA",
+        default=None,
+        doc="TLS to NATS: the CA to trust (else the system's roots); TLS is on when one of "
+        "the `NATS_TLS_*` files is set or `NATS_URL` says `tls://` "
+        '([`docs/operations.md`](docs/operations.md), "TLS")',
+        values="a PEM file",
+    )
+    cert_file: str | None = text(
+        "NATS_TLS_CERT",
+        default=None,
+        doc="this process's certificate for mutual TLS to NATS (with `NATS_TLS_KEY`)",
+        values="a PEM file",
+    )
+    key_file: str | None = text(
+        "NATS_TLS_KEY",
+        default=None,
+        doc="the key of `NATS_TLS_CERT` (not encrypted)",
+        values="a PEM file",
+    )
+    first: bool = flag(
+        "NATS_TLS_FIRST",
+        default=True,
+        doc="open TLS before the server's greeting, so a forged greeting cannot talk the "
+        "process out of TLS (the servers' `handshake_first`; `off` for servers without it)",
+    )
+    """Otherwise nats-py upgrades only when the server's plaintext greeting asks
+    for TLS, so whoever can forge that greeting on the network reads the password."""
 
     @property
     def configured(self) -> bool:
         return self.ca_file is not None or self.cert_file is not None
 
-    def enabled(self, servers: list[str]) -> bool:
+    def enabled(self, servers: Sequence[str]) -> bool:
         return self.configured or any(server.startswith("tls://") for server in servers)
 
     def context(self) -> ssl.SSLContext:
@@ -134,18 +76,10 @@ class NatsTls:
             context.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
         return context
 
-    @classmethod
-    def from_env(cls, env: "Env") -> "NatsTls":
-        tls = cls(
-            ca_file=env.optional("NATS_TLS_CA"),
-            cert_file=env.optional("NATS_TLS_CERT"),
-            key_file=env.optional("NATS_TLS_KEY"),
-            first=env.flag("NATS_TLS_FIRST", True),
-        )
-        if (tls.cert_file is None) != (tls.key_file is None):
+    def validate(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
-        tls.check()
-        return tls
+        self.check()
 
     def check(self) -> None:
         """Load every file once, so a bad one stops the process at start with
@@ -180,36 +114,61 @@ def _reason(error: OSError | ssl.SSLError) -> str:
     return error.strerror or str(error)
 
 
-@dataclass(frozen=True, slots=True)
-class NatsCredentials:
-    """How a process authenticates to NATS: a user and password (``NATS_USER``,
-    ``NATS_PASSWORD``) or a credentials file (``NATS_CREDS``), or nothing; and
-    the TLS it uses (`NatsTls`), the same for every role."""
+@settings_class
+class NatsCredentials(Settings):
+    """How a process authenticates to NATS: a user and password or a
+    credentials file, or nothing; and the TLS it uses, the same for every role."""
 
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    creds_file: str | None = None
-    tls: NatsTls = field(default_factory=NatsTls)
+    user: str | None = text(
+        "NATS_USER",
+        default=None,
+        doc="NATS user (`edge`, `actors` or `webhooks`, see `signaling/nats_auth.conf`)",
+    )
+    password: str | None = text(
+        "NATS_PASSWORD", default=None, secret=True, doc="the password of `NATS_USER`"
+    )
+    creds_file: str | None = text(
+        "NATS_CREDS", default=None, doc="a NATS credentials file, instead of a user and password"
+    )
+    tls: NatsTls = nested(NatsTls)
 
-    @classmethod
-    def from_env(cls, env: "Env") -> "NatsCredentials":
-        user, password = env.optional("NATS_USER"), env.secret("NATS_PASSWORD")
-        if (user is None) != (password is None):
+    def validate(self) -> None:
+        if (self.user is None) != (self.password is None):
             raise ConfigError("NATS_USER and NATS_PASSWORD go together")
-        return cls(
-            user=user,
-            password=password,
-            creds_file=env.optional("NATS_CREDS"),
-            tls=NatsTls.from_env(env),
-        )
 
 
-def nats_servers(value: str) -> list[str]:
-    """``NATS_URL`` may list several seed servers separated by commas."""
-    servers = [part.strip() for part in value.split(",") if part.strip()]
-    if not servers:
-        raise ConfigError("NATS_URL must name at least one server")
-    for server in servers:
-        if not server.startswith(("nats://", "tls://", "ws://", "wss://")):
-            raise ConfigError(f"NATS_URL entries must start with nats:// or tls://, got {server!r}")
-    return servers
+@settings_class
+class CommonSettings(Settings):
+    """What every role reads: where NATS is, how to log in to it, how to log."""
+
+    nats_servers: tuple[str, ...] = listed(
+        "NATS_URL",
+        default=("nats://127.0.0.1:4222",),
+        schemes=("nats://", "tls://", "ws://", "wss://"),
+        doc="NATS seed servers",
+    )
+    nats_credentials: NatsCredentials = nested(NatsCredentials)
+    log_level: str = choice(
+        "LOG_LEVEL",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        doc="the least important log lines written",
+    )
+    log_format: str = choice(
+        "LOG_FORMAT",
+        default="json",
+        choices=("json", "text"),
+        doc="JSON lines, or text (what `make run` uses)",
+    )
+
+
+_METRICS_HOST = Setting(
+    "METRICS_HOST",
+    "where a worker or dispatcher serves its Prometheus metrics (edges serve `/metrics`)",
+    str,
+)
+
+
+def metrics_host() -> str:
+    """``METRICS_HOST``, declared once for every role that serves its metrics on a port."""
+    return field_of(_METRICS_HOST, "127.0.0.1")

@@ -1,4 +1,4 @@
-"""``/cloudflare/...``: the Cloudflare Calls proxy (PROTOCOL.md, "Calls proxy").
+"""``/cloudflare/...``: the Cloudflare Calls proxy (docs/calls.md).
 
 Callers present their join token (``Authorization: Bearer <jwt>``). A session
 created through the proxy is registered with the room's actor as owned by its

@@ -506,9 +506,6 @@ class Fanout:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
-    def feed(self, room_id: str) -> RoomFeed | None:
-        return self._feeds.get(room_id)
-
     def register(self, connection: Connection) -> None:
         self._connections[connection.conn_id] = connection
 

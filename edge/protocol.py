@@ -186,6 +186,16 @@ def _convert(message: dict[str, Any], shape: type[_T]) -> _T:
         raise ProtocolError("invalid_message", str(e)) from None
 
 
+class _UpgradeRefused(msgspec.Struct):
+    error: str
+
+
+def upgrade_refused(message: str) -> bytes:
+    """The body of the HTTP answer that refuses a WebSocket upgrade (no token, a
+    bad one, a foreign origin, too many sockets, a draining edge)."""
+    return _encoder.encode(_UpgradeRefused(error=message))
+
+
 # --- edge -> edge (targeted frames) ----------------------------------------------
 
 

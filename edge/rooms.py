@@ -1,4 +1,5 @@
-"""HTTP: health, readiness and the room endpoints of PROTOCOL.md.
+"""HTTP: health, readiness and the room endpoints (README, "API in brief";
+errors as docs/protocol.md says).
 
 Bodies and answers are typed, so the OpenAPI schema (``/schema``) describes
 them; every error answers ``{"error", "code"}`` (see `edge.errors`).

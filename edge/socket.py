@@ -66,7 +66,7 @@ def token_from(scope: dict[str, object]) -> tuple[str | None, str | None]:
 async def deny(socket: WebSocket[Any, Any, Any], status: int, message: str) -> None:
     """Refuse the upgrade with a real HTTP response (ASGI websocket denial)."""
     await socket.receive()
-    body = msgspec.json.encode({"error": message})
+    body = protocol.upgrade_refused(message)
     await socket.send(
         {
             "type": "websocket.http.response.start",

@@ -1,4 +1,5 @@
-"""HTTP rows of PROTOCOL.md against a real edge, worker and nats-server."""
+"""The HTTP API (README, "API in brief"; docs/protocol.md) against a real edge,
+worker and nats-server."""
 
 import time
 import uuid

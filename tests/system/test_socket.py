@@ -1,4 +1,4 @@
-"""WebSocket behaviour of PROTOCOL.md against a real edge, worker and nats-server."""
+"""WebSocket behaviour of docs/protocol.md against a real edge, worker and nats-server."""
 
 import asyncio
 import json

@@ -215,3 +215,7 @@ def test_forged_peer_frames_are_refused(data: bytes, reason: str) -> None:
     with pytest.raises(protocol.RefusedPeerFrame) as refused:
         protocol.peer_frame(data, BEN, MEMBERS)
     assert refused.value.reason == reason
+
+
+def test_a_refused_upgrade_answers_the_error_alone() -> None:
+    assert protocol.upgrade_refused("Missing token") == b'{"error":"Missing token"}'

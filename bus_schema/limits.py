@@ -8,6 +8,8 @@ Together with the actor's per-participant and per-room caps (settings
 newcomer's ``welcome`` well under NATS ``max_payload`` (docs/security.md).
 """
 
+import re
+
 import msgspec
 
 from bus_schema.ids import is_token_id
@@ -26,8 +28,11 @@ tracks as Calls clients describe them fit (a UUID name, kind, mid, location
 and a 32-character session id: 143 bytes each)."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _printable(value: str) -> bool:
-    return not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    return _CONTROL.search(value) is None
 
 
 def track_problem(tracks: list[Track]) -> str | None:

@@ -1,13 +1,23 @@
 """Fixtures: real nats-server, room actor workers and edges on free loopback ports."""
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from tests.harness import CALLS_APP_ID, CALLS_APP_SECRET, TURN_KEY, TURN_TOKEN, Api, System
+from tests.harness import (
+    CALLS_APP_ID,
+    CALLS_APP_SECRET,
+    TURN_KEY,
+    TURN_TOKEN,
+    Api,
+    System,
+    close_leftovers,
+    opened_count,
+)
 from tools.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
 
 
@@ -20,14 +30,16 @@ async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Syst
         await running.start()
         yield running
     finally:
-        running.stop()
+        await asyncio.to_thread(running.stop)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def api(system: System) -> AsyncIterator[Api]:
     client = Api(system.edges[0].url)
-    yield client
-    await client.close()
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture
@@ -35,20 +47,36 @@ def ws_url(system: System) -> str:
     return system.edges[0].ws_url
 
 
-@pytest.fixture
-def make_system(tmp_path: Path) -> Iterator[Callable[..., System]]:
-    """A private system per test, for tests that restart or kill processes."""
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def closes_what_the_test_opened() -> AsyncIterator[None]:
+    """After each test, close the API clients, sockets, NATS connections and
+    background tasks it opened through the harness and left open (a failed
+    assertion skips the test's own ``close``), so nothing leaks into the next
+    test. What wider fixtures opened before (a module's clients) is theirs."""
+    before = opened_count()
+    yield
+    await close_leftovers(before)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_system(tmp_path: Path) -> AsyncIterator[Callable[..., System]]:
+    """A private system per test, for tests that restart or kill processes;
+    its clients are closed, then its processes stopped, after the test."""
     made: list[System] = []
+    before = opened_count()
 
     def make(**env: str) -> System:
         running = System(tmp_path / f"system-{len(made)}", extra_env=dict(env))
         made.append(running)
         return running
 
-    yield make
-    for running in made:
-        with contextlib.suppress(Exception):
-            running.stop()
+    try:
+        yield make
+    finally:
+        await close_leftovers(before)
+        for running in made:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(running.stop)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -58,5 +86,7 @@ async def fake_calls() -> AsyncIterator[FakeCallsServer]:
         apps={CALLS_APP_ID: CALLS_APP_SECRET}, turn_keys={TURN_KEY: TURN_TOKEN}
     )
     server = await FakeCallsServer(FakeCalls(config)).start()
-    yield server
-    await server.stop()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -2,11 +2,12 @@
 the tests' settings) and small clients to drive them."""
 
 import asyncio
+import contextlib
 import json
 import os
-import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -22,6 +23,7 @@ from bus_schema.status import WorkerStatus
 from runtime.natsconn import Role, inbox_prefix
 from signaling.cluster import Child as Proc
 from signaling.cluster import LocalCluster, free_port
+from tests.waiting import eventually
 
 __all__ = ["Proc", "free_port"]
 
@@ -58,6 +60,46 @@ def calls_env(calls_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+_R = TypeVar("_R")
+_opened: list[Callable[[], Awaitable[object]]] = []
+
+
+def opened(resource: _R) -> _R:
+    """Remember a connection a test opened (anything with an async ``close``
+    or, as httpx clients, ``aclose``), so `close_leftovers` closes it after the
+    test even if the test failed before closing it."""
+    _opened.append(getattr(resource, "aclose", None) or resource.close)  # type: ignore[attr-defined]
+    return resource
+
+
+def background(work: Coroutine[Any, Any, _R]) -> "asyncio.Task[_R]":
+    """A task for a test's background work (a reader, a talker), cancelled after
+    the test if it is still running."""
+    task = asyncio.create_task(work)
+
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _opened.append(cancel)
+    return task
+
+
+def opened_count() -> int:
+    """How many connections `opened` remembers: give it to `close_leftovers`
+    to close only those opened later."""
+    return len(_opened)
+
+
+async def close_leftovers(since: int = 0) -> None:
+    """Close, newest first, every connection `opened` remembered after the
+    first ``since`` (closing twice is harmless for each kind); one that will
+    not close within a few seconds is abandoned, never waited for."""
+    while len(_opened) > since:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(_opened.pop()(), 5)
+
+
 @dataclass
 class System(LocalCluster):
     """A whole system of real processes for a test (`LocalCluster` with the
@@ -84,23 +126,25 @@ class System(LocalCluster):
 
     async def wait_actors_ready(self, timeout: float = 30.0) -> None:
         """Until every partition answers a command (an unknown room is fine)."""
+        pending = set(range(subjects.PARTITIONS))
+
+        async def every_partition_answers() -> bool:
+            for room_id in _rooms_covering(pending):
+                command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=room_id)
+                with contextlib.suppress(nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    await nc.request(
+                        subjects.room_command(room_id), codec.encode(command), timeout=0.5
+                    )
+                    pending.discard(subjects.partition_of(room_id))
+            return not pending
+
+        def unowned() -> str:
+            logs = "\n".join(a.log() for a in self.actors)
+            return f"partitions without an owner: {sorted(pending)}\n{logs}"
+
         nc = await self.connect()
         try:
-            pending = set(range(subjects.PARTITIONS))
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                for room_id in _rooms_covering(pending):
-                    command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=room_id)
-                    try:
-                        await nc.request(
-                            subjects.room_command(room_id), codec.encode(command), timeout=0.5
-                        )
-                        pending.discard(subjects.partition_of(room_id))
-                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                        await asyncio.sleep(0.05)
-            if pending:
-                logs = "\n".join(a.log() for a in self.actors)
-                raise TimeoutError(f"partitions without an owner: {sorted(pending)}\n{logs}")
+            await eventually(every_partition_answers, timeout=timeout, message=unowned)
         finally:
             await nc.close()
 
@@ -134,7 +178,8 @@ class System(LocalCluster):
             options.setdefault("tls", self.client_tls.context())
             options.setdefault("tls_handshake_first", self.client_tls.first)
         password = self.users.passwords[user]
-        return await nats.connect(self.nats_url.split(","), user=user, password=password, **options)
+        nc = await nats.connect(self.nats_url.split(","), user=user, password=password, **options)
+        return opened(nc)
 
     async def bus(self) -> "Bus":
         return Bus(await self.connect())
@@ -169,31 +214,35 @@ class Bus:
 
     async def room_state(self, room_id: str, timeout: float = 30.0) -> RoomState | None:
         """The room's state in KV (retried while JetStream elects leaders)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        async def read() -> tuple[RoomState | None]:
+            kv = await self.js.key_value(buckets.ROOM_STATE)
             try:
-                kv = await self.js.key_value(buckets.ROOM_STATE)
                 entry = await kv.get(room_id)
             except nats.js.errors.KeyNotFoundError:
-                return None
-            except (nats.errors.Error, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-                continue
-            return codec.room_state.decode(entry.value) if entry.value else None
+                return (None,)
+            return (codec.room_state.decode(entry.value) if entry.value else None,)
+
+        (state,) = await eventually(
+            read,
+            timeout=timeout,
+            interval=0.2,
+            message=f"room {room_id}: KV unreadable",
+            retry_on=(nats.errors.Error, TimeoutError),
+        )
+        return state
 
     async def balanced(self, worker_ids: list[str], timeout: float = 30.0) -> dict[str, list[int]]:
-        """Wait until the workers own every partition between them, evenly, and
-        the ``actor_leases`` bucket says the same."""
-        deadline = time.monotonic() + timeout
-        while True:
-            owned: dict[str, list[int]] = {}
+        """Wait until the workers own every partition between them, evenly."""
+        owned: dict[str, list[int]] = {}
+
+        async def balance() -> dict[str, list[int]] | None:
+            owned.clear()
             try:
                 for worker_id in worker_ids:
                     owned[worker_id] = (await self.status(worker_id)).partitions
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                owned = {}
+                owned.clear()
             counts = [len(p) for p in owned.values()]
             every = sorted(p for ps in owned.values() for p in ps)
             if (
@@ -201,10 +250,15 @@ class Bus:
                 and every == list(range(subjects.PARTITIONS))
                 and max(counts) - min(counts) <= 1
             ):
-                return owned
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"partitions not balanced: {owned}")
-            await asyncio.sleep(0.1)
+                return dict(owned)
+            return None
+
+        return await eventually(
+            balance,
+            timeout=timeout,
+            interval=0.1,
+            message=lambda: f"partitions not balanced: {owned}",
+        )
 
 
 def _rooms_covering(partitions: set[int]) -> list[str]:
@@ -227,6 +281,7 @@ class Api:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.http = httpx.AsyncClient(base_url=base_url, timeout=10.0)
+        opened(self)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -252,6 +307,7 @@ class WsClient:
     def __init__(self, ws: ClientConnection, participant_id: str = "") -> None:
         self.ws = ws
         self.participant_id = participant_id
+        opened(self)
 
     @classmethod
     async def connect(

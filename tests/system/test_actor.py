@@ -15,7 +15,7 @@ from room_actors.settings import ActorSettings
 from room_actors.state import Clock, Limits, decide
 from room_actors.store import Fenced, RoomStore, ensure_buckets
 from signaling.natsserver import NatsServer
-from tests.harness import Api, System, WsClient
+from tests.harness import Api, System, WsClient, opened
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -98,7 +98,7 @@ async def test_a_stale_writer_is_fenced(tmp_path: Path) -> None:
     """Two stores load the same revision; the second save from the older one fails."""
     server = NatsServer(data_dir=tmp_path).start()
     try:
-        nc = await nats.connect(server.url)
+        nc = opened(await nats.connect(server.url))
         js = nc.jetstream()
         await ensure_buckets(js, ttl=60, replicas=1, max_bytes=1024**2)
         old_owner, new_owner = await RoomStore.bind(nc, js), await RoomStore.bind(nc, js)

@@ -17,6 +17,7 @@ from bus_schema.closecodes import CloseCode
 from bus_schema.events import ParticipantLeft, RoomClosed
 from bus_schema.log import LogEntry
 from tests.harness import JWT_SECRET, Api, Member, System, WsClient, enter
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -56,14 +57,14 @@ async def log_entries(
             f"signal.log.*.{room_id}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
         entries = []
-        deadline = time.monotonic() + timeout
-        while len(entries) < count:
-            msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
-            entry = log.log_entry.decode(msg.data)
-            assert msg.subject == subjects.log_event(room_id, entry.event)
-            assert msg.header is not None
-            assert msg.header["Nats-Msg-Id"] == entry.id
-            entries.append(entry)
+        async with asyncio.timeout(timeout):
+            while len(entries) < count:
+                msg = await sub.next_msg(timeout=timeout)
+                entry = log.log_entry.decode(msg.data)
+                assert msg.subject == subjects.log_event(room_id, entry.event)
+                assert msg.header is not None
+                assert msg.header["Nats-Msg-Id"] == entry.id
+                entries.append(entry)
         await sub.unsubscribe()
         return entries
     finally:
@@ -346,10 +347,10 @@ async def test_empty_and_departure_timeouts(system: System, api: Api, ws_url: st
 
 
 async def until_gone(api: Api, room_id: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (await api.http.get(f"/api/rooms/{room_id}")).status_code != 404:
-        assert time.monotonic() < deadline, f"room {room_id} still there"
-        await asyncio.sleep(0.1)
+    async def gone() -> bool:
+        return (await api.http.get(f"/api/rooms/{room_id}")).status_code == 404
+
+    await eventually(gone, timeout=timeout, interval=0.1, message=f"room {room_id} still there")
 
 
 async def test_a_room_closes_on_time_after_its_worker_dies(
@@ -382,10 +383,11 @@ async def test_a_passivated_room_still_closes_on_time(make_system: Callable[...,
     try:
         worker_id = system.actors[0].env["WORKER_ID"]
         room_id = await api.create_room("dozing", empty_timeout=4)
-        deadline = time.monotonic() + 30
-        while (await bus.status(worker_id)).rooms_active != 0:
-            assert time.monotonic() < deadline, "room never passivated"
-            await asyncio.sleep(0.2)
+
+        async def passivated() -> bool:
+            return (await bus.status(worker_id)).rooms_active == 0
+
+        await eventually(passivated, timeout=30, interval=0.2, message="room never passivated")
         assert (await api.http.get(f"/api/rooms/{room_id}")).status_code == 200
         await until_gone(api, room_id)
         assert (await log_entries(system, room_id, 2))[-1].reason == "empty_timeout"

@@ -5,7 +5,6 @@ different edges of a running multi-edge system."""
 import asyncio
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from edge.auth import TokenService
 from tests.harness import JWT_SECRET, Api, System, calls_env
+from tests.waiting import eventually
 from tools.fakecalls import FakeCallsServer
 
 CHROMIUM = (
@@ -139,14 +139,18 @@ async def join(browser: Browser, base_url: str, room_id: str, name: str) -> Page
 async def until(page: Page, script: str, arg: Any = None, timeout: float = WAIT) -> Any:
     """Poll ``script`` (an async JS function of one argument) in the page until
     it returns something truthy, within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await page.evaluate(script, arg)
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {script!r} (last: {last!r})")
+    last: list[Any] = [None]
+
+    async def evaluate() -> Any:
+        last[0] = await page.evaluate(script, arg)
+        return last[0]
+
+    return await eventually(
+        evaluate,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"timed out waiting for {script!r} (last: {last[0]!r})",
+    )
 
 
 PEER_MEDIA = """async (want) => {

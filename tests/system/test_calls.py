@@ -1,7 +1,5 @@
 """The Calls proxy through real edges, against the local Calls stand-in."""
 
-import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +10,9 @@ import pytest
 
 from bus_schema import buckets, codec
 from tests.harness import CALLS_APP_SECRET as APP_SECRET
-from tests.harness import TURN_TOKEN, Api, Member, System, WsClient, enter
+from tests.harness import TURN_TOKEN, Api, Member, System, WsClient, enter, opened
 from tests.harness import calls_env as _calls_env
+from tests.waiting import eventually
 from tools.fakecalls import FakeCallsServer, sdp
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -95,7 +94,7 @@ async def callers(
 ) -> list[Caller]:
     """Participants of ``room_id`` spread over the edges, sharing one HTTP client
     (a new one unless ``http`` is given; the test closes it)."""
-    http = http or httpx.AsyncClient(base_url=system.edges[0].url, timeout=30)
+    http = http or opened(httpx.AsyncClient(base_url=system.edges[0].url, timeout=30))
     out = []
     for index, name in enumerate(names):
         edge = system.edges[index % len(system.edges)]
@@ -230,10 +229,11 @@ async def test_leaving_closes_the_leavers_pushed_tracks_upstream(
     await ann.member.client.close()
     await ben.member.recv_type("leave")
     session = fake_calls.fake.sessions[ann.session_id]
-    deadline = time.monotonic() + 20
-    while any(t.status == "active" for t in session.tracks.values()):
-        assert time.monotonic() < deadline, "the leaver's tracks were never closed"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: not any(t.status == "active" for t in session.tracks.values()),
+        timeout=20,
+        message="the leaver's tracks were never closed",
+    )
     closes = [
         s for s in fake_calls.fake.served if s.path.endswith(f"{ann.session_id}/tracks/close")
     ]

@@ -14,7 +14,16 @@ import websockets
 
 from bus_schema import codec, ids, subjects
 from bus_schema.events import Broadcasted
-from tests.harness import RECV_TIMEOUT, Api, Member, System, WsClient, enter
+from tests.harness import (
+    RECV_TIMEOUT,
+    Api,
+    Member,
+    System,
+    WsClient,
+    background,
+    enter,
+    opened,
+)
 from tests.system.traffic import (
     assert_exactly_once_in_order,
     chat,
@@ -22,6 +31,7 @@ from tests.system.traffic import (
     stop_recorders,
     wait_delivered,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -94,10 +104,11 @@ async def test_an_edge_subscribes_to_a_room_only_while_it_has_clients_there(
     await ben.recv_type("leave")
     assert events in await edge_subscriptions(system, second)  # Ben is still there
     await ben.client.close()
-    deadline = time.monotonic() + 10
-    while events in await edge_subscriptions(system, second):
-        assert time.monotonic() < deadline, "the edge kept its room subscription"
-        await asyncio.sleep(0.05)
+
+    async def unsubscribed() -> bool:
+        return events not in await edge_subscriptions(system, second)
+
+    await eventually(unsubscribed, timeout=10, message="the edge kept its room subscription")
     await api.close()
 
 
@@ -245,8 +256,10 @@ async def test_a_slow_client_is_disconnected_and_delays_no_one(
     await talker.recv_type("join")
     joined = await api.join(room_id, "Sleeper")
     # A client that reads one frame and then never again.
-    sleeper = await websockets.connect(
-        f"{system.edges[0].ws_url}?token={joined['token']}", max_queue=1, open_timeout=10
+    sleeper = opened(
+        await websockets.connect(
+            f"{system.edges[0].ws_url}?token={joined['token']}", max_queue=1, open_timeout=10
+        )
     )
     await sleeper.recv()
     await talker.recv_type("join")
@@ -376,7 +389,7 @@ async def test_a_big_rooms_welcome_is_not_a_slow_consumer(
     room_id = await api.create_room("big", max_participants=41)
     members = [await enter(api, system.edges[0].ws_url, room_id, f"m{i}") for i in range(40)]
     # The members keep reading (what they get is not the point here).
-    readers = [asyncio.create_task(drain(m.client.ws)) for m in members]
+    readers = [background(drain(m.client.ws)) for m in members]
     for member in members:
         tracks = [
             {
@@ -389,16 +402,16 @@ async def test_a_big_rooms_welcome_is_not_a_slow_consumer(
         ]
         await member.send({"type": "cloudflare-session", "sessionId": "s" * 64, "tracks": tracks})
     state = await system.bus()
+
+    async def every_session_stored() -> bool:
+        room = await state.room_state(room_id)
+        assert room is not None
+        return len([p for p in room.participants.values() if p.session_id]) == len(members)
+
     try:
-        deadline = time.monotonic() + 20
-        while True:  # every session is in the room's state
-            room = await state.room_state(room_id)
-            assert room is not None
-            sessions = [p.session_id for p in room.participants.values() if p.session_id]
-            if len(sessions) == len(members):
-                break
-            assert time.monotonic() < deadline, "sessions not stored"
-            await asyncio.sleep(0.1)
+        await eventually(
+            every_session_stored, timeout=20, interval=0.1, message="sessions not stored"
+        )
     finally:
         await state.close()
 
@@ -417,10 +430,12 @@ async def test_a_big_rooms_welcome_is_not_a_slow_consumer(
     payload = "x" * 60_000
     for n in range(200):
         await sender.send({"type": "chat", "to": joined["participant_id"], "n": n, "pad": payload})
-    deadline = time.monotonic() + 30
-    while not slow_consumer_logged(system.edges[0].log(), joined["participant_id"]):
-        assert time.monotonic() < deadline, "the newcomer was never cut off"
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: slow_consumer_logged(system.edges[0].log(), joined["participant_id"]),
+        timeout=30,
+        interval=0.1,
+        message="the newcomer was never cut off",
+    )
     with pytest.raises(websockets.ConnectionClosed):
         await asyncio.wait_for(drain(newcomer.ws), 30)
     assert newcomer.ws.close_code in (4008, 1006)  # 4008 if the close frame fitted in

@@ -4,29 +4,34 @@ rebalancing and handover, with worker processes killed, paused and stopped for r
 import asyncio
 import collections
 import signal
-import time
 from collections.abc import Callable
 
 import pytest
 
 from bus_schema import buckets, codec, subjects
-from tests.harness import Api, System, enter
+from tests.harness import Api, System, background, enter
 from tests.system.traffic import (
+    Room,
     assert_exactly_once_in_order,
     chat,
     open_rooms,
     stop_recorders,
     wait_delivered,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def wait_log(proc_log: Callable[[], str], text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in proc_log():
-        assert time.monotonic() < deadline, f"never logged {text!r}"
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: text in proc_log(), timeout=timeout, interval=0.1, message=f"never logged {text!r}"
+    )
+
+
+def every_room_talking(rooms: list[Room]) -> bool:
+    """Each room has delivered a chat message to one of its members at least."""
+    return all(any(r.chats(m) for r in room.recorders for m in room.members) for room in rooms)
 
 
 async def test_sigkill_a_worker_mid_traffic(make_system: Callable[..., System]) -> None:
@@ -41,8 +46,9 @@ async def test_sigkill_a_worker_mid_traffic(make_system: Callable[..., System]) 
     victim = owners.most_common(1)[0][0]
     assert victim is not None
 
-    talking = asyncio.create_task(chat(rooms, 20, pause=0.05))
-    await asyncio.sleep(0.3)  # mid-traffic: some messages sent, most still to come
+    talking = background(chat(rooms, 20, pause=0.05))
+    # Mid-traffic: every room has delivered messages, most are still to come (20 take 1 s).
+    await eventually(lambda: every_room_talking(rooms), timeout=30, message="no room talks")
     system.actor(victim).kill()
     await talking
     await wait_delivered(rooms, 20)
@@ -85,26 +91,27 @@ async def test_paused_worker_cannot_overwrite_after_takeover(
                 written.append(codec.room_state.decode(entry.value).seq)
 
     recording = asyncio.create_task(record())
-
-    paused.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     try:
-        await chat([room], 5)
-        await wait_delivered([room], 5)
-        new_owner = await bus.room_owner(room.room_id)
-        assert new_owner not in (None, paused_id)
-    finally:
-        paused.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-    await wait_log(paused.log, "lost its lease")
-    await chat([room], 5, first=5)
-    await wait_delivered([room], 10)
-    assert_exactly_once_in_order([room], 10)
+        paused.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            await chat([room], 5)
+            await wait_delivered([room], 5)
+            new_owner = await bus.room_owner(room.room_id)
+            assert new_owner not in (None, paused_id)
+        finally:
+            paused.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        await wait_log(paused.log, "lost its lease")
+        await chat([room], 5, first=5)
+        await wait_delivered([room], 10)
+        assert_exactly_once_in_order([room], 10)
 
-    state = await bus.room_state(room.room_id)
-    assert state is not None
-    assert written == sorted(set(written)), written  # never rewritten from an older revision
-    assert written[-1] == state.seq
-    recording.cancel()
-    await watcher.stop()
+        state = await bus.room_state(room.room_id)
+        assert state is not None
+        assert written == sorted(set(written)), written  # never rewritten from an older revision
+        assert written[-1] == state.seq
+    finally:
+        recording.cancel()
+        await watcher.stop()
     await stop_recorders([room])
     await bus.close()
     await api.close()
@@ -165,10 +172,11 @@ async def test_idle_rooms_are_passivated_and_reload(make_system: Callable[..., S
     worker_id = system.actors[0].env["WORKER_ID"]
     api = Api(system.edges[0].url)
     room_id = await api.create_room("sleepy")
-    deadline = time.monotonic() + 30
-    while (await bus.status(worker_id)).rooms_active != 0:
-        assert time.monotonic() < deadline, "room never passivated"
-        await asyncio.sleep(0.2)
+
+    async def passivated() -> bool:
+        return (await bus.status(worker_id)).rooms_active == 0
+
+    await eventually(passivated, timeout=30, interval=0.2, message="room never passivated")
     member = await enter(api, system.edges[0].ws_url, room_id, "Ann")
     assert (await bus.status(worker_id)).rooms_active == 1
     await member.client.close()

@@ -147,15 +147,18 @@ async def pair(
             "ADMIN_API_KEY": ADMIN_KEY,
         },
     )
-    await system.start()
-    api = Api(system.edges[0].url)
-    room_id = await api.create_room("fuzz")
-    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
-    ben = await enter(api, system.edges[0].ws_url, room_id, "Ben")
-    await ann.recv_type("join")
-    yield system, ann, ben
-    await api.close()
-    system.stop()
+    try:
+        await system.start()
+        api = Api(system.edges[0].url)
+        room_id = await api.create_room("fuzz")
+        ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+        ben = await enter(api, system.edges[0].ws_url, room_id, "Ben")
+        await ann.recv_type("join")
+        yield system, ann, ben
+        for opened in (ann.client, ben.client, api):
+            await opened.close()
+    finally:
+        system.stop()
 
 
 async def probe(sender: Member, receiver: Member, last_seq: list[int]) -> None:

@@ -12,6 +12,7 @@ import websockets
 
 from edge.settings import EdgeSettings
 from tests.harness import JWT_SECRET, Api, System, WsClient, enter
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -105,14 +106,13 @@ async def test_connections_per_address(make_system: Callable[..., System]) -> No
     url = f"{system.edges[0].ws_url}?token={third['token']}"
     assert await status_before_upgrade(url) == 429
     await first.client.close()
-    deadline = time.monotonic() + 10
-    while True:  # the edge counts the closed socket out as soon as it has ended
-        try:
-            client = await WsClient.connect(system.edges[0].ws_url, third["token"])
-            break
-        except websockets.InvalidStatus:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+    # The edge counts the closed socket out as soon as it has ended.
+    client = await eventually(
+        lambda: WsClient.connect(system.edges[0].ws_url, third["token"]),
+        timeout=10,
+        message="the closed socket still counts",
+        retry_on=(websockets.InvalidStatus,),
+    )
     await client.recv_type("welcome")
     await api.close()
 

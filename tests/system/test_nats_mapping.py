@@ -8,6 +8,7 @@ import nats
 
 from bus_schema import ids, subjects
 from signaling.natsserver import NatsServer
+from tests.harness import opened
 
 
 async def test_partition_matches_the_servers_mapping(tmp_path: Path) -> None:
@@ -18,7 +19,7 @@ async def test_partition_matches_the_servers_mapping(tmp_path: Path) -> None:
     )
     server = NatsServer(data_dir=tmp_path, config_file=config).start()
     try:
-        nc = await nats.connect(server.url)
+        nc = opened(await nats.connect(server.url))
         received: asyncio.Queue[str] = asyncio.Queue()
 
         async def on_message(msg: nats.aio.msg.Msg) -> None:

@@ -1,8 +1,6 @@
 """Someone on the NATS network: a server of their own that tries to join the
 cluster through its route port, past every user permission."""
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 from signaling.natsserver import NatsServer
 from tests.harness import System
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -28,17 +27,18 @@ def logged(log_file: Path, text: str) -> bool:
 
 async def until_logged(log_file: Path, text: str, timeout: float = 20.0) -> None:
     """Until ``text`` appears in a server's log (how a refused route shows)."""
-    deadline = time.monotonic() + timeout
-    while not logged(log_file, text):
-        assert time.monotonic() < deadline, f"{text!r} never logged in {log_file.name}"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: logged(log_file, text),
+        timeout=timeout,
+        message=f"{text!r} never logged in {log_file.name}",
+    )
 
 
 async def until_joined(system: System, name: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while name not in await route_names(system.nodes[0]):
-        assert time.monotonic() < deadline, f"{name} never joined"
-        await asyncio.sleep(0.05)
+    async def joined() -> bool:
+        return name in await route_names(system.nodes[0])
+
+    await eventually(joined, timeout=timeout, message=f"{name} never joined")
 
 
 async def test_a_route_without_the_password_is_refused(

@@ -30,8 +30,8 @@ from tests.harness import JWT_SECRET, System
 @pytest.fixture(scope="module")
 def openapi_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenApiSchema]:
     system = System(Path(tmp_path_factory.mktemp("openapi")))
-    asyncio.run(system.start())
     try:
+        asyncio.run(system.start())
         yield schemathesis.openapi.from_url(f"{system.edges[0].url}/schema/openapi.json")
     finally:
         system.stop()

@@ -20,13 +20,16 @@ from runtime.natsconn import Role, inbox_prefix
 from tests.harness import Api, Member, System, WsClient, enter
 from tests.system.test_webhooks import FAST, Receiver
 from tests.system.traffic import chat, open_rooms, stop_recorders, wait_delivered
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def gather_replies(nc: nats.aio.client.Client, subject: str, wait: float = 0.5) -> list[Any]:
-    """What ``nats micro ls|info|stats`` does: publish with an inbox, collect
-    every instance's answer for a moment."""
+async def gather_replies(nc: nats.aio.client.Client, subject: str, instances: int) -> list[Any]:
+    """What ``nats micro ls|info|stats`` does: publish with an inbox and collect
+    every instance's answer; here until the ``instances`` we started have
+    answered, then one round trip more so that an extra answer sent with
+    theirs is counted too."""
     inbox = nc.new_inbox()
     replies: list[Any] = []
 
@@ -34,9 +37,14 @@ async def gather_replies(nc: nats.aio.client.Client, subject: str, wait: float =
         replies.append(json.loads(msg.data))
 
     subscription = await nc.subscribe(inbox, cb=collect)
-    await nc.publish(subject, b"", reply=inbox)
-    await asyncio.sleep(wait)  # collecting answers for a while is the protocol itself
-    await subscription.unsubscribe()
+    try:
+        await nc.publish(subject, b"", reply=inbox)
+        await eventually(
+            lambda: len(replies) >= instances, timeout=10, message=lambda: f"{subject}: {replies}"
+        )
+        await nc.flush()
+    finally:
+        await subscription.unsubscribe()
     return replies
 
 
@@ -50,14 +58,14 @@ async def test_micro_services_describe_the_running_system(
     owned = await bus.balanced(workers)
     nc = bus.nc
 
-    pings = await gather_replies(nc, "$SRV.PING")
+    pings = await gather_replies(nc, "$SRV.PING", 4)
     assert sorted(p["name"] for p in pings) == [
         "signaling-actors",
         "signaling-actors",
         "signaling-edge",
         "signaling-edge",
     ]
-    infos = await gather_replies(nc, "$SRV.INFO.signaling-actors")
+    infos = await gather_replies(nc, "$SRV.INFO.signaling-actors", 2)
     assert len(infos) == 2
     for info in infos:
         worker = info["metadata"]["instance"]
@@ -74,7 +82,7 @@ async def test_micro_services_describe_the_running_system(
     api = Api(system.edges[0].url)
     room_id = await api.create_room("stats")
     await enter(api, system.edges[0].ws_url, room_id, "Ann")
-    stats = await gather_replies(nc, "$SRV.STATS.signaling-actors")
+    stats = await gather_replies(nc, "$SRV.STATS.signaling-actors", 2)
     handled = sum(
         e["num_requests"]
         for s in stats
@@ -83,7 +91,7 @@ async def test_micro_services_describe_the_running_system(
     )
     assert handled >= 2  # the create and the join
 
-    edge_infos = await gather_replies(nc, "$SRV.INFO.signaling-edge")
+    edge_infos = await gather_replies(nc, "$SRV.INFO.signaling-edge", 2)
     assert {i["metadata"]["instance"].rsplit("-", 1)[0] for i in edge_infos} == {
         e.env["EDGE_ID"] for e in system.edges
     }
@@ -188,9 +196,11 @@ async def test_sigterm_drains_an_edge_and_clients_resume_elsewhere(
     started = time.monotonic()
     draining.process.terminate()
     async with httpx.AsyncClient() as http:
-        while (await http.get(f"{draining.url}/ready")).status_code != 503:
-            assert time.monotonic() - started < 5, "never reported draining"
-            await asyncio.sleep(0.05)
+
+        async def draining_reported() -> bool:
+            return (await http.get(f"{draining.url}/ready")).status_code == 503
+
+        await eventually(draining_reported, timeout=5, message="never reported draining")
         # Draining: new sockets are refused, so the load balancer moves them on.
         late = await api.join(room_id, "late")
         with pytest.raises(websockets.InvalidStatus):
@@ -236,13 +246,14 @@ async def test_an_edge_user_cannot_write_room_state_or_act_as_an_actor(
     forged = b'{"type":"closed","room_id":"%s","seq":99,"participant_id":"","reason":"x"}'
     await edge_nc.publish(subjects.room_events(room_id), forged % room_id.encode())
     await edge_nc.flush()
-    deadline = time.monotonic() + 5
-    while not all(
-        any(what in str(e).lower() for e in errors)
-        for what in ("subscription to", 'publish to "signal.room.')
-    ):
-        assert time.monotonic() < deadline, errors
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: all(
+            any(what in str(e).lower() for e in errors)
+            for what in ("subscription to", 'publish to "signal.room.')
+        ),
+        timeout=5,
+        message=lambda: str(errors),
+    )
     await edge_nc.close()
     bus = await system.bus()
     state = await bus.room_state(room_id)
@@ -278,14 +289,15 @@ async def until_refused(
     for subject in subjects:
         await nc.subscribe(subject)
     await nc.flush()
-    deadline = time.monotonic() + 10
 
     def refused(subject: str) -> bool:
         return any(f'subscription to "{subject.lower()}"' in str(e).lower() for e in errors)
 
-    while not all(refused(s) for s in subjects):
-        assert time.monotonic() < deadline, (subjects, errors)
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: all(refused(s) for s in subjects),
+        timeout=10,
+        message=lambda: str((subjects, errors)),
+    )
 
 
 async def test_each_role_reads_only_its_own_replies(make_system: Callable[..., System]) -> None:

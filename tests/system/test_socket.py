@@ -1,6 +1,5 @@
 """WebSocket behaviour of docs/protocol.md against a real edge, worker and nats-server."""
 
-import asyncio
 import json
 import time
 import uuid
@@ -10,6 +9,7 @@ import pytest
 import websockets
 
 from tests.harness import JWT_SECRET, Api, System, WsClient, enter
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -341,10 +341,9 @@ async def test_refused_upgrades_log_no_error(system: System, api: Api, ws_url: s
     # A connection after them: once it is logged, so would their lines be.
     room_id = await api.create_room("after refusals")
     member = await enter(api, ws_url, room_id, "After")
-    deadline = time.monotonic() + 10
-    while member.participant_id not in edge.log()[start:]:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: member.participant_id in edge.log()[start:], timeout=10, message="never logged"
+    )
     lines = edge.log()[start:].splitlines()
     assert [line for line in lines if '"level": "ERROR"' in line] == []
     assert sum('"WebSocket /ws' in line and " 401" in line for line in lines) == 20

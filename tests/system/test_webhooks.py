@@ -3,7 +3,6 @@ while, dispatchers killed and restarted, two dispatchers sharing the work, and
 dead letters. All real processes."""
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -22,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus_schema import log, subjects
 from bus_schema.status import DispatcherStatus
 from tests.harness import Api, Proc, System, enter
+from tests.waiting import eventually
 from webhooks import signing
+from webhooks.dispatcher import consumer_name
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -104,13 +105,14 @@ class Receiver:
         return [d for d in self.attempts if d.status == 200]
 
     async def until(self, check: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"timed out; {len(self.accepted())} accepted"
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), min(remaining, 1.0))
+        """Until ``check`` holds, looked at again as each attempt arrives."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not check():
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out; {len(self.accepted())} accepted") from None
 
 
 async def room_story(api: Api, ws_url: str, room_id: str | None = None) -> tuple[str, int]:
@@ -152,14 +154,13 @@ async def dispatchers_ready(system: System, timeout: float = 30.0) -> None:
     try:
         for dispatcher in filter(Proc.alive, system.dispatchers):
             subject = subjects.dispatcher_status(dispatcher.env["DISPATCHER_ID"])
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    await nc.request(subject, b"", timeout=1)
-                    break
-                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                    assert time.monotonic() < deadline, dispatcher.log()
-                    await asyncio.sleep(0.1)
+            await eventually(
+                lambda subject=subject: nc.request(subject, b"", timeout=1),
+                timeout=timeout,
+                interval=0.1,
+                message=dispatcher.log,
+                retry_on=(nats.errors.NoRespondersError, nats.errors.TimeoutError),
+            )
     finally:
         await nc.close()
 
@@ -170,22 +171,49 @@ async def dead_letters(system: System, count: int, timeout: float = 30.0) -> lis
     nc = await system.connect()
     try:
         js = nc.jetstream()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                sub = await js.subscribe(
+        async with asyncio.timeout(timeout):
+            sub = await eventually(
+                lambda: js.subscribe(
                     subjects.WEBHOOK_DEAD_ALL,
                     ordered_consumer=True,
                     deliver_policy=DeliverPolicy.ALL,
-                )
-                break
-            except nats.js.errors.NotFoundError:
-                assert time.monotonic() < deadline, "no dead-letter stream"
-                await asyncio.sleep(0.2)
-        letters = []
-        while len(letters) < count:
-            letters.append(await sub.next_msg(timeout=max(0.1, deadline - time.monotonic())))
-        return letters
+                ),
+                timeout=timeout,
+                interval=0.2,
+                message="no dead-letter stream",
+                retry_on=(nats.js.errors.NotFoundError,),
+            )
+            return [await sub.next_msg(timeout=timeout) for _ in range(count)]
+    finally:
+        await nc.close()
+
+
+async def settled(system: System, timeout: float = 30.0) -> None:
+    """Until no running dispatcher holds an event and every log partition's
+    consumer has nothing pending or unacknowledged: nothing more will be POSTed."""
+    nc = await system.connect()
+    js = nc.jetstream()
+
+    async def idle() -> bool:
+        for partition in range(subjects.LOG_PARTITIONS):
+            info = await js.consumer_info(log.LOG_STREAM, consumer_name(partition))
+            if info.num_pending or info.num_ack_pending:
+                return False
+        for dispatcher in filter(Proc.alive, system.dispatchers):
+            subject = subjects.dispatcher_status(dispatcher.env["DISPATCHER_ID"])
+            reply = await nc.request(subject, b"", timeout=5)
+            if msgspec.json.decode(reply.data, type=DispatcherStatus).holding:
+                return False
+        return True
+
+    try:
+        await eventually(
+            idle,
+            timeout=timeout,
+            interval=0.1,
+            message="dispatchers still busy",
+            retry_on=(nats.errors.Error,),
+        )
     finally:
         await nc.close()
 
@@ -209,15 +237,19 @@ async def metrics_until(
     dispatcher: Proc, check: Callable[[dict[tuple[str, str], float]], bool], timeout: float = 30.0
 ) -> dict[tuple[str, str], float]:
     """Scrape until ``check`` holds (the gauges are refreshed in the background)."""
-    deadline = time.monotonic() + timeout
     values: dict[tuple[str, str], float] = {}
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            values = await scrape(dispatcher)
-            if check(values):
-                return values
-        assert time.monotonic() < deadline, (values, dispatcher.log()[-3000:])
-        await asyncio.sleep(0.1)
+
+    async def holds() -> dict[tuple[str, str], float] | None:
+        values.update(await scrape(dispatcher))
+        return dict(values) if check(values) else None
+
+    return await eventually(
+        holds,
+        timeout=timeout,
+        interval=0.1,
+        message=lambda: str((values, dispatcher.log()[-3000:])),
+        retry_on=(httpx.HTTPError,),
+    )
 
 
 def check_signed(delivery: Delivery) -> str:
@@ -327,7 +359,7 @@ async def test_two_dispatchers_share_the_work_without_duplicates(
         stories = [await room_story(api, system.edges[0].ws_url) for _ in range(8)]
         total = sum(n for _, n in stories)
         await receiver.until(lambda: len(receiver.accepted()) >= total)
-        await asyncio.sleep(1.0)  # room for a duplicate to show up (there must be none)
+        await settled(system)  # no delivery in flight, none to come: a duplicate would be here
         accepted = receiver.accepted()
         ids = [d.entry["id"] for d in accepted]
         assert len(ids) == len(set(ids)) == total

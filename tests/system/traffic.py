@@ -2,14 +2,13 @@
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
 
-from tests.harness import Api, Member, enter
+from tests.harness import Api, Member, enter, opened
 
 
 @dataclass
@@ -23,7 +22,7 @@ class Recorder:
 
     def start(self) -> "Recorder":
         self._task = asyncio.create_task(self._run())
-        return self
+        return opened(self)
 
     async def _run(self) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -34,20 +33,21 @@ class Recorder:
     async def wait_for(
         self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition(self.messages):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self.member.name} saw {self.messages[-5:]}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition(self.messages):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"{self.member.name} saw {self.messages[-5:]}") from None
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    close = stop  # so the harness stops a recorder a failed test left running
 
     def chats(self, sender: Member) -> list[int]:
         return [

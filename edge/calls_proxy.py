@@ -13,7 +13,6 @@ the request may have reached Cloudflare.
 ``CALLS_PROXY_AUTH=off`` restores the old open proxy for legacy clients.
 """
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -40,6 +39,7 @@ from edge.commands import CommandFailed
 from edge.errors import ApiError
 from edge.ice import IceServers
 from edge.settings import EdgeSettings
+from runtime.retry import Backoff, Retry
 
 log = logging.getLogger(__name__)
 
@@ -337,35 +337,28 @@ class CallsProxy:
             "Authorization": f"Bearer {settings.calls_app_secret}",
             "Content-Type": "application/json",
         }
-        attempts = settings.calls_retries + 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
-            try:
-                response = await self._http.request(method, url, content=body, headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                # Nothing reached Cloudflare: always safe to try again.
-                if last:
-                    raise _error(
-                        502, "Cloudflare Calls is unreachable", "upstream_unreachable"
-                    ) from None
-            except httpx.TimeoutException:
-                if last or creates:
-                    raise _error(504, "Cloudflare Calls timed out", "upstream_timeout") from None
-            except httpx.HTTPError:
-                if last or creates:
-                    raise _error(
-                        502, "Cloudflare Calls is unreachable", "upstream_unreachable"
-                    ) from None
-            else:
-                retryable = response.status_code == 429 or response.status_code >= 500
-                if not retryable or last or creates:
-                    if not _is_json(response):
-                        raise _error(
-                            502, "Unexpected response from Cloudflare Calls", "bad_upstream"
-                        )
-                    return response
-            await asyncio.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+        # A connection that failed reached nothing: always tried again. A
+        # timeout, another transport error, 429 or 5xx: only for calls that
+        # create nothing (Cloudflare may have created it already).
+        policy = Retry(
+            on=_NOT_SENT if creates else (httpx.HTTPError,),
+            result=None if creates else _overloaded,
+            attempts=settings.calls_retries + 1,
+            backoff=Backoff(0.2, cap=1.0),
+        )
+        try:
+            response = await policy.run(
+                lambda _: self._http.request(method, url, content=body, headers=headers)
+            )
+        except _NOT_SENT:
+            raise _error(502, "Cloudflare Calls is unreachable", "upstream_unreachable") from None
+        except httpx.TimeoutException:
+            raise _error(504, "Cloudflare Calls timed out", "upstream_timeout") from None
+        except httpx.HTTPError:
+            raise _error(502, "Cloudflare Calls is unreachable", "upstream_unreachable") from None
+        if not _is_json(response):
+            raise _error(502, "Unexpected response from Cloudflare Calls", "bad_upstream")
+        return response
 
     # --- cleanup when a participant leaves ------------------------------------------
 
@@ -413,6 +406,14 @@ class CallsProxy:
         body = msgspec.json.encode({"tracks": [{"mid": m} for m in mids], "force": True})
         await self.forward("PUT", f"/sessions/{session_id}/tracks/close", body)
         return len(mids)
+
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+"""Failures before the request reached Cloudflare."""
+
+
+def _overloaded(response: httpx.Response) -> bool:
+    return response.status_code == 429 or response.status_code >= 500
 
 
 def _is_json(response: httpx.Response) -> bool:

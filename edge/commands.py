@@ -1,13 +1,14 @@
 """Sending room commands to the owning actor, with retries until a deadline.
 
 A command is retried on timeout, on "no responders" (no worker owns the room
-right now) and on a retryable rejection (the room is moving), with exponential
-backoff. Commands carry an id, so a retry after a lost reply is applied once.
-When the deadline passes, `CommandFailed` is raised: the caller tells the client.
+right now), on a lost connection and on a retryable rejection (the room is
+moving), with exponential backoff; never on another rejection. Commands carry
+an id, so a retry after a lost reply is applied once. When the deadline
+passes, `CommandFailed` is raised: the caller tells the client.
 """
 
-import asyncio
 import logging
+from typing import TypeGuard
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -17,11 +18,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from bus_schema import codec, subjects
 from bus_schema.commands import Command, Rejected, Reply
 from bus_schema.errors import ErrorCode
+from runtime.retry import Attempt, Backoff, Retry
 
 log = logging.getLogger(__name__)
-
-_MAX_BACKOFF = 0.25
-"""Seconds between retries at most: a failover is noticed within this."""
 
 
 class CommandFailed(Exception):
@@ -44,30 +43,46 @@ class RoomCommands:
         returned to the caller, who maps it to a client error."""
         subject = subjects.room_command(command.room_id)
         data = codec.encode(command)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._deadline
-        delay = 0.02
-        while True:
-            timeout = max(0.01, min(self._attempt_timeout, give_up - loop.time()))
-            try:
-                msg = await self._nc.request(subject, data, timeout=timeout)
-                reply = codec.replies.decode(msg.data)
-                if not (isinstance(reply, Rejected) and reply.retryable):
-                    return reply
-                reason = reply.code
-            except NoRespondersError:
-                reason = "no responders"
-            except NatsTimeoutError:
-                reason = "timeout"
-            except NatsError as e:  # disconnected, reconnecting, connection closed
-                reason = type(e).__name__
-            except codec.DecodeError:
-                log.exception("undecodable reply to %s", type(command).__name__)
-                raise CommandFailed(ErrorCode.INTERNAL, "Internal error") from None
-            if loop.time() + delay >= give_up:
-                log.warning(
-                    "%s for room %s failed: %s", type(command).__name__, command.room_id, reason
-                )
-                raise CommandFailed(ErrorCode.UNAVAILABLE, "Room service unavailable, try again")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
+
+        async def request(attempt: Attempt) -> Reply:
+            timeout = attempt.timeout(self._attempt_timeout)
+            msg = await self._nc.request(subject, data, timeout=timeout)
+            return codec.replies.decode(msg.data)
+
+        # Every NATS error (no responders: no worker owns the room right now;
+        # timeout; disconnected, reconnecting) and a retryable rejection (the
+        # room is moving) are tried again until the deadline; at most 0.25 s
+        # apart, so a failover is noticed within that.
+        policy = Retry(
+            on=(NatsError,),
+            result=_moving,
+            deadline=self._deadline,
+            backoff=Backoff(0.02, cap=0.25),
+        )
+        try:
+            reply = await policy.run(request)
+        except NatsError as e:
+            raise self._unavailable(command, _reason(e)) from None
+        except codec.DecodeError:
+            log.exception("undecodable reply to %s", type(command).__name__)
+            raise CommandFailed(ErrorCode.INTERNAL, "Internal error") from None
+        if _moving(reply):  # still moving at the deadline
+            raise self._unavailable(command, reply.code)
+        return reply
+
+    @staticmethod
+    def _unavailable(command: Command, reason: str) -> CommandFailed:
+        log.warning("%s for room %s failed: %s", type(command).__name__, command.room_id, reason)
+        return CommandFailed(ErrorCode.UNAVAILABLE, "Room service unavailable, try again")
+
+
+def _moving(reply: Reply) -> TypeGuard[Rejected]:
+    return isinstance(reply, Rejected) and reply.retryable
+
+
+def _reason(error: NatsError) -> str:
+    if isinstance(error, NoRespondersError):
+        return "no responders"
+    if isinstance(error, NatsTimeoutError):
+        return "timeout"
+    return type(error).__name__  # disconnected, reconnecting, connection closed

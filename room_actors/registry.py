@@ -17,6 +17,7 @@ from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
 from room_actors.state import ExpireDisconnected, Limits, Republish
 from room_actors.store import RoomStore
+from runtime.retry import Backoff, Retry
 from runtime.services import MicroService
 
 log = logging.getLogger(__name__)
@@ -180,16 +181,22 @@ class Registry:
     async def _send_cleanup(self, request: CloseCallsTracks) -> None:
         """Ask an edge with Calls configured to close a leaver's tracks (best effort)."""
         data = codec.encode(request)
-        for attempt in range(3):
-            try:
-                await self._nc.request(subjects.CALLS_CLEANUP, data, timeout=15)
-                return
-            except nats.errors.NoRespondersError:
-                log.info("no edge closes Calls tracks (Calls not configured?)")
-                return
-            except (nats.errors.Error, TimeoutError):
-                await asyncio.sleep(0.5 * (attempt + 1))
-        log.warning("Calls tracks of %s were not closed", request.participant_id)
+        # A NATS error or a timeout: 3 attempts, 0.5 and 1 s apart; but no
+        # responders means no edge has Calls configured: nothing to retry.
+        policy = Retry(
+            on=lambda e: (
+                isinstance(e, nats.errors.Error | TimeoutError)
+                and not isinstance(e, nats.errors.NoRespondersError)
+            ),
+            attempts=3,
+            backoff=Backoff(0.5, cap=1.0),
+        )
+        try:
+            await policy.run(lambda _: self._nc.request(subjects.CALLS_CLEANUP, data, timeout=15))
+        except nats.errors.NoRespondersError:
+            log.info("no edge closes Calls tracks (Calls not configured?)")
+        except (nats.errors.Error, TimeoutError):
+            log.warning("Calls tracks of %s were not closed", request.participant_id)
 
     # --- housekeeping ---------------------------------------------------------
 

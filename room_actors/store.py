@@ -1,7 +1,7 @@
 """Room state in JetStream KV: load, and save with compare-and-set on the revision."""
 
-import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ from bus_schema import buckets, codec, subjects
 from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors import metrics
+from runtime.retry import Attempt, Backoff, Retry
 from runtime.streams import bucket_keys, ensure_limits, ensure_stream, kv_stream
 
 log = logging.getLogger(__name__)
@@ -136,29 +137,34 @@ class RoomStore:
         return loaded.revision
 
     async def append_log(self, entries: list[LogEntry]) -> None:
-        """Append to the event log, in order; each entry once (``Nats-Msg-Id``)."""
-        if self._js is None:
+        """Append to the event log, in order; each entry once (``Nats-Msg-Id``).
+        An entry that still fails after its attempts is counted and logged, and
+        the next is appended (the turn it records is saved already)."""
+        js = self._js
+        if js is None:
             return
-        for entry in entries:
+
+        async def publish(entry: LogEntry, _: Attempt) -> None:
             subject = subjects.log_event(entry.room_id, entry.event)
-            data = codec.encode(entry)
-            for attempt in range(4):
-                try:
-                    await self._js.publish(
-                        subject, data, timeout=1.0, headers={"Nats-Msg-Id": entry.id}
-                    )
-                    metrics.LOG_APPENDED.inc()
-                    break
-                except (nats.errors.Error, TimeoutError) as e:
-                    if attempt == 3:
-                        metrics.LOG_FAILED.inc()
-                        log.error(
-                            "event log append failed: %s",
-                            type(e).__name__,
-                            extra={"room_id": entry.room_id},
-                        )
-                        break
-                    await asyncio.sleep(0.1 * 2**attempt)
+            headers = {"Nats-Msg-Id": entry.id}
+            await js.publish(subject, codec.encode(entry), timeout=1.0, headers=headers)
+
+        # A NATS error or a timeout: 4 attempts, 0.1, 0.2 and 0.4 s apart.
+        policy = Retry(
+            on=(nats.errors.Error, TimeoutError), attempts=4, backoff=Backoff(0.1, cap=0.4)
+        )
+        for entry in entries:
+            try:
+                await policy.run(functools.partial(publish, entry))
+            except (nats.errors.Error, TimeoutError) as e:
+                metrics.LOG_FAILED.inc()
+                log.error(
+                    "event log append failed: %s",
+                    type(e).__name__,
+                    extra={"room_id": entry.room_id},
+                )
+            else:
+                metrics.LOG_APPENDED.inc()
 
     async def load(self, room_id: str) -> Loaded:
         try:

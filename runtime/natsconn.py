@@ -9,11 +9,13 @@ import nats
 from nats.aio.client import Client
 
 from runtime.config import NatsCredentials
+from runtime.retry import Attempt, Backoff, Retry
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 Role = Literal["edge", "actors", "webhooks"]
+_UNREACHABLE = (OSError, TimeoutError, nats.errors.NoServersError)
 
 
 def inbox_prefix(role: Role) -> str:
@@ -67,51 +69,52 @@ async def connect(
             await on_disconnected()
 
     options = _options(servers, credentials)
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    delay = 0.1
-    while True:
-        try:
-            # nats-py retries a first connection forever when reconnecting is
-            # allowed (max_reconnect_attempts=-1): the deadline is ours to keep.
-            connecting = nats.connect(
-                servers=servers,
-                name=name,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=2,
-                ping_interval=5,
-                max_outstanding_pings=3,
-                error_cb=error_cb,
-                reconnected_cb=reconnected_cb,
-                disconnected_cb=disconnected_cb,
-                inbox_prefix=inbox_prefix(role),
-                **options,
-            )
-            return await asyncio.wait_for(connecting, max(give_up - loop.time(), 0.1))
-        except (OSError, TimeoutError, nats.errors.NoServersError) as e:
-            if loop.time() + delay > give_up:
-                raise ConnectionError(f"cannot reach NATS at {', '.join(servers)}") from e
-            log.info("nats: not reachable yet (%s), retrying", type(e).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+
+    async def connecting(attempt: Attempt) -> Client:
+        # nats-py retries a first connection forever when reconnecting is
+        # allowed (max_reconnect_attempts=-1): the deadline is ours to keep.
+        client = nats.connect(
+            servers=servers,
+            name=name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=2,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            error_cb=error_cb,
+            reconnected_cb=reconnected_cb,
+            disconnected_cb=disconnected_cb,
+            inbox_prefix=inbox_prefix(role),
+            **options,
+        )
+        return await asyncio.wait_for(client, attempt.timeout(deadline, least=0.1))
+
+    # A server that is not up yet, or refuses: tried again until the deadline.
+    policy = Retry(on=_UNREACHABLE, deadline=deadline, backoff=Backoff(0.1, cap=1.0))
+    try:
+        return await policy.run(
+            connecting,
+            on_retry=lambda e, _: log.info("nats: not reachable yet (%s), retrying", _name(e)),
+        )
+    except _UNREACHABLE as e:
+        raise ConnectionError(f"cannot reach NATS at {', '.join(servers)}") from e
 
 
 async def until_ready(
     operation: Callable[[], Awaitable[_T]], *, what: str, deadline: float = 60.0
 ) -> _T:
     """Retry ``operation`` while JetStream is not ready yet (a cluster electing
-    its leaders, a node restarting), up to ``deadline`` seconds."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    delay = 0.1
-    while True:
-        try:
-            return await operation()
-        except (nats.errors.Error, TimeoutError) as e:
-            if loop.time() + delay > give_up:
-                raise
-            log.info("%s: not ready (%s), retrying", what, type(e).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    its leaders, a node restarting), up to ``deadline`` seconds; then its last
+    error is raised."""
+    policy = Retry(
+        on=(nats.errors.Error, TimeoutError), deadline=deadline, backoff=Backoff(0.1, cap=2.0)
+    )
+    return await policy.run(
+        lambda _: operation(),
+        on_retry=lambda e, _: log.info("%s: not ready (%s), retrying", what, _name(e)),
+    )
+
+
+def _name(failure: object) -> str:
+    return type(failure).__name__

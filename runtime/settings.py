@@ -3,7 +3,8 @@ bounds, one-line doc, and whether it is a secret.
 
 A role's settings are a frozen class (`@settings_class`, a `Settings`) whose
 fields are declared with the field functions below (`text`, `integer`,
-`number`, `flag`, `choice`, `listed`, `port_or_off`, `nested`). Everything else
+`number`, `flag`, `choice`, `listed`, `port_or_off`, `process_id`, `nested`;
+checks such as `MinLength` or `http_url` refine them). Everything else
 is derived from those declarations: reading the environment with a message
 that names the variable (`Settings.from_env`), the repr that hides secrets, and
 the README's configuration table (`settings_table`, which
@@ -435,6 +436,8 @@ class Settings:
 
     @classmethod
     def read(cls: type[_C], env: Env) -> _C:
+        """Each declared field in order (a bound names a field read before),
+        nested settings from the same ``env``, then `validate`."""
         values: dict[str, Any] = {}
         known: dict[str, Any] = {}
         for f in dataclasses.fields(cls):

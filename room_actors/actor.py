@@ -1,10 +1,13 @@
 """One actor per active room: a mailbox drained in turns.
 
-A turn takes every command waiting in the mailbox, applies them one by one with
-`state.decide`, saves the resulting state once with compare-and-set (a group
-commit), then publishes the events in sequence order and answers each request.
-Nothing is published or acknowledged before the state it describes is saved.
-A turn that fails drops the cached state; the next turn reloads it from KV.
+A turn takes every message waiting in the mailbox and folds them with
+`state.decide` (each decision applied to the state the previous one left),
+then carries out what the decisions say, in one straight line: save the state
+once with compare-and-set (a group commit, its events as the outbox), keep the
+read models in KV in step, publish the events in sequence order, append them
+to the event log, answer each request. Nothing is published or acknowledged
+before the state it describes is saved. A turn that fails drops the cached
+state; the next turn reloads it from KV.
 """
 
 import asyncio
@@ -19,46 +22,26 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus_schema import codec, ids, subjects
-from bus_schema import log as event_log
-from bus_schema.commands import (
-    Ack,
-    Catchup,
-    Command,
-    CreateRoom,
-    GetSnapshot,
-    RegisterCallsSession,
-    Rejected,
-    Reply,
-    RoomInfo,
-    UpdateRoom,
-)
+from bus_schema.commands import Catchup, Command, GetSnapshot, Rejected, Reply
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
-from bus_schema.events import (
-    Broadcasted,
-    Event,
-    ParticipantJoined,
-    ParticipantLeft,
-    RoomClosed,
-    SessionPublished,
-    TrackMuted,
-    TrackStateChanged,
-)
+from bus_schema.events import Event
 from bus_schema.log import LogEntry
 from bus_schema.state import CallsSession, RoomState
 from room_actors import metrics
+from room_actors.log import entries
 from room_actors.state import (
+    Decision,
     ExpireDisconnected,
     Internal,
+    KeepAlive,
     Limits,
-    Republish,
     decide,
     next_deadline,
     resumed,
 )
-from room_actors.store import Fenced, RoomStore
+from room_actors.store import ActorStore, Fenced
 from runtime import clock
-from runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -75,39 +58,50 @@ RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retr
 
 @dataclass(slots=True)
 class _Turn:
-    """What one turn decided, before it is saved and published."""
+    """The decisions of one batch folded together: what the turn writes,
+    projects, publishes, logs and answers."""
 
     state: RoomState | None
+    """The room after the decisions so far."""
     answers: list["_Answer"] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     control: list[tuple[str, CloseConnection]] = field(default_factory=list)
     cleanup: list[CloseCallsTracks] = field(default_factory=list)
-    registered: list[str] = field(default_factory=list)
-    """Calls sessions registered in this turn."""
-    save: bool = False
-    """Write the state even if nothing changed (a keep-alive)."""
-    durable: bool = False
-    """A change that must be written before it is published."""
-    publish_meta: bool = False
-    republish: bool = False
-    deleted: bool = False
-    """The room closed in this turn: delete it instead of saving."""
-    closing: RoomState | None = None
-    """The closed room's last state, saved with its events before the delete."""
     log: list[LogEntry] = field(default_factory=list)
-    """Event log entries that are not room events (``room_created``)."""
-    now: Clock | None = None
+    sessions: list[CallsSession] = field(default_factory=list)
+    meta: bool = False
+    write: bool = False
+    """Some decision must be saved before anything goes out (`Decision.write`)."""
+    republish: bool = False
+    closed: RoomState | None = None
+    """The room closed in this turn: its last state, saved with the turn's
+    events, then deleted."""
+
+    def add(self, decision: Decision, answer: "_Answer") -> None:
+        self.state = decision.state
+        self.answers.append(answer)
+        self.events.extend(decision.events)
+        self.control.extend(decision.control)
+        self.cleanup.extend(decision.cleanup)
+        self.log.extend(decision.log)
+        self.sessions.extend(decision.sessions)
+        self.meta |= decision.meta
+        self.write |= decision.write
+        self.republish |= decision.republish
+        if decision.closed is not None:
+            # The close replaces the save; what was to be written before it
+            # is deleted with the room.
+            self.closed, self.write, self.meta = decision.closed, False, False
 
 
 @dataclass(slots=True)
 class _Pending:
-    command: Command | Internal | None
-    """``None`` asks for a keep-alive save of the unchanged state."""
+    message: Command | Internal
     msg: Msg | None
     arrived: float = field(default_factory=time.monotonic)
 
     def answer(self, reply: Reply) -> "_Answer":
-        kind = getattr(self.command, "__struct_config__", None)
+        kind = getattr(self.message, "__struct_config__", None)
         return _Answer(self.msg, reply, kind.tag if kind else "internal", self.arrived)
 
 
@@ -134,7 +128,7 @@ class RoomActor:
         room_id: str,
         *,
         nc: Client,
-        store: RoomStore,
+        store: ActorStore,
         limits: Limits,
         owns: Callable[[], bool],
         on_fenced: Callable[[str], None],
@@ -168,8 +162,11 @@ class RoomActor:
     def state(self) -> RoomState | None:
         return self._state
 
-    def submit(self, command: Command | Internal, msg: Msg | None = None) -> None:
-        self._enqueue(_Pending(command, msg))
+    def submit(self, message: Command | Internal, msg: Msg | None = None) -> None:
+        self._mailbox.append(_Pending(message, msg))
+        self.last_active = time.monotonic()
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name=f"room-{self.room_id}")
 
     def activate(self) -> None:
         """Load the room now (a partition was taken over), without a command."""
@@ -177,13 +174,7 @@ class RoomActor:
 
     def touch(self) -> None:
         """Save the state unchanged, refreshing its age in KV (a room in use never expires)."""
-        self._enqueue(_Pending(None, None))
-
-    def _enqueue(self, pending: _Pending) -> None:
-        self._mailbox.append(pending)
-        self.last_active = time.monotonic()
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name=f"room-{self.room_id}")
+        self.submit(KeepAlive())
 
     async def wait_idle(self) -> None:
         while (task := self._task) is not None:
@@ -216,9 +207,9 @@ class RoomActor:
         of client frames."""
         mailbox = self._mailbox
         batch = [mailbox.popleft()]
-        size = _frame_size(batch[0].command)
+        size = _frame_size(batch[0].message)
         while mailbox:
-            size += _frame_size(mailbox[0].command)
+            size += _frame_size(mailbox[0].message)
             if size > TURN_FRAME_BYTES:
                 break
             batch.append(mailbox.popleft())
@@ -248,44 +239,19 @@ class RoomActor:
             raise Fenced(self.room_id)
         if not self._loaded:
             await self._load()
-        turn = self._apply(batch)
-        state = turn.state
-        if turn.deleted and turn.closing is not None:
-            if not self._owns():
-                raise Fenced(self.room_id)
-            # First the close with its events (an outbox), then the events go
-            # out, then the keys are deleted: a death in between is finished
-            # by the next owner (`_load`).
-            closed = replace(turn.closing, outbox=turn.events, closed=True)
-            self._revision = await self._store.save(closed, self._revision)
-        # A turn of broadcasts only (numbered within the reservation) is
-        # published without a write; the next write carries its sequence number.
-        elif state is not None and (turn.save or turn.durable):
-            if turn.events:
-                # The transactional outbox: a worker that saves and dies before
-                # publishing leaves the events in the state for the next owner.
-                state = replace(state, outbox=turn.events)
-            if not self._owns():
-                # Our lease lapsed (we were paused or cut off): another worker may
-                # own the room now. Write nothing; the edge retries elsewhere.
-                raise Fenced(self.room_id)
-            self._revision = await self._store.save(state, self._revision)
-        self._state = state
-        self._schedule_expiry(next_deadline(state))
-        if state is not None:
-            await self._project(state, turn)
-        for cleanup in turn.cleanup:
-            for session_id in cleanup.session_ids:
-                # Before anyone hears of the leave, the proxy stops counting
-                # the leaver's sessions as the room's.
-                await self._store.forget_calls_session(session_id)
+        turn = self._fold(batch)
+        self._state = await self._save(turn)
+        self._schedule_expiry(next_deadline(self._state))
+        await self._project(turn)
         if turn.republish:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         await self._publish(turn.events)
-        await self._append_log(turn.log, turn.events, turn.now)
-        if turn.deleted:
+        if turn.log:
+            await self._store.append_log(turn.log)
+        if turn.closed is not None:
             self._revision = await self._store.delete(self.room_id, self._revision)
+            metrics.child(metrics.ROOMS_CLOSED, turn.closed.close_reason).inc()
         for cleanup in turn.cleanup:
             self._on_cleanup(cleanup)
         for edge_id, message in turn.control:
@@ -293,16 +259,55 @@ class RoomActor:
         for answer in turn.answers:
             await answer.send()
 
-    async def _project(self, state: RoomState, turn: "_Turn") -> None:
-        """Keep the read models in KV in step with the saved state."""
-        if turn.publish_meta:
+    def _fold(self, batch: list[_Pending]) -> _Turn:
+        """Decide each message in turn, each on the state the previous one left."""
+        now = clock.now()
+        turn = _Turn(self._state)
+        for pending in batch:
+            decision = decide(turn.state, pending.message, now, self._limits)
+            reply = decision.reply
+            if decision.catch_up_since is not None:
+                reply = self._catchup(decision.catch_up_since, turn) or reply
+            turn.add(decision, pending.answer(reply))
+        return turn
+
+    async def _save(self, turn: _Turn) -> RoomState | None:
+        """Write what the turn decided, if it must be written, and return the
+        room as it now stands. A turn of reads, or of broadcasts numbered within
+        the reservation, is published without a write: the next write carries
+        its sequence number."""
+        state = turn.state
+        if turn.closed is not None:
+            # First the close with its events (an outbox), then the events go
+            # out, then the keys are deleted: a death in between is finished
+            # by the next owner (`_load`).
+            saving = replace(turn.closed, outbox=turn.events, closed=True)
+        elif state is not None and turn.write:
+            # The transactional outbox: a worker that saves and dies before
+            # publishing leaves the events in the state for the next owner.
+            state = saving = replace(state, outbox=turn.events) if turn.events else state
+        else:
+            return state
+        if not self._owns():
+            # Our lease lapsed (we were paused or cut off): another worker may
+            # own the room now. Write nothing; the edge retries elsewhere.
+            raise Fenced(self.room_id)
+        self._revision = await self._store.save(saving, self._revision)
+        return state
+
+    async def _project(self, turn: _Turn) -> None:
+        """Keep the read models in KV in step with the saved state. The Calls
+        sessions of leavers are forgotten before anyone hears of the leave, so
+        the proxy stops counting them as the room's."""
+        state = turn.state
+        if state is not None and turn.meta:
             await self._store.publish_meta(state.meta)
-        sessions = state.calls_sessions if turn.publish_meta else dict.fromkeys(turn.registered)
-        for session_id in sessions:
-            owner = state.calls_sessions[session_id]
-            await self._store.publish_calls_session(
-                CallsSession(session_id=session_id, room_id=self.room_id, participant_id=owner)
-            )
+        if state is not None:
+            for session in turn.sessions:
+                await self._store.publish_calls_session(session)
+        for cleanup in turn.cleanup:
+            for session_id in cleanup.session_ids:
+                await self._store.forget_calls_session(session_id)
 
     async def _load(self) -> None:
         loaded = await self._store.load(self.room_id)
@@ -315,22 +320,13 @@ class RoomActor:
             # owner died between its save and its publish). Edges drop the
             # ones they already have: they apply events by sequence number.
             await self._publish(loaded.state.outbox)
-            await self._append_log([], loaded.state.outbox, None)
+            replayed = entries(loaded.state.outbox, clock.now().iso)
+            if replayed:
+                await self._store.append_log(list(replayed))
         if loaded.state is not None and loaded.state.closed:
             # The previous owner closed the room and died before deleting it.
             self._revision = await self._store.delete(self.room_id, loaded.revision)
             self._state = None
-
-    async def _append_log(
-        self, entries: list[LogEntry], events: list[Event], now: Clock | None
-    ) -> None:
-        """The durable event log: what happened to the room, in order."""
-        if not entries and all(isinstance(e, Broadcasted) for e in events):
-            return  # relayed messages are not logged: nothing to do on the hot path
-        at = (now or clock.now()).iso
-        entries = entries + [e for e in (log_entry(event, at) for event in events) if e]
-        if entries:
-            await self._store.append_log(entries)
 
     async def _publish(self, events: list[Event], *, remember: bool = True) -> None:
         subject = subjects.room_events(self.room_id)
@@ -339,46 +335,7 @@ class RoomActor:
             if remember and (not self._recent or event.seq > self._recent[-1].seq):
                 self._recent.append(event)
 
-    def _apply(self, batch: list[_Pending]) -> "_Turn":
-        now = clock.now()
-        turn = _Turn(self._state, now=now)
-        for pending in batch:
-            command = pending.command
-            if command is None:
-                turn.save = turn.publish_meta = True
-                continue
-            if isinstance(command, Republish):
-                turn.republish = True
-                continue
-            if isinstance(command, GetSnapshot) and command.since is not None:
-                catchup = self._catchup(command.since, turn)
-                if catchup is not None:
-                    turn.answers.append(pending.answer(catchup))
-                    continue
-            outcome = decide(turn.state, command, now, self._limits)
-            if isinstance(outcome.reply, Ack):
-                if isinstance(command, CreateRoom):
-                    turn.publish_meta = True
-                    if outcome.state is not None and outcome.state is not turn.state:
-                        turn.log.append(room_created(outcome.state, now.iso))
-                elif isinstance(command, RegisterCallsSession):
-                    turn.registered.append(command.session_id)
-            elif isinstance(outcome.reply, RoomInfo) and isinstance(command, UpdateRoom):
-                turn.publish_meta = outcome.state is not turn.state
-            if outcome.state is not turn.state and outcome.durable:
-                turn.durable = True
-            turn.state = outcome.state
-            if outcome.deleted:
-                turn.closing = outcome.state
-                turn.deleted, turn.state, turn.durable = True, None, False
-                turn.publish_meta = False
-            turn.answers.append(pending.answer(outcome.reply))
-            turn.events.extend(outcome.events)
-            turn.control.extend(outcome.control)
-            turn.cleanup.extend(outcome.cleanup)
-        return turn
-
-    def _catchup(self, since: int, turn: "_Turn") -> Catchup | None:
+    def _catchup(self, since: int, turn: _Turn) -> Catchup | None:
         """The events after ``since`` if this actor still has all of them (and
         they are not too many to send in one reply).
 
@@ -408,54 +365,6 @@ class RoomActor:
                 log.exception("could not answer a command")
 
 
-def _frame_size(command: Command | Internal | None) -> int:
-    frame = getattr(command, "frame", None)
+def _frame_size(message: Command | Internal) -> int:
+    frame = getattr(message, "frame", None)
     return len(frame) if frame is not None else 0
-
-
-def room_created(state: RoomState, at: str) -> LogEntry:
-    return LogEntry(
-        id=f"{state.room_id}.0",
-        event=event_log.ROOM_CREATED,
-        room_id=state.room_id,
-        room_seq=0,
-        at=at,
-        room=state.meta,
-    )
-
-
-def log_entry(event: Event, at: str) -> LogEntry | None:
-    """The event log's record of a room event (broadcasts are not logged)."""
-    if isinstance(event, Broadcasted):
-        return None
-    base = LogEntry(
-        id=f"{event.room_id}.{event.seq}",
-        event="",
-        room_id=event.room_id,
-        room_seq=event.seq,
-        at=at,
-        participant_id=event.participant_id or None,
-    )
-    match event:
-        case ParticipantJoined():
-            return replace(base, event=event_log.PARTICIPANT_JOINED, participant_name=event.name)
-        case ParticipantLeft():
-            return replace(base, event=event_log.PARTICIPANT_LEFT, reason=event.reason)
-        case SessionPublished():
-            return replace(base, event=event_log.SESSION_PUBLISHED, session_id=event.session_id)
-        case TrackStateChanged():
-            return replace(
-                base, event=event_log.TRACK_STATE_CHANGED, kind=event.kind, enabled=event.enabled
-            )
-        case TrackMuted():
-            return replace(
-                base,
-                event=event_log.TRACK_STATE_CHANGED,
-                kind=event.kind,
-                enabled=event.enabled,
-                by=event.by,
-            )
-        case RoomClosed():
-            metrics.child(metrics.ROOMS_CLOSED, event.reason).inc()
-            return replace(base, event=event_log.ROOM_CLOSED, reason=event.reason)
-    return None

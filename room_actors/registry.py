@@ -67,7 +67,7 @@ class Registry:
                 store=self._store,
                 limits=self._limits,
                 owns=lambda: self._owns(partition),
-                on_fenced=self._drop,
+                on_fenced=self._forget_fenced,
                 on_cleanup=self._cleanup,
             )
             self._actors[room_id] = actor
@@ -128,7 +128,9 @@ class Registry:
         self._cancel_wakeups(partitions)
 
     async def drop(self, partitions: list[int]) -> None:
-        """The lease is lost: stop at once. Turns in flight fail their fence."""
+        """The lease on these partitions is lost: stop serving them at once and
+        forget their rooms, without waiting (unlike `release`). Turns in flight
+        fail their fence."""
         await self._unsubscribe(partitions)
         for room_id, actor in self._actors_in(partitions).items():
             actor.cancel_timers()
@@ -168,7 +170,9 @@ class Registry:
         for room_id in [r for r in self._wakeups if subjects.partition_of(r) in wanted]:
             self._wakeups.pop(room_id).cancel()
 
-    def _drop(self, room_id: str) -> None:
+    def _forget_fenced(self, room_id: str) -> None:
+        """Another worker wrote this room (its actor was fenced): forget the
+        actor, whatever this worker believes it owns."""
         actor = self._actors.pop(room_id, None)
         if actor is not None:
             actor.cancel_timers()

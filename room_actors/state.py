@@ -1,10 +1,13 @@
-"""Pure decisions: (room state, command) -> (new state, events, reply).
+"""Pure decisions: (room state, message) -> a `Decision` saying all a turn must do.
 
 Nothing here does I/O. `decide` never mutates its input; an unchanged state is
-returned as the same object, so the caller knows whether to save.
+returned as the same object. The actor folds the decisions of a batch and
+carries them out (save, project, publish, log, answer) without looking at the
+messages again: every choice that depends on a command's type is made here.
 """
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,7 +54,9 @@ from bus_schema.events import (
 )
 from bus_schema.ids import is_token_id
 from bus_schema.limits import track_problem
-from bus_schema.state import Participant, RoomMeta, RoomState
+from bus_schema.log import LogEntry
+from bus_schema.state import CallsSession, Participant, RoomMeta, RoomState
+from room_actors.log import entries, room_created
 from runtime.clock import Clock
 
 if TYPE_CHECKING:
@@ -59,19 +64,43 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Decision:
+    """Everything one message makes its room's turn do."""
+
     state: RoomState | None
+    """The room after the message (``None``: there is none, or it just closed)."""
     reply: Reply
     events: tuple[Event, ...] = ()
+    """Published in order once the state is saved (and saved with it: the outbox)."""
     control: tuple[tuple[str, CloseConnection], ...] = ()
     """(edge id, message) pairs to send once the state is saved."""
     cleanup: tuple[CloseCallsTracks, ...] = ()
-    """Calls sessions of participants who left, whose tracks edges should close."""
+    """Calls sessions of participants who left: their owners are forgotten in
+    ``calls_sessions`` (before the events go out) and an edge closes their tracks."""
+    log: tuple[LogEntry, ...] = ()
+    """Event log entries, in order: ``room_created``, then one per logged event."""
+    sessions: tuple[CallsSession, ...] = ()
+    """Calls session owners to write into ``calls_sessions`` (the proxy reads them)."""
+    meta: bool = False
+    """Write the room's metadata into ``rooms`` (created, changed, kept alive)."""
+    write: bool = False
+    """Save the state before anything goes out: a durable change, or a keep-alive
+    (the unchanged state written again so that it does not age out of KV)."""
     durable: bool = True
-    """False when the change need not be written before it is published: a
+    """False when a change need not be written before it is published: a
     broadcast numbered within the sequence reservation."""
-    deleted: bool = False
-    """The room is closed: its stored state and metadata are deleted."""
+    closed: RoomState | None = None
+    """The room closed: its last state, saved with its events, then deleted."""
+    republish: bool = False
+    """Publish the room's last events again (they live in the actor's memory)."""
+    catch_up_since: int | None = None
+    """An edge missed events after this number: the actor answers them from
+    its memory instead of ``reply`` when it still has them all."""
+
+    @property
+    def deleted(self) -> bool:
+        """The room is closed: its stored state and metadata are deleted."""
+        return self.closed is not None
 
 
 SEQ_BLOCK = 1000
@@ -139,12 +168,18 @@ class EdgesLost:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Internal: the room is in use: write its state and projections again,
+    unchanged, so that they do not age out of KV."""
+
+
+@dataclass(frozen=True, slots=True)
 class Republish:
     """Internal: publish the last events again (after a NATS reconnect, events
-    may have been lost with a node). Handled by the actor, not by `decide`."""
+    may have been lost with a node)."""
 
 
-Internal = ExpireDisconnected | EdgesLost | Republish
+Internal = ExpireDisconnected | EdgesLost | KeepAlive | Republish
 
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")
@@ -192,90 +227,129 @@ def room_info(state: RoomState) -> RoomInfo:
 
 
 def decide(
-    state: RoomState | None, command: Command | Internal, clock: Clock, limits: Limits
-) -> Outcome:
-    """Apply one command to a room's state."""
-    if isinstance(command, CreateRoom):
-        return _create(state, command, clock, limits)
-    if state is None:
-        return Outcome(state, ROOM_NOT_FOUND)
-    match command:
-        case GetSnapshot():
-            return Outcome(state, snapshot(state))
-        case GetRoom():
-            return Outcome(state, room_info(state))
-        case CheckMember():
-            refused = _calls_refusal(
-                state, command.participant_id, command.issued_at, clock, limits
-            )
-            if refused is None and command.new_session:
-                refused = _session_cap(state, command.participant_id, limits)
-            return Outcome(state, refused or Ack(seq=state.seq))
-        case ExpireDisconnected():
-            gone = [
-                p
-                for p in state.participants.values()
-                if p.disconnected_until is not None and p.disconnected_until <= clock.epoch
-            ]
-            outcome = _expire_preconnect(_remove(state, gone, "timeout", clock, limits), clock)
-            after = outcome.state
-            if (
-                after is not None
-                and not after.participants
-                and after.close_at is not None
-                and after.close_at <= clock.epoch
-            ):
-                closed = _close(after, after.close_reason or "departure_timeout", clock, limits)
-                return dataclasses.replace(closed, events=outcome.events + closed.events)
-            return outcome
+    state: RoomState | None, message: Command | Internal, clock: Clock, limits: Limits
+) -> Decision:
+    """Apply one message to a room's state: what the turn must do about it."""
+    decision = _decide(state, message, clock, limits)
+    changed = decision.state is not state and decision.state is not None
+    write = decision.write or (changed and decision.durable)
+    logged = entries(decision.events, clock.iso) if decision.events else ()
+    if write == decision.write and not logged:
+        return decision  # the hot path (a broadcast): nothing to add
+    return dataclasses.replace(decision, write=write, log=decision.log + logged)
+
+
+def _decide(
+    state: RoomState | None, message: Command | Internal, clock: Clock, limits: Limits
+) -> Decision:
+    match message:
+        case CreateRoom():
+            return _create(state, message, clock, limits)
         case Republish():
-            return Outcome(state, Ack(seq=state.seq))
+            # Also for a room just closed: its last events may be the ones lost.
+            return Decision(state, Ack(seq=state.seq if state else 0), republish=True)
+    if state is None:
+        return Decision(state, ROOM_NOT_FOUND)
+    match message:
+        case GetSnapshot():
+            return Decision(state, snapshot(state), catch_up_since=message.since)
+        case GetRoom():
+            return Decision(state, room_info(state))
+        case CheckMember():
+            return Decision(state, _check_member(state, message, clock, limits))
+        case KeepAlive():
+            return Decision(
+                state, Ack(seq=state.seq), write=True, meta=True, sessions=_sessions(state)
+            )
+        case ExpireDisconnected():
+            return _expire(state, clock, limits)
         case EdgesLost():
             gone = [
                 p
                 for p in state.participants.values()
-                if p.edge_id in command.edge_ids and p.disconnected_until is None
+                if p.edge_id in message.edge_ids and p.disconnected_until is None
             ]
             return _remove(state, gone, "edge_lost", clock, limits)
-    if command.cmd_id in state.recent_commands:
-        return Outcome(state, _replay_reply(state, command))
-    match command:
+    if message.cmd_id in state.recent_commands:
+        return _replay(state, message)
+    match message:
         case Join():
-            outcome = _join(state, command, clock.iso)
+            decision = _join(state, message, clock.iso)
         case Leave():
-            outcome = _leave(state, command, clock, limits)
+            decision = _leave(state, message, clock, limits)
         case Disconnect():
-            outcome = _disconnect(state, command, clock.epoch + limits.resume_grace)
+            decision = _disconnect(state, message, clock.epoch + limits.resume_grace)
         case RegisterCallsSession():
-            outcome = _register_session(state, command, clock, limits)
+            decision = _register_session(state, message, clock, limits)
         case PublishSession() | SetTrackState() | Broadcast():
-            outcome = _relay(state, command)
+            decision = _relay(state, message)
         case UpdateRoom():
-            outcome = _update(state, command)
+            decision = _update(state, message)
         case CloseRoom():
-            outcome = _close(state, command.reason, clock, limits)
+            decision = _close(state, message.reason, clock, limits)
         case RemoveParticipant():
-            outcome = _kick(state, command, clock, limits)
+            decision = _kick(state, message, clock, limits)
         case MuteTrack():
-            outcome = _mute(state, command)
-    if outcome.state is state or outcome.state is None or outcome.deleted:
-        return outcome
-    if isinstance(command, _GROWS) and len(codec.encode(outcome.state)) > limits.state_max_bytes:
-        return Outcome(state, STATE_FULL)
-    return dataclasses.replace(outcome, state=_remember(outcome.state, command.cmd_id, limits))
+            decision = _mute(state, message)
+    if decision.state is state or decision.state is None:
+        return decision
+    if isinstance(message, _GROWS) and len(codec.encode(decision.state)) > limits.state_max_bytes:
+        return Decision(state, STATE_FULL)
+    return dataclasses.replace(decision, state=_remember(decision.state, message.cmd_id, limits))
+
+
+def _expire(state: RoomState, clock: Clock, limits: Limits) -> Decision:
+    """A deadline passed: participants whose grace ended leave, Calls sessions
+    of tokens that never connected go, and a room due to close closes."""
+    gone = [
+        p
+        for p in state.participants.values()
+        if p.disconnected_until is not None and p.disconnected_until <= clock.epoch
+    ]
+    decision = _expire_preconnect(_remove(state, gone, "timeout", clock, limits), clock)
+    after = decision.state
+    if (
+        after is not None
+        and not after.participants
+        and after.close_at is not None
+        and after.close_at <= clock.epoch
+    ):
+        closed = _close(after, after.close_reason or "departure_timeout", clock, limits)
+        return dataclasses.replace(
+            closed,
+            events=decision.events + closed.events,
+            cleanup=decision.cleanup + closed.cleanup,
+        )
+    return decision
+
+
+def _sessions(state: RoomState, ids: Iterable[str] | None = None) -> tuple[CallsSession, ...]:
+    """The owner records of these Calls sessions of the room (all by default)."""
+    owners = state.calls_sessions
+    return tuple(
+        CallsSession(session_id=sid, room_id=state.room_id, participant_id=owners[sid])
+        for sid in (owners if ids is None else ids)
+        if sid in owners
+    )
 
 
 _GROWS = (Join, PublishSession, RegisterCallsSession)
 """Commands that can make a room's state larger: each is checked against its bound."""
 
 
-def _replay_reply(state: RoomState, command: Command) -> Reply:
-    """The reply to a command that was already applied (an edge retried it)."""
-    if isinstance(command, Join):
-        return snapshot(state, resumed=True)
-    if isinstance(command, UpdateRoom):
-        return room_info(state)
-    return Ack(seq=state.seq)
+def _replay(state: RoomState, command: Command) -> Decision:
+    """A command applied already (an edge retried it): the same answer, nothing
+    done again but the projection it wrote (its turn may have died before)."""
+    match command:
+        case Join():
+            return Decision(state, snapshot(state, resumed=True))
+        case UpdateRoom():
+            return Decision(state, room_info(state))
+        case RegisterCallsSession():
+            owned = state.calls_sessions.get(command.session_id) == command.participant_id
+            sessions = _sessions(state, [command.session_id]) if owned else ()
+            return Decision(state, Ack(seq=state.seq), sessions=sessions)
+    return Decision(state, Ack(seq=state.seq))
 
 
 def _remember(state: RoomState, cmd_id: str, limits: Limits) -> RoomState:
@@ -283,11 +357,11 @@ def _remember(state: RoomState, cmd_id: str, limits: Limits) -> RoomState:
     return replace(state, recent_commands=recent)
 
 
-def _create(state: RoomState | None, command: CreateRoom, clock: Clock, limits: Limits) -> Outcome:
+def _create(state: RoomState | None, command: CreateRoom, clock: Clock, limits: Limits) -> Decision:
     if state is not None:
         if command.cmd_id in state.recent_commands:
-            return Outcome(state, Ack(seq=state.seq))
-        return Outcome(state, Rejected(code=ErrorCode.ROOM_EXISTS, message="Room already exists"))
+            return Decision(state, Ack(seq=state.seq), meta=True)
+        return Decision(state, Rejected(code=ErrorCode.ROOM_EXISTS, message="Room already exists"))
     meta = RoomMeta(
         id=command.room_id,
         name=command.name,
@@ -303,14 +377,14 @@ def _create(state: RoomState | None, command: CreateRoom, clock: Clock, limits: 
             room, close_at=clock.epoch + meta.empty_timeout, close_reason="empty_timeout"
         )
     created = _remember(room, command.cmd_id, limits)
-    return Outcome(created, Ack(seq=0))
+    return Decision(created, Ack(seq=0), log=(room_created(created, clock.iso),), meta=True)
 
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _join(state: RoomState, command: Join, now: str) -> Outcome:
+def _join(state: RoomState, command: Join, now: str) -> Decision:
     present = state.participants.get(command.participant_id)
     if present is not None:
         # The same token connected again: the newer connection takes over, the
@@ -328,11 +402,11 @@ def _join(state: RoomState, command: Join, now: str) -> Outcome:
                 reason="Replaced by a newer connection",
             )
             control = ((present.edge_id, close),)
-        return Outcome(resumed, snapshot(resumed, resumed=True), control=control)
+        return Decision(resumed, snapshot(resumed, resumed=True), control=control)
     if command.participant_id in state.kicked:
-        return Outcome(state, KICKED)
+        return Decision(state, KICKED)
     if len(state.participants) >= state.meta.max_participants:
-        return Outcome(state, Rejected(code=ErrorCode.ROOM_FULL, message="Room is full"))
+        return Decision(state, Rejected(code=ErrorCode.ROOM_FULL, message="Room is full"))
     seq = state.seq + 1
     joined = Participant(
         id=command.participant_id,
@@ -353,7 +427,7 @@ def _join(state: RoomState, command: Join, now: str) -> Outcome:
         departed=_without(state.departed, joined.id),
         preconnect=_without(state.preconnect, joined.id),
     )
-    return Outcome(new_state, snapshot(new_state), (event,))
+    return Decision(new_state, snapshot(new_state), (event,))
 
 
 def _without(entries: dict[str, float], key: str) -> dict[str, float]:
@@ -363,29 +437,29 @@ def _without(entries: dict[str, float], key: str) -> dict[str, float]:
     return {k: v for k, v in entries.items() if k != key}
 
 
-def _leave(state: RoomState, command: Leave, clock: Clock, limits: Limits) -> Outcome:
+def _leave(state: RoomState, command: Leave, clock: Clock, limits: Limits) -> Decision:
     present = state.participants.get(command.participant_id)
     if present is None or present.conn_id != command.conn_id:
-        return Outcome(state, Ack(seq=state.seq))
+        return Decision(state, Ack(seq=state.seq))
     return _remove(state, [present], command.reason, clock, limits)
 
 
-def _disconnect(state: RoomState, command: Disconnect, until: float) -> Outcome:
+def _disconnect(state: RoomState, command: Disconnect, until: float) -> Decision:
     present = state.participants.get(command.participant_id)
     if present is None or present.conn_id != command.conn_id or present.disconnected_until:
-        return Outcome(state, Ack(seq=state.seq))
+        return Decision(state, Ack(seq=state.seq))
     away = replace(present, disconnected_until=until)
     new_state = replace(state, participants={**state.participants, present.id: away})
-    return Outcome(new_state, Ack(seq=state.seq))
+    return Decision(new_state, Ack(seq=state.seq))
 
 
 def _remove(
     state: RoomState, gone: list[Participant], reason: str, clock: Clock, limits: Limits
-) -> Outcome:
+) -> Decision:
     """Participants leave the room, one numbered ``leave`` event each. The last
     one out starts the departure timeout."""
     if not gone:
-        return Outcome(state, Ack(seq=state.seq))
+        return Decision(state, Ack(seq=state.seq))
     ids = {p.id for p in gone}
     events = tuple(
         ParticipantLeft(
@@ -413,7 +487,7 @@ def _remove(
             close_at=clock.epoch + state.meta.departure_timeout,
             close_reason="departure_timeout",
         )
-    return Outcome(new_state, Ack(seq=seq), events, cleanup=_cleanup(state, ids))
+    return Decision(new_state, Ack(seq=seq), events, cleanup=_cleanup(state, ids))
 
 
 def _cleanup(state: RoomState, ids: set[str]) -> tuple[CloseCallsTracks, ...]:
@@ -470,50 +544,52 @@ def _session_cap(state: RoomState, participant_id: str, limits: Limits) -> Rejec
 
 def _register_session(
     state: RoomState, command: RegisterCallsSession, clock: Clock, limits: Limits
-) -> Outcome:
+) -> Decision:
     pid = command.participant_id
     if not is_token_id(command.session_id):
-        return Outcome(state, Rejected(code=ErrorCode.BAD_COMMAND, message="Bad session id"))
+        return Decision(state, Rejected(code=ErrorCode.BAD_COMMAND, message="Bad session id"))
     owner = state.calls_sessions.get(command.session_id)
+    if owner == pid:
+        return Decision(state, Ack(seq=state.seq), sessions=_sessions(state, [command.session_id]))
     if owner is not None:
-        reply = Ack(seq=state.seq) if owner == pid else NOT_IN_ROOM
-        return Outcome(state, reply)
+        return Decision(state, NOT_IN_ROOM)
     refused = _calls_refusal(state, pid, command.issued_at, clock, limits) or _session_cap(
         state, pid, limits
     )
     if refused is not None:
-        return Outcome(state, refused)
+        return Decision(state, refused)
     new_state = replace(state, calls_sessions={**state.calls_sessions, command.session_id: pid})
     if pid not in state.participants and pid not in state.preconnect:
         # Not connected yet: if it never does, its sessions go when its token
         # stops passing for a fresh one.
         until = command.issued_at + limits.preconnect_window
         new_state = replace(new_state, preconnect={**state.preconnect, pid: until})
-    return Outcome(new_state, Ack(seq=state.seq))
+    sessions = _sessions(new_state, [command.session_id])
+    return Decision(new_state, Ack(seq=state.seq), sessions=sessions)
 
 
-def _expire_preconnect(outcome: Outcome, clock: Clock) -> Outcome:
+def _expire_preconnect(decision: Decision, clock: Clock) -> Decision:
     """Drop the Calls sessions of token holders that never connected in time."""
-    state = outcome.state
+    state = decision.state
     if state is None:
-        return outcome
+        return decision
     due = {pid for pid, until in state.preconnect.items() if until <= clock.epoch}
     if not due:
-        return outcome
+        return decision
     expired = replace(
         state,
         calls_sessions={s: p for s, p in state.calls_sessions.items() if p not in due},
         preconnect={p: u for p, u in state.preconnect.items() if p not in due},
     )
     return dataclasses.replace(
-        outcome, state=expired, cleanup=outcome.cleanup + _cleanup(state, due)
+        decision, state=expired, cleanup=decision.cleanup + _cleanup(state, due)
     )
 
 
-def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast) -> Outcome:
+def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast) -> Decision:
     sender = state.participants.get(command.participant_id)
     if sender is None or sender.conn_id != command.conn_id:
-        return Outcome(state, NOT_IN_ROOM)
+        return Decision(state, NOT_IN_ROOM)
     seq = state.seq + 1
     event: Event
     updated = sender
@@ -521,7 +597,7 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
         case PublishSession():
             problem = track_problem(command.tracks)
             if problem is not None:
-                return Outcome(state, Rejected(code=ErrorCode.BAD_COMMAND, message=problem))
+                return Decision(state, Rejected(code=ErrorCode.BAD_COMMAND, message=problem))
             updated = replace(sender, session_id=command.session_id, tracks=command.tracks)
             event = SessionPublished(
                 room_id=state.room_id,
@@ -534,7 +610,7 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
         case SetTrackState():
             kind = command.kind
             if not is_track_kind(kind):
-                return Outcome(state, BAD_KIND)
+                return Decision(state, BAD_KIND)
             if getattr(sender, kind) == command.enabled:
                 # Nothing changes: relayed (as the old service did), but not
                 # saved, logged or sent to webhooks.
@@ -555,10 +631,10 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
     if updated is not sender:
         participants = {**participants, sender.id: updated}
     new_state = replace(state, seq=seq, participants=participants)
-    return Outcome(new_state, Ack(seq=seq), (event,))
+    return Decision(new_state, Ack(seq=seq), (event,))
 
 
-def _broadcast(state: RoomState, command: SetTrackState | Broadcast, seq: int) -> Outcome:
+def _broadcast(state: RoomState, command: SetTrackState | Broadcast, seq: int) -> Decision:
     """Relay a frame that changes nothing but the sequence number: within the
     reservation it goes out without a write."""
     event = Broadcasted(
@@ -569,47 +645,41 @@ def _broadcast(state: RoomState, command: SetTrackState | Broadcast, seq: int) -
         cmd_id=command.cmd_id,
     )
     if seq <= state.seq_reserved:
-        return Outcome(replace(state, seq=seq), Ack(seq=seq), (event,), durable=False)
+        return Decision(replace(state, seq=seq), Ack(seq=seq), (event,), durable=False)
     reserved = replace(state, seq=seq, seq_reserved=seq + SEQ_BLOCK)
-    return Outcome(reserved, Ack(seq=seq), (event,))
+    return Decision(reserved, Ack(seq=seq), (event,))
 
 
 # --- operators ---------------------------------------------------------------------
 
 
-def _update(state: RoomState, command: UpdateRoom) -> Outcome:
+def _update(state: RoomState, command: UpdateRoom) -> Decision:
     meta = state.meta
     if command.name is not None:
         meta = replace(meta, name=command.name)
     if command.max_participants is not None:
         if command.max_participants < 1:
             bad = Rejected(code=ErrorCode.BAD_COMMAND, message="max_participants must be >= 1")
-            return Outcome(state, bad)
+            return Decision(state, bad)
         meta = replace(meta, max_participants=command.max_participants)
     new_state = replace(state, meta=meta)
-    return Outcome(new_state, room_info(new_state))
+    return Decision(new_state, room_info(new_state), meta=True)
 
 
-def _close(state: RoomState, reason: str, clock: Clock, limits: Limits) -> Outcome:
+def _close(state: RoomState, reason: str, clock: Clock, limits: Limits) -> Decision:
     """Everyone leaves (reason ``room_closed``), then the room closes for good."""
     left = _remove(state, list(state.participants.values()), "room_closed", clock, limits)
     after = left.state or state
     seq = after.seq + 1
     closed = RoomClosed(room_id=state.room_id, seq=seq, participant_id="", reason=reason)
     final = replace(after, seq=seq, close_at=None, close_reason=reason)
-    return Outcome(
-        final,
-        Ack(seq=seq),
-        (*left.events, closed),
-        cleanup=left.cleanup,
-        deleted=True,
-    )
+    return Decision(None, Ack(seq=seq), (*left.events, closed), cleanup=left.cleanup, closed=final)
 
 
-def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Limits) -> Outcome:
+def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Limits) -> Decision:
     present = state.participants.get(command.participant_id)
     if present is None:
-        return Outcome(state, NO_SUCH_PARTICIPANT)
+        return Decision(state, NO_SUCH_PARTICIPANT)
     removed = _remove(state, [present], "kicked", clock, limits)
     assert removed.state is not None
     kicked = [*removed.state.kicked[-(limits.kicked_kept - 1) :], present.id]
@@ -626,13 +696,13 @@ def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Li
     )
 
 
-def _mute(state: RoomState, command: MuteTrack) -> Outcome:
+def _mute(state: RoomState, command: MuteTrack) -> Decision:
     present = state.participants.get(command.participant_id)
     if present is None:
-        return Outcome(state, NO_SUCH_PARTICIPANT)
+        return Decision(state, NO_SUCH_PARTICIPANT)
     kind = command.kind
     if not is_track_kind(kind):
-        return Outcome(state, BAD_KIND)
+        return Decision(state, BAD_KIND)
     seq = state.seq + 1
     event = TrackMuted(
         room_id=state.room_id,
@@ -645,4 +715,4 @@ def _mute(state: RoomState, command: MuteTrack) -> Outcome:
     )
     updated = replace(present, **{kind: command.enabled})
     new_state = replace(state, seq=seq, participants={**state.participants, present.id: updated})
-    return Outcome(new_state, Ack(seq=seq), (event,))
+    return Decision(new_state, Ack(seq=seq), (event,))

@@ -4,6 +4,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import nats.errors
 from nats.aio.client import Client
@@ -29,6 +30,42 @@ log = logging.getLogger(__name__)
 
 class Fenced(Exception):
     """The revision moved under us: another writer owns the room now."""
+
+
+class ActorStore(Protocol):
+    """What a room actor needs of storage: `RoomStore` in JetStream KV, or a
+    fake in a unit test. Only the state is written with compare-and-set; the
+    projections are read models the actor overwrites."""
+
+    async def load(self, room_id: str) -> "Loaded":
+        """The room's state (``None`` if absent) and its key's revision."""
+        ...
+
+    async def save(self, state: RoomState, revision: int | None) -> int:
+        """Write ``state`` if the key is still at ``revision`` (``None``: absent),
+        else raise `Fenced`; return the new revision."""
+        ...
+
+    async def delete(self, room_id: str, revision: int | None) -> int | None:
+        """Delete a closed room's state (if still at ``revision``, else raise
+        `Fenced`) and metadata; return the key's revision after the delete."""
+        ...
+
+    async def publish_meta(self, meta: RoomMeta) -> None:
+        """Write the room's metadata into ``rooms``."""
+        ...
+
+    async def publish_calls_session(self, session: CallsSession) -> None:
+        """Write a Calls session's owner into ``calls_sessions``."""
+        ...
+
+    async def forget_calls_session(self, session_id: str) -> None:
+        """Remove a Calls session's owner from ``calls_sessions`` (best effort)."""
+        ...
+
+    async def append_log(self, entries: list[LogEntry]) -> None:
+        """Append to the event log, in order; each entry once (by its ``id``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from bus_schema.commands import (
 from bus_schema.events import Broadcasted, TrackStateChanged
 from bus_schema.limits import MAX_TRACK_NAME, MAX_TRACKS, MAX_TRACKS_BYTES, track_problem
 from bus_schema.state import RoomState, Track
-from room_actors.state import ExpireDisconnected, Limits, Outcome, decide, next_deadline
+from room_actors.state import Decision, ExpireDisconnected, Limits, decide, next_deadline
 from runtime.clock import Clock
 from tests.unit.test_state import ANN, BEN, DEFAULTS, FRAME, LIMITS, NOW, ROOM, created, join
 
@@ -191,7 +191,7 @@ def test_leavers_are_remembered_only_while_their_tokens_could_pass_for_fresh() -
 def test_a_track_state_that_changes_nothing_is_only_relayed() -> None:
     room = join(created(), ANN, "j1")
 
-    def mute(state: RoomState, cmd_id: str) -> Outcome:
+    def mute(state: RoomState, cmd_id: str) -> Decision:
         command = SetTrackState(
             cmd_id=cmd_id,
             room_id=ROOM,

@@ -1,0 +1,72 @@
+"""The event log's entries for a room (`bus_schema.log`), built beside
+`room_actors.state.decide`: pure, no I/O. The actor appends them after the
+state they describe is saved."""
+
+from msgspec.structs import replace
+
+from bus_schema import log as event_log
+from bus_schema.events import (
+    Broadcasted,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomClosed,
+    SessionPublished,
+    TrackMuted,
+    TrackStateChanged,
+)
+from bus_schema.log import LogEntry
+from bus_schema.state import RoomState
+
+
+def room_created(state: RoomState, at: str) -> LogEntry:
+    return LogEntry(
+        id=f"{state.room_id}.0",
+        event=event_log.ROOM_CREATED,
+        room_id=state.room_id,
+        room_seq=0,
+        at=at,
+        room=state.meta,
+    )
+
+
+def entries(events: list[Event] | tuple[Event, ...], at: str) -> tuple[LogEntry, ...]:
+    """The event log's records of these room events, in order (relayed
+    messages, `Broadcasted`, are not logged)."""
+    out: list[LogEntry] = []
+    for event in events:
+        if isinstance(event, Broadcasted):
+            continue  # the hot path: nothing to build
+        base = LogEntry(
+            id=f"{event.room_id}.{event.seq}",
+            event="",
+            room_id=event.room_id,
+            room_seq=event.seq,
+            at=at,
+            participant_id=event.participant_id or None,
+        )
+        match event:
+            case ParticipantJoined():
+                entry = replace(
+                    base, event=event_log.PARTICIPANT_JOINED, participant_name=event.name
+                )
+            case ParticipantLeft():
+                entry = replace(base, event=event_log.PARTICIPANT_LEFT, reason=event.reason)
+            case SessionPublished():
+                entry = replace(
+                    base, event=event_log.SESSION_PUBLISHED, session_id=event.session_id
+                )
+            case TrackStateChanged() | TrackMuted():
+                entry = replace(
+                    base,
+                    event=event_log.TRACK_STATE_CHANGED,
+                    kind=event.kind,
+                    enabled=event.enabled,
+                    by=event.by if isinstance(event, TrackMuted) else None,
+                )
+            case RoomClosed():
+                entry = replace(base, event=event_log.ROOM_CLOSED, reason=event.reason)
+            case _:
+                continue
+        out.append(entry)
+    return tuple(out)

@@ -5,7 +5,7 @@ system (the CLI sends ``$SRV.PING|INFO|STATS`` requests; every instance answers)
 Room actor workers serve their partitions' command subjects as endpoints of
 their service, adding and removing them as partitions move; nats-py's micro API
 has no call to remove one endpoint, so `MicroService.remove` reaches into it
-(nats-py is pinned; `tests/unit/test_services.py` would notice a change).
+(nats-py is pinned; `tests/system/test_services.py` would notice a change).
 """
 
 import contextlib

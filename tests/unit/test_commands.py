@@ -78,3 +78,31 @@ async def test_the_deadline_ends_it_as_unavailable(failure: Exception | Rejected
     assert 3 <= len(nc.timeouts) < 20  # backoff: 0.02 s doubling, at most 0.25 s
     # Each attempt waits no longer than the time that is left.
     assert all(timeout <= 0.3 for timeout in nc.timeouts)
+
+
+class TimedNats(ScriptedNats):
+    """Also notes when each attempt starts."""
+
+    def __init__(self, *script: Exception | Any) -> None:
+        super().__init__(*script)
+        self.started: list[float] = []
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> Answer:
+        self.started.append(asyncio.get_running_loop().time())
+        return await super().request(subject, data, timeout)
+
+
+async def test_the_backoff_grows_from_20_ms_and_stays_at_most_250_ms() -> None:
+    """Attempts come quickly at first (a room that moves is back within
+    milliseconds), then every 0.25 s until the deadline (a failover is noticed
+    within that): never sooner than the backoff says."""
+    nc = TimedNats(*[NoRespondersError()] * 1000)
+    with pytest.raises(CommandFailed):
+        await commands(nc, deadline=3.0).send(COMMAND)
+    gaps = [later - earlier for earlier, later in zip(nc.started, nc.started[1:], strict=False)]
+    planned = [0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0.25]
+    assert all(gap >= 0.9 * want for gap, want in zip(gaps, planned, strict=False)), gaps
+    assert all(gap >= 0.9 * 0.25 for gap in gaps[4:]), gaps
+    assert gaps[0] * 3 < gaps[4], gaps  # it grows
+    # Capped: a doubling backoff would make 8 attempts in 3 s, a capped one 16.
+    assert len(nc.started) >= 12, gaps

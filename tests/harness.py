@@ -67,9 +67,23 @@ _opened: list[Callable[[], Awaitable[object]]] = []
 def opened(resource: _R) -> _R:
     """Remember a connection a test opened (anything with an async ``close``
     or, as httpx clients, ``aclose``), so `close_leftovers` closes it after the
-    test even if the test failed before closing it."""
-    _opened.append(getattr(resource, "aclose", None) or resource.close)  # type: ignore[attr-defined]
+    test even if the test failed before closing it. A WebSocket is dropped
+    rather than closed: a polite close waits for the server's close frame
+    behind every message the test left unread."""
+    if isinstance(resource, WsClient):
+        _opened.append(_dropper(resource.ws))
+    elif isinstance(resource, ClientConnection):
+        _opened.append(_dropper(resource))
+    else:
+        _opened.append(getattr(resource, "aclose", None) or resource.close)  # type: ignore[attr-defined]
     return resource
+
+
+def _dropper(ws: ClientConnection) -> Callable[[], Awaitable[None]]:
+    async def drop() -> None:
+        ws.transport.abort()
+
+    return drop
 
 
 def background(work: Coroutine[Any, Any, _R]) -> "asyncio.Task[_R]":

@@ -1,0 +1,341 @@
+"""room_actors.actor.RoomActor's turn against a fake store and a fake NATS
+client: a batch is saved once (group commit) before anything goes out, a lost
+compare-and-set or a lapsed lease fences the turn (nothing written, nothing
+published, every request told to retry), and an outbox left by an owner that
+died is published again on load.
+
+Everything the actor does lands in one `Timeline`, so "before" is checked as
+the order in which it happened."""
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import pytest
+
+from bus_schema import codec, subjects
+from bus_schema.commands import (
+    Ack,
+    Broadcast,
+    Command,
+    GetSnapshot,
+    Join,
+    Rejected,
+    Reply,
+    Snapshot,
+)
+from bus_schema.errors import ErrorCode
+from bus_schema.events import Broadcasted, Event, ParticipantJoined, ParticipantLeft, RoomClosed
+from bus_schema.log import LogEntry
+from bus_schema.state import CallsSession, RoomMeta, RoomState
+from room_actors.actor import RETRY, RoomActor
+from room_actors.state import SEQ_BLOCK, decide
+from room_actors.store import Fenced, Loaded
+from tests.unit.test_state import ANN, BEN, LIMITS, NOW, ROOM, create_command, created, join
+
+Step = tuple[str, Any]
+
+
+class Timeline(list[Step]):
+    def index_of(self, kind: str) -> list[int]:
+        return [i for i, (k, _) in enumerate(self) if k == kind]
+
+    def of(self, kind: str) -> list[Any]:
+        return [what for k, what in self if k == kind]
+
+
+class FakeStore:
+    """The ``room_state`` key of one room, with compare-and-set on its
+    revision, and the read models and event log the actor writes."""
+
+    def __init__(self, timeline: Timeline, state: RoomState | None = None) -> None:
+        self.timeline = timeline
+        self.state = state
+        self.revision: int | None = 1 if state is not None else None
+        self.loads = 0
+        self.failing: Exception | None = None
+
+    def write_behind(self, state: RoomState) -> None:
+        """Another writer (a new owner) saves the room."""
+        self.state = state
+        self.revision = (self.revision or 0) + 1
+
+    async def load(self, room_id: str) -> Loaded:
+        self.loads += 1
+        return Loaded(self.state, self.revision)
+
+    async def save(self, state: RoomState, revision: int | None) -> int:
+        if self.failing is not None:
+            raise self.failing
+        if revision != self.revision:
+            self.timeline.append(("fenced", state.seq))
+            raise Fenced(state.room_id)
+        self.state, self.revision = state, (self.revision or 0) + 1
+        self.timeline.append(("save", state))
+        return self.revision
+
+    async def delete(self, room_id: str, revision: int | None) -> int | None:
+        if revision != self.revision:
+            raise Fenced(room_id)
+        self.state, self.revision = None, (self.revision or 0) + 1
+        self.timeline.append(("delete", room_id))
+        return self.revision
+
+    async def publish_meta(self, meta: RoomMeta) -> None:
+        self.timeline.append(("meta", meta.name))
+
+    async def publish_calls_session(self, session: CallsSession) -> None:
+        self.timeline.append(("session", session.session_id))
+
+    async def forget_calls_session(self, session_id: str) -> None:
+        self.timeline.append(("forget", session_id))
+
+    async def append_log(self, entries: list[LogEntry]) -> None:
+        self.timeline.append(("log", [e.room_seq for e in entries]))
+
+
+class FakeNats:
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        if subject == subjects.room_events(ROOM):
+            self.timeline.append(("publish", codec.events.decode(payload)))
+        else:
+            self.timeline.append(("control", subject))
+
+
+@dataclass
+class Request:
+    """A command's NATS message: its answer goes to the timeline."""
+
+    timeline: Timeline
+    reply: str = "_INBOX.test"
+
+    async def respond(self, data: bytes) -> None:
+        self.timeline.append(("answer", codec.replies.decode(data)))
+
+
+@dataclass
+class Room:
+    """One actor, its store, and what it did."""
+
+    timeline: Timeline
+    store: FakeStore
+    actor: RoomActor
+    lease: list[bool] = field(default_factory=list)
+    """What the next ownership checks answer (then: owned)."""
+    fenced: list[str] = field(default_factory=list)
+
+    def submit(self, *commands: Command) -> None:
+        for command in commands:
+            self.actor.submit(command, Request(self.timeline))  # type: ignore[arg-type]
+
+    async def turn(self, *commands: Command) -> list[Reply]:
+        """Submit ``commands`` at once (one mailbox, so one batch) and wait
+        until the actor is idle; the answers it gave meanwhile."""
+        start = len(self.timeline)
+        self.submit(*commands)
+        await asyncio.wait_for(self.actor.wait_idle(), 5)
+        return [what for kind, what in self.timeline[start:] if kind == "answer"]
+
+    def published(self) -> list[Event]:
+        return self.timeline.of("publish")
+
+    def saved(self) -> list[RoomState]:
+        return self.timeline.of("save")
+
+
+def make_room(state: RoomState | None = None) -> Room:
+    timeline = Timeline()
+    store = FakeStore(timeline, state)
+    lease: list[bool] = []
+    fenced: list[str] = []
+
+    def owns() -> bool:
+        return lease.pop(0) if lease else True
+
+    nc: Any = FakeNats(timeline)
+    actor = RoomActor(
+        ROOM,
+        nc=nc,
+        store=store,
+        limits=LIMITS,
+        owns=owns,
+        on_fenced=fenced.append,
+        on_cleanup=lambda cleanup: timeline.append(("cleanup", cleanup)),
+    )
+    return Room(timeline, store, actor, lease, fenced)
+
+
+@pytest.fixture
+def room() -> Iterator[Room]:
+    made = make_room()
+    try:
+        yield made
+    finally:
+        made.actor.cancel_timers()
+
+
+def joining(who: str, cmd_id: str) -> Join:
+    return Join(
+        cmd_id=cmd_id, room_id=ROOM, participant_id=who, name=who[:3], edge_id="e1", conn_id="c"
+    )
+
+
+def broadcast(n: int) -> Broadcast:
+    frame = msgspec.Raw(b'{"type":"chat","n":%d}' % n)
+    return Broadcast(cmd_id=f"b{n}", room_id=ROOM, participant_id=ANN, conn_id="c", frame=frame)
+
+
+def seqs(events: list[Event]) -> list[int]:
+    return [e.seq for e in events]
+
+
+def before(timeline: Timeline, first: str, then: Callable[[str], bool]) -> bool:
+    """Every step of kind ``first`` comes before every step whose kind ``then`` picks."""
+    firsts = timeline.index_of(first)
+    thens = [i for i, (kind, _) in enumerate(timeline) if then(kind)]
+    return bool(firsts) and (not thens or max(firsts) < min(thens))
+
+
+async def test_a_batch_is_saved_once_before_anything_goes_out(room: Room) -> None:
+    answers = await room.turn(
+        create_command(),
+        joining(ANN, "j1"),
+        joining(BEN, "j2"),
+        GetSnapshot(cmd_id="g1", room_id=ROOM),
+    )
+    # One write for the four commands: the group commit, its events as the outbox.
+    [saved] = room.saved()
+    assert sorted(saved.participants) == sorted([ANN, BEN])
+    assert seqs(saved.outbox) == [1, 2]
+    assert [type(e) for e in saved.outbox] == [ParticipantJoined, ParticipantJoined]
+    assert room.store.loads == 1
+    # Then, and only then, the projections, the events in order, the log, the answers.
+    assert before(room.timeline, "save", lambda kind: kind != "save")
+    assert seqs(room.published()) == [1, 2]
+    assert room.timeline.of("meta") == ["r"]
+    assert room.timeline.of("log") == [[0, 1, 2]]
+    assert max(room.timeline.index_of("publish")) < min(room.timeline.index_of("answer"))
+    assert answers[0] == Ack(seq=0)
+    assert [type(a) for a in answers[1:]] == [Snapshot, Snapshot, Snapshot]
+    assert [a.seq for a in answers[1:]] == [1, 2, 2]  # type: ignore[union-attr]
+
+
+async def test_broadcasts_within_the_reservation_are_published_without_a_write(
+    room: Room,
+) -> None:
+    await room.turn(create_command(), joining(ANN, "j1"))
+    # The first broadcast reserves the next numbers (one write) ...
+    assert await room.turn(broadcast(0)) == [Ack(seq=2)]
+    [_, reserved] = room.saved()
+    assert reserved.seq_reserved == 2 + SEQ_BLOCK
+    # ... the next ones are numbered from it and go out with no write at all.
+    answers = await room.turn(*(broadcast(n) for n in range(1, 5)))
+    assert len(room.saved()) == 2
+    assert answers == [Ack(seq=n) for n in range(3, 7)]
+    relayed = room.published()[1:]
+    assert [type(e) for e in relayed] == [Broadcasted] * 5
+    assert seqs(relayed) == [2, 3, 4, 5, 6]
+
+
+async def test_a_lost_compare_and_set_fences_the_turn(room: Room) -> None:
+    """Another worker saved the room after this one loaded it: the write
+    fails, nothing of the turn is published, every request is told to retry,
+    the room is dropped; the next command loads the other's state."""
+    await room.turn(create_command())
+    theirs = join(created(), BEN, "other-owner")
+    room.store.write_behind(theirs)
+    start = len(room.timeline)
+
+    answers = await room.turn(joining(ANN, "j1"), GetSnapshot(cmd_id="g1", room_id=ROOM))
+    assert answers == [RETRY, RETRY]
+    assert (RETRY.retryable, RETRY.code) == (True, ErrorCode.NOT_OWNER)
+    assert [kind for kind, _ in room.timeline[start:]] == ["fenced", "answer", "answer"]
+    assert room.fenced == [ROOM]
+    assert room.actor.state is None
+    assert room.store.state == theirs  # untouched
+
+    answers = await room.turn(joining(ANN, "j1"))
+    assert room.store.loads == 2  # loaded again, from the other's write
+    [snapshot] = answers
+    assert isinstance(snapshot, Snapshot)
+    assert sorted(p.id for p in snapshot.participants) == sorted([ANN, BEN])
+    assert room.store.state is not None
+    assert room.store.state.seq == 2
+
+
+async def test_a_lapsed_lease_writes_nothing(room: Room) -> None:
+    """The lease lapsed while the turn was being decided (the worker was
+    paused): the save is not attempted at all."""
+    await room.turn(create_command())
+    room.lease[:] = [True, False]  # owned when the turn starts, not at the save
+    start = len(room.timeline)
+    answers = await room.turn(joining(ANN, "j1"))
+    assert answers == [RETRY]
+    assert [kind for kind, _ in room.timeline[start:]] == ["answer"]
+    assert len(room.saved()) == 1
+    assert room.fenced == [ROOM]
+    assert room.actor.state is None
+
+    room.lease[:] = [False]  # not owned at all: not even loaded
+    loads = room.store.loads
+    assert await room.turn(joining(ANN, "j2")) == [RETRY]
+    assert room.store.loads == loads
+    assert room.fenced == [ROOM, ROOM]
+
+
+async def test_a_failed_save_drops_the_state_and_answers_retry(room: Room) -> None:
+    await room.turn(create_command())
+    room.store.failing = TimeoutError()
+    assert await room.turn(joining(ANN, "j1")) == [RETRY]
+    assert room.published() == []
+    assert room.fenced == []  # not another owner: just a failed turn
+    room.store.failing = None
+    [snapshot] = await room.turn(joining(ANN, "j1"))
+    assert isinstance(snapshot, Snapshot)
+    assert room.store.loads == 2
+
+
+async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load() -> None:
+    """The previous owner saved a turn and died before publishing it: the
+    new owner publishes those events (and logs them) before its first turn."""
+    first = decide(created(), joining(ANN, "j1"), NOW, LIMITS)
+    assert first.state is not None
+    second = decide(first.state, joining(BEN, "j2"), NOW, LIMITS)
+    assert second.state is not None
+    stored = msgspec.structs.replace(
+        second.state, outbox=[*first.events, *second.events], seq_reserved=second.state.seq + 40
+    )
+    room = make_room(stored)
+    try:
+        [snapshot] = await room.turn(GetSnapshot(cmd_id="g1", room_id=ROOM))
+        assert seqs(room.published()) == [1, 2]
+        assert room.timeline.of("log") == [[1, 2]]
+        assert before(room.timeline, "publish", lambda kind: kind == "answer")
+        assert isinstance(snapshot, Snapshot)
+        # Numbering goes on after the reservation the dead owner may have used.
+        assert snapshot.seq == stored.seq_reserved
+    finally:
+        room.actor.cancel_timers()
+
+
+async def test_a_close_cut_short_is_finished_on_load() -> None:
+    """The previous owner saved the close with its events and died before
+    deleting the room: the new owner publishes them, then deletes it."""
+    state = join(created(), ANN, "j1")
+    left = ParticipantLeft(room_id=ROOM, seq=state.seq + 1, participant_id=ANN, reason="closed")
+    closed = RoomClosed(room_id=ROOM, seq=state.seq + 2, participant_id="", reason="admin")
+    stored = msgspec.structs.replace(
+        state, seq=closed.seq, outbox=[left, closed], closed=True, close_reason="admin"
+    )
+    room = make_room(stored)
+    [reply] = await room.turn(GetSnapshot(cmd_id="g1", room_id=ROOM))
+    assert seqs(room.published()) == [left.seq, closed.seq]
+    assert before(room.timeline, "publish", lambda kind: kind == "delete")
+    assert room.store.state is None
+    assert isinstance(reply, Rejected)
+    assert reply.code == ErrorCode.ROOM_NOT_FOUND

@@ -15,9 +15,7 @@ the request may have reached Cloudflare.
 
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -35,6 +33,7 @@ from bus_schema.errors import ErrorCode
 from edge import metrics
 from edge.auth import Claims, InvalidToken, TokenService
 from edge.bus import EdgeBus
+from edge.calls_rules import Route, find_route, session_references
 from edge.commands import CommandFailed
 from edge.errors import ApiError
 from edge.ice import IceServers
@@ -44,139 +43,12 @@ from runtime.retry import Backoff, Retry
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    method: str
-    pattern: "re.Pattern[str]"
-    upstream: str
-    """The upstream path under ``/apps/{app}``; ``{sid}`` is the session id."""
-    access: str
-    """``create`` (a new session), ``room`` (any participant of the session's room),
-    ``owner`` (the session's creator only) or ``ice`` (any participant)."""
-    creates: bool = False
-    """Never retried once the request may have reached Cloudflare."""
-    pulls: bool = False
-    """The body asks for other sessions' tracks or data channels: every item
-    that is not ``local`` must name its session."""
-
-
-_S = r"session/(?P<sid>[^/]+)"
-ROUTES: tuple[_Route, ...] = (
-    _Route("POST", re.compile(r"session"), "/sessions/new", "create", creates=True),
-    _Route("GET", re.compile(_S), "/sessions/{sid}", "room"),
-    _Route(
-        "POST",
-        re.compile(_S + r"/tracks/new"),
-        "/sessions/{sid}/tracks/new",
-        "owner",
-        creates=True,
-        pulls=True,
-    ),
-    _Route("PUT", re.compile(_S + r"/renegotiate"), "/sessions/{sid}/renegotiate", "owner"),
-    _Route("PUT", re.compile(_S + r"/tracks/close"), "/sessions/{sid}/tracks/close", "owner"),
-    _Route("PUT", re.compile(_S + r"/tracks/update"), "/sessions/{sid}/tracks/update", "owner"),
-    _Route(
-        "POST",
-        re.compile(_S + r"/datachannels/new"),
-        "/sessions/{sid}/datachannels/new",
-        "owner",
-        creates=True,
-        pulls=True,
-    ),
-    _Route(
-        "POST",
-        re.compile(_S + r"/datachannels/establish"),
-        "/sessions/{sid}/datachannels/establish",
-        "owner",
-        creates=True,
-    ),
-    _Route(
-        "PUT",
-        re.compile(_S + r"/datachannels/close"),
-        "/sessions/{sid}/datachannels/close",
-        "owner",
-    ),
-    _Route("GET", re.compile(r"ice-servers"), "", "ice"),
-)
-
-
-def find_route(method: str, path: str) -> tuple[_Route, str | None] | None:
-    """The route for a path under ``/cloudflare/``, and its session id."""
-    for candidate in ROUTES:
-        match = candidate.pattern.fullmatch(path)
-        if match and candidate.method == method:
-            return candidate, match.groupdict().get("sid")
-    return None
-
-
 class _Created(msgspec.Struct):
     sessionId: str
 
 
 class _SessionTracks(msgspec.Struct):
     tracks: list[dict[str, Any]] = []
-
-
-_ITEM_LISTS = ("tracks", "dataChannels")
-_ITEMS = ("dataChannel",)
-_ITEM_FIELDS = ("location", "sessionId")
-_FOLDED = {name.casefold(): name for name in (*_ITEM_LISTS, *_ITEMS, *_ITEM_FIELDS)}
-"""Cloudflare's decoder may match field names without regard to case (as Go's
-encoding/json does): a key that folds to a checked name but is spelled
-otherwise is refused rather than guessed at."""
-
-
-def _invalid(message: str) -> ApiError:
-    return _error(400, message, "invalid_body")
-
-
-def _unambiguous(document: dict[str, Any], names: tuple[str, ...]) -> None:
-    for key in document:
-        canonical = _FOLDED.get(key.casefold())
-        if canonical is not None and canonical in names and key != canonical:
-            raise _invalid(f"Unexpected field `{key}` (did you mean `{canonical}`?)")
-
-
-def session_references(body: bytes, *, pulls: bool) -> tuple[bytes, set[str]]:
-    """The body to forward, and every Calls session it names.
-
-    Exactly what the room rule reads is decoded: the items of ``tracks`` and
-    ``dataChannels`` and the ``dataChannel`` object, their ``location`` and
-    ``sessionId``. Every item that names a session is counted; with ``pulls``
-    an item that is not ``local`` must name one. Anything those fields cannot
-    be read from is refused (400), never waved through. The body goes on
-    re-encoded from what was checked, so a duplicate key or a trick of the
-    JSON text cannot make Cloudflare read something else."""
-    if not body.strip():
-        return body, set()
-    try:
-        document = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        raise _invalid("Invalid JSON body") from None
-    if not isinstance(document, dict):
-        raise _invalid("The body must be a JSON object")
-    _unambiguous(document, (*_ITEM_LISTS, *_ITEMS))
-    items: list[object] = []
-    for name in _ITEM_LISTS:
-        if name in document:
-            listed = document[name]
-            if not isinstance(listed, list):
-                raise _invalid(f"`{name}` must be a list")
-            items.extend(listed)
-    items.extend(document[name] for name in _ITEMS if name in document)
-    named: set[str] = set()
-    for item in items:
-        if not isinstance(item, dict):
-            raise _invalid("Tracks and data channels must be JSON objects")
-        _unambiguous(item, _ITEM_FIELDS)
-        location, session_id = item.get("location"), item.get("sessionId")
-        if not isinstance(location, str | None) or not isinstance(session_id, str | None):
-            raise _invalid("`location` and `sessionId` must be strings")
-        if session_id is not None:
-            named.add(session_id)
-        elif pulls and location != "local":
-            raise _invalid("A track or data channel that is not local must name its `sessionId`")
-    return msgspec.json.encode(document), named
 
 
 def _error(status: int, message: str, code: str) -> ApiError:
@@ -218,7 +90,7 @@ class CallsProxy:
         return response
 
     async def _handle(
-        self, request: Request[Any, Any, Any], found: "tuple[_Route, str | None] | None"
+        self, request: Request[Any, Any, Any], found: "tuple[Route, str | None] | None"
     ) -> Response[bytes]:
         if found is None:
             raise _error(404, "Unknown Cloudflare endpoint", "unknown_endpoint")
@@ -291,7 +163,7 @@ class CallsProxy:
         raise _error(403, "You are not in this room", "not_in_room")
 
     async def _check_access(
-        self, entry: _Route, session_id: str | None, claims: Claims, body: bytes
+        self, entry: Route, session_id: str | None, claims: Claims, body: bytes
     ) -> bytes:
         """Check the session in the path and every session the body names;
         return the body to forward."""

@@ -9,11 +9,8 @@ the actor: it gets the missed events when the actor still has them (clients
 notice nothing), or a snapshot, and then sends its clients a fresh ``welcome``
 instead of delivering a wrong view.
 
-Each `Connection` has a bounded output queue: a client that does not read and
-lets its pending output pass the bound is disconnected (close code 4008); it
-never delays the others. A ``welcome`` and its replays (the room's state, which
-is bounded elsewhere) count on top of the bound until they are written, so a
-large room is never taken for a slow client.
+Each local client is a `edge.connection.Connection` with a bounded output
+queue (a slow client is dropped, never waited on).
 
 Targeted frames from other edges are checked (`protocol.peer_frame`) before a
 client sees them: a compromised edge cannot forge a ``welcome`` or speak for a
@@ -26,7 +23,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -48,6 +44,7 @@ from bus_schema.events import (
 )
 from edge import metrics, protocol
 from edge.commands import CommandFailed, RoomCommands
+from edge.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -56,140 +53,6 @@ RECENT_EVENTS = 256
 WAITING_PEER_FRAMES = 256
 """Targeted frames a feed keeps while it cannot check their sender yet (no
 snapshot yet, or resyncing); more are dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    code: int
-    reason: str
-    discard_pending: bool = False
-    """Close at once, dropping queued frames (a slow consumer); otherwise the
-    frames queued before the close (an ``error``, say) go out first."""
-
-
-def _size(text: str) -> int:
-    """The bytes a frame takes on the wire (UTF-8): what the output bound counts."""
-    return len(text) if text.isascii() else len(text.encode())
-
-
-class Connection:
-    """A client socket as the fan-out sees it."""
-
-    __slots__ = (
-        "_grace",
-        "_grace_end",
-        "_held",
-        "_limit",
-        "_pending",
-        "_queue",
-        "_queued",
-        "_wakeup",
-        "_written",
-        "closing",
-        "conn_id",
-        "identity",
-        "on_abandon",
-        "start_seq",
-    )
-
-    def __init__(self, identity: protocol.Identity, *, limit_bytes: int) -> None:
-        self.conn_id = ids.new_command_id()
-        self.identity = identity
-        self.start_seq = 0
-        """Room events with a higher seq than this are delivered; the rest are in
-        the client's ``welcome`` already."""
-        self._limit = limit_bytes
-        self._queue: deque[str | Close] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
-        """Set while the writer waits for output (a deque and one future weigh
-        less than an asyncio.Queue, and there is one per socket)."""
-        self._pending = 0
-        self._queued = 0
-        self._written = 0
-        """Bytes ever queued and ever handed to the writer."""
-        self._grace = 0
-        self._grace_end = 0
-        """The last snapshot's size, allowed beyond the bound until the writer
-        has passed ``_grace_end`` (where that snapshot ends in the output)."""
-        self._held: list[str] | None = []
-        self.closing: Close | None = None
-        self.on_abandon: Callable[[], object] | None = None
-        """Called for a slow consumer: stop reading and writing it at once."""
-
-    @property
-    def participant_id(self) -> str:
-        return self.identity.participant_id
-
-    def send(self, text: str) -> None:
-        """Queue a frame; disconnect the client if its unsent output passes the bound."""
-        if self.closing is not None:
-            return
-        size = _size(text)
-        self._pending += size
-        limit = self._limit + (self._grace if self._written < self._grace_end else 0)
-        if self._pending > limit:
-            log.info(
-                "conn %s: slow consumer, disconnecting",
-                self.conn_id,
-                extra={"participant_id": self.participant_id, "conn_id": self.conn_id},
-            )
-            self.close(CloseCode.SLOW_CONSUMER, "Too slow: output queue full", discard=True)
-            return
-        self._queued += size
-        self._push(text)
-
-    def send_snapshot(self, texts: list[str]) -> None:
-        """A ``welcome`` and its replays: the room's state, bounded by the room's
-        own limits, not by this client's speed. They never trip the slow-consumer
-        bound by themselves; what is queued after them is held to the bound."""
-        if self.closing is not None:
-            return
-        size = sum(_size(text) for text in texts)
-        self._grace = size
-        self._grace_end = self._queued + size
-        for text in texts:
-            self._push(text)
-        self._pending += size
-        self._queued += size
-
-    def _push(self, item: "str | Close") -> None:
-        self._queue.append(item)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    def send_direct(self, text: str) -> None:
-        """A targeted frame from a peer; held until the ``welcome`` went out."""
-        metrics.child(metrics.MESSAGES_OUT, "direct").inc()
-        if self._held is not None:
-            self._held.append(text)
-        else:
-            self.send(text)
-
-    def go_live(self) -> None:
-        held, self._held = self._held or [], None
-        for text in held:
-            self.send(text)
-
-    def close(self, code: int, reason: str, *, discard: bool = False) -> None:
-        if self.closing is None:
-            self.closing = Close(code, reason, discard)
-            self._push(self.closing)
-            if discard and self.on_abandon is not None:
-                self.on_abandon()
-
-    async def next_output(self) -> str | Close:
-        while not self._queue:
-            self._wakeup = asyncio.get_running_loop().create_future()
-            try:
-                await self._wakeup
-            finally:
-                self._wakeup = None
-        item = self._queue.popleft()
-        if isinstance(item, str):
-            size = _size(item)
-            self._pending -= size
-            self._written += size
-        return item
 
 
 class RoomFeed:

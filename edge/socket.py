@@ -30,7 +30,8 @@ from edge import metrics, protocol
 from edge.auth import Claims, InvalidToken, TokenService
 from edge.bus import EdgeBus
 from edge.commands import CommandFailed
-from edge.fanout import Close, Connection, RoomFeed
+from edge.connection import Close, Connection
+from edge.fanout import RoomFeed
 from edge.limits import AddressLimits, ConnectionLimits
 from edge.settings import EdgeSettings
 

@@ -9,7 +9,8 @@ from bus_schema.commands import Snapshot
 from bus_schema.events import Broadcasted, Event, ParticipantJoined
 from bus_schema.state import Participant
 from edge import protocol
-from edge.fanout import Connection, RoomFeed
+from edge.connection import Connection
+from edge.fanout import RoomFeed
 
 ROOM = "11111111-1111-4111-8111-111111111111"
 ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"

@@ -13,7 +13,8 @@ from bus_schema.control import KICKED, CloseConnection
 from bus_schema.events import TrackMuted, TrackStateChanged
 from bus_schema.state import Participant
 from edge import protocol
-from edge.fanout import Close, Connection, Fanout, RoomFeed
+from edge.connection import Close, Connection
+from edge.fanout import Fanout, RoomFeed
 
 ROOM = "11111111-1111-4111-8111-111111111111"
 ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"

@@ -1,0 +1,240 @@
+"""Who is in a room, and their Calls sessions: joining, leaving, dropping and
+resuming; the Calls proxy's questions (may this participant use it, may it
+create another session). Pure decisions for `room_actors.state.decide`."""
+
+import dataclasses
+
+from msgspec.structs import replace
+
+from bus_schema.closecodes import CloseCode
+from bus_schema.commands import (
+    Ack,
+    CheckMember,
+    Disconnect,
+    Join,
+    Leave,
+    RegisterCallsSession,
+    Rejected,
+    Reply,
+)
+from bus_schema.control import CloseCallsTracks, CloseConnection
+from bus_schema.errors import ErrorCode
+from bus_schema.events import (
+    ParticipantJoined,
+    ParticipantLeft,
+)
+from bus_schema.ids import is_token_id
+from bus_schema.state import Participant, RoomState
+from room_actors.decision import (
+    KICKED,
+    NOT_IN_ROOM,
+    Decision,
+    Limits,
+    sessions_of,
+    snapshot,
+)
+from runtime.clock import Clock
+
+
+def join(state: RoomState, command: Join, now: str) -> Decision:
+    present = state.participants.get(command.participant_id)
+    if present is not None:
+        # The same token connected again: the newer connection takes over, the
+        # others see no leave/join, and the older socket is closed.
+        moved = replace(
+            present, edge_id=command.edge_id, conn_id=command.conn_id, disconnected_until=None
+        )
+        participants = {**state.participants, command.participant_id: moved}
+        resumed = replace(state, participants=participants)
+        control: tuple[tuple[str, CloseConnection], ...] = ()
+        if present.conn_id != command.conn_id and present.disconnected_until is None:
+            close = CloseConnection(
+                conn_id=present.conn_id,
+                code=CloseCode.REPLACED,
+                reason="Replaced by a newer connection",
+            )
+            control = ((present.edge_id, close),)
+        return Decision(resumed, snapshot(resumed, resumed=True), control=control)
+    if command.participant_id in state.kicked:
+        return Decision(state, KICKED)
+    if len(state.participants) >= state.meta.max_participants:
+        return Decision(state, Rejected(code=ErrorCode.ROOM_FULL, message="Room is full"))
+    seq = state.seq + 1
+    joined = Participant(
+        id=command.participant_id,
+        name=command.name,
+        joined_at=now,
+        edge_id=command.edge_id,
+        conn_id=command.conn_id,
+    )
+    event = ParticipantJoined(
+        room_id=state.room_id, seq=seq, participant_id=joined.id, name=joined.name
+    )
+    new_state = replace(
+        state,
+        seq=seq,
+        participants={**state.participants, joined.id: joined},
+        close_at=None,
+        close_reason="",
+        departed=_without(state.departed, joined.id),
+        preconnect=_without(state.preconnect, joined.id),
+    )
+    return Decision(new_state, snapshot(new_state), (event,))
+
+
+def _without(entries: dict[str, float], key: str) -> dict[str, float]:
+    """``entries`` without ``key`` (the same object when it is not there)."""
+    if key not in entries:
+        return entries
+    return {k: v for k, v in entries.items() if k != key}
+
+
+def leave(state: RoomState, command: Leave, clock: Clock, limits: Limits) -> Decision:
+    present = state.participants.get(command.participant_id)
+    if present is None or present.conn_id != command.conn_id:
+        return Decision(state, Ack(seq=state.seq))
+    return remove(state, [present], command.reason, clock, limits)
+
+
+def disconnect(state: RoomState, command: Disconnect, until: float) -> Decision:
+    present = state.participants.get(command.participant_id)
+    if present is None or present.conn_id != command.conn_id or present.disconnected_until:
+        return Decision(state, Ack(seq=state.seq))
+    away = replace(present, disconnected_until=until)
+    new_state = replace(state, participants={**state.participants, present.id: away})
+    return Decision(new_state, Ack(seq=state.seq))
+
+
+def remove(
+    state: RoomState, gone: list[Participant], reason: str, clock: Clock, limits: Limits
+) -> Decision:
+    """Participants leave the room, one numbered ``leave`` event each. The last
+    one out starts the departure timeout."""
+    if not gone:
+        return Decision(state, Ack(seq=state.seq))
+    ids = {p.id for p in gone}
+    events = tuple(
+        ParticipantLeft(
+            room_id=state.room_id, seq=state.seq + i, participant_id=p.id, reason=reason
+        )
+        for i, p in enumerate(gone, start=1)
+    )
+    seq = state.seq + len(events)
+    participants = {k: v for k, v in state.participants.items() if k not in ids}
+    # Leavers keep no Calls sessions, and the proxy refuses them from now on
+    # (remembered while their token could pass for a fresh one).
+    horizon = clock.epoch - limits.preconnect_window
+    recent = [(pid, at) for pid, at in state.departed.items() if at > horizon and pid not in ids]
+    recent.extend((pid, clock.epoch) for pid in sorted(ids))
+    new_state = replace(
+        state,
+        seq=seq,
+        participants=participants,
+        calls_sessions={s: p for s, p in state.calls_sessions.items() if p not in ids},
+        departed=dict(recent[-limits.departed_kept :]),
+    )
+    if not participants and state.meta.departure_timeout > 0:
+        new_state = replace(
+            new_state,
+            close_at=clock.epoch + state.meta.departure_timeout,
+            close_reason="departure_timeout",
+        )
+    return Decision(new_state, Ack(seq=seq), events, cleanup=cleanup_of(state, ids))
+
+
+def cleanup_of(state: RoomState, ids: set[str]) -> tuple[CloseCallsTracks, ...]:
+    """Close the tracks pushed on the Calls sessions of these participants."""
+    return tuple(
+        CloseCallsTracks(room_id=state.room_id, participant_id=pid, session_ids=owned)
+        for pid in sorted(ids)
+        if (owned := sorted(sid for sid, owner in state.calls_sessions.items() if owner == pid))
+    )
+
+
+# --- the Calls proxy's questions ------------------------------------------------------
+
+
+def _calls_refusal(
+    state: RoomState, participant_id: str, issued_at: int, clock: Clock, limits: Limits
+) -> Rejected | None:
+    """Why this participant may not use the Calls proxy now, if it may not."""
+    if participant_id in state.participants:
+        return None
+    if participant_id in state.kicked:
+        return KICKED
+    left = state.departed.get(participant_id)
+    if left is not None and left > clock.epoch - limits.preconnect_window:
+        return NOT_IN_ROOM
+    if issued_at >= clock.epoch - limits.preconnect_window:
+        return None  # a fresh token whose WebSocket has not connected yet
+    return NOT_IN_ROOM
+
+
+def check_member(state: RoomState, command: CheckMember, clock: Clock, limits: Limits) -> Reply:
+    pid = command.participant_id
+    refused = _calls_refusal(state, pid, command.issued_at, clock, limits)
+    if refused is None and command.new_session:
+        refused = _session_cap(state, pid, limits)
+    return refused or Ack(seq=state.seq)
+
+
+def _session_cap(state: RoomState, participant_id: str, limits: Limits) -> Rejected | None:
+    owned = sum(1 for owner in state.calls_sessions.values() if owner == participant_id)
+    if owned >= limits.calls_sessions_per_participant:
+        return Rejected(
+            code=ErrorCode.CALLS_SESSION_LIMIT,
+            message=f"At most {limits.calls_sessions_per_participant} Calls sessions "
+            "per participant",
+        )
+    if len(state.calls_sessions) >= limits.calls_sessions_per_room:
+        return Rejected(
+            code=ErrorCode.CALLS_SESSION_LIMIT,
+            message="This room holds as many Calls sessions as it may",
+        )
+    return None
+
+
+def register_session(
+    state: RoomState, command: RegisterCallsSession, clock: Clock, limits: Limits
+) -> Decision:
+    pid = command.participant_id
+    if not is_token_id(command.session_id):
+        return Decision(state, Rejected(code=ErrorCode.BAD_COMMAND, message="Bad session id"))
+    owner = state.calls_sessions.get(command.session_id)
+    if owner == pid:
+        return Decision(
+            state, Ack(seq=state.seq), sessions=sessions_of(state, [command.session_id])
+        )
+    if owner is not None:
+        return Decision(state, NOT_IN_ROOM)
+    refused = _calls_refusal(state, pid, command.issued_at, clock, limits) or _session_cap(
+        state, pid, limits
+    )
+    if refused is not None:
+        return Decision(state, refused)
+    new_state = replace(state, calls_sessions={**state.calls_sessions, command.session_id: pid})
+    if pid not in state.participants and pid not in state.preconnect:
+        # Not connected yet: if it never does, its sessions go when its token
+        # stops passing for a fresh one.
+        until = command.issued_at + limits.preconnect_window
+        new_state = replace(new_state, preconnect={**state.preconnect, pid: until})
+    sessions = sessions_of(new_state, [command.session_id])
+    return Decision(new_state, Ack(seq=state.seq), sessions=sessions)
+
+
+def expire_preconnect(decision: Decision, clock: Clock) -> Decision:
+    """Drop the Calls sessions of token holders that never connected in time."""
+    state = decision.state
+    if state is None:
+        return decision
+    due = {pid for pid, until in state.preconnect.items() if until <= clock.epoch}
+    if not due:
+        return decision
+    expired = replace(
+        state,
+        calls_sessions={s: p for s, p in state.calls_sessions.items() if p not in due},
+        preconnect={p: u for p, u in state.preconnect.items() if p not in due},
+    )
+    return dataclasses.replace(
+        decision, state=expired, cleanup=decision.cleanup + cleanup_of(state, due)
+    )

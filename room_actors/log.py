@@ -4,17 +4,8 @@ state they describe is saved."""
 
 from msgspec.structs import replace
 
+from bus_schema import events as ev
 from bus_schema import log as event_log
-from bus_schema.events import (
-    Broadcasted,
-    Event,
-    ParticipantJoined,
-    ParticipantLeft,
-    RoomClosed,
-    SessionPublished,
-    TrackMuted,
-    TrackStateChanged,
-)
 from bus_schema.log import LogEntry
 from bus_schema.state import RoomState
 
@@ -30,12 +21,12 @@ def room_created(state: RoomState, at: str) -> LogEntry:
     )
 
 
-def entries(events: list[Event] | tuple[Event, ...], at: str) -> tuple[LogEntry, ...]:
+def entries(events: list[ev.Event] | tuple[ev.Event, ...], at: str) -> tuple[LogEntry, ...]:
     """The event log's records of these room events, in order (relayed
-    messages, `Broadcasted`, are not logged)."""
+    messages, `ev.Broadcasted`, are not logged)."""
     out: list[LogEntry] = []
     for event in events:
-        if isinstance(event, Broadcasted):
+        if isinstance(event, ev.Broadcasted):
             continue  # the hot path: nothing to build
         base = LogEntry(
             id=f"{event.room_id}.{event.seq}",
@@ -46,25 +37,25 @@ def entries(events: list[Event] | tuple[Event, ...], at: str) -> tuple[LogEntry,
             participant_id=event.participant_id or None,
         )
         match event:
-            case ParticipantJoined():
+            case ev.ParticipantJoined():
                 entry = replace(
                     base, event=event_log.PARTICIPANT_JOINED, participant_name=event.name
                 )
-            case ParticipantLeft():
+            case ev.ParticipantLeft():
                 entry = replace(base, event=event_log.PARTICIPANT_LEFT, reason=event.reason)
-            case SessionPublished():
+            case ev.SessionPublished():
                 entry = replace(
                     base, event=event_log.SESSION_PUBLISHED, session_id=event.session_id
                 )
-            case TrackStateChanged() | TrackMuted():
+            case ev.TrackStateChanged() | ev.TrackMuted():
                 entry = replace(
                     base,
                     event=event_log.TRACK_STATE_CHANGED,
                     kind=event.kind,
                     enabled=event.enabled,
-                    by=event.by if isinstance(event, TrackMuted) else None,
+                    by=event.by if isinstance(event, ev.TrackMuted) else None,
                 )
-            case RoomClosed():
+            case ev.RoomClosed():
                 entry = replace(base, event=event_log.ROOM_CLOSED, reason=event.reason)
             case _:
                 continue

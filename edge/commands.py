@@ -36,7 +36,13 @@ class RoomCommands:
     def __init__(self, nc: Client, *, attempt_timeout: float, deadline: float) -> None:
         self._nc = nc
         self._attempt_timeout = attempt_timeout
-        self._deadline = deadline
+        # Every NATS error (no responders: no worker owns the room right now;
+        # timeout; disconnected, reconnecting) and a retryable rejection (the
+        # room is moving) are tried again until the deadline; at most 0.25 s
+        # apart, so a failover is noticed within that.
+        self._policy = Retry(
+            on=(NatsError,), result=_moving, deadline=deadline, backoff=Backoff(0.02, cap=0.25)
+        )
 
     async def send(self, command: Command) -> Reply:
         """Send until a reply arrives. A `Rejected` reply that is not retryable is
@@ -49,18 +55,8 @@ class RoomCommands:
             msg = await self._nc.request(subject, data, timeout=timeout)
             return codec.replies.decode(msg.data)
 
-        # Every NATS error (no responders: no worker owns the room right now;
-        # timeout; disconnected, reconnecting) and a retryable rejection (the
-        # room is moving) are tried again until the deadline; at most 0.25 s
-        # apart, so a failover is noticed within that.
-        policy = Retry(
-            on=(NatsError,),
-            result=_moving,
-            deadline=self._deadline,
-            backoff=Backoff(0.02, cap=0.25),
-        )
         try:
-            reply = await policy.run(request)
+            reply = await self._policy.run(request)
         except NatsError as e:
             raise self._unavailable(command, _reason(e)) from None
         except codec.DecodeError:

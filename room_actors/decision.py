@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from bus_schema.commands import (
     Rejected,
     Reply,
@@ -24,9 +26,10 @@ if TYPE_CHECKING:
     from room_actors.settings import ActorSettings
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Everything one message makes its room's turn do."""
+class Decision(msgspec.Struct, frozen=True):
+    """Everything one message makes its room's turn do. (A Struct, not a
+    dataclass: a turn copies it with one field changed on every message, and
+    `msgspec.structs.replace` is several times faster than `dataclasses.replace`.)"""
 
     state: RoomState | None
     """The room after the message (``None``: there is none, or it just closed)."""

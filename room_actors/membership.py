@@ -2,8 +2,6 @@
 resuming; the Calls proxy's questions (may this participant use it, may it
 create another session). Pure decisions for `room_actors.state.decide`."""
 
-import dataclasses
-
 from msgspec.structs import replace
 
 from bus_schema.closecodes import CloseCode
@@ -235,6 +233,4 @@ def expire_preconnect(decision: Decision, clock: Clock) -> Decision:
         calls_sessions={s: p for s, p in state.calls_sessions.items() if p not in due},
         preconnect={p: u for p, u in state.preconnect.items() if p not in due},
     )
-    return dataclasses.replace(
-        decision, state=expired, cleanup=decision.cleanup + cleanup_of(state, due)
-    )
+    return replace(decision, state=expired, cleanup=decision.cleanup + cleanup_of(state, due))

@@ -8,8 +8,6 @@ What a decision is and the limits it applies live in `room_actors.decision`;
 who is in the room and their Calls sessions, in `room_actors.membership`.
 """
 
-import dataclasses
-
 from msgspec.structs import replace
 
 from bus_schema import codec
@@ -129,7 +127,7 @@ def decide(
     logged = entries(decision.events, clock.iso) if decision.events else ()
     if write == decision.write and not logged:
         return decision  # the hot path (a broadcast): nothing to add
-    return dataclasses.replace(decision, write=write, log=decision.log + logged)
+    return replace(decision, write=write, log=decision.log + logged)
 
 
 def _decide(
@@ -188,7 +186,7 @@ def _decide(
         return decision
     if isinstance(message, _GROWS) and len(codec.encode(decision.state)) > limits.state_max_bytes:
         return Decision(state, STATE_FULL)
-    return dataclasses.replace(decision, state=_remember(decision.state, message.cmd_id, limits))
+    return replace(decision, state=_remember(decision.state, message.cmd_id, limits))
 
 
 def _expire(state: RoomState, clock: Clock, limits: Limits) -> Decision:
@@ -208,7 +206,7 @@ def _expire(state: RoomState, clock: Clock, limits: Limits) -> Decision:
         and after.close_at <= clock.epoch
     ):
         closed = _close(after, after.close_reason or "departure_timeout", clock, limits)
-        return dataclasses.replace(
+        return replace(
             closed,
             events=decision.events + closed.events,
             cleanup=decision.cleanup + closed.cleanup,
@@ -370,7 +368,7 @@ def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Li
         reason="Removed from the room",
         notice=KICKED_NOTICE,
     )
-    return dataclasses.replace(
+    return replace(
         removed,
         state=replace(removed.state, kicked=kicked),
         control=((present.edge_id, close),),

@@ -18,7 +18,7 @@ left, and need a deterministic, injectable clock in tests; this is ~100 lines.
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 _T = TypeVar("_T")
 
@@ -39,9 +39,9 @@ class Backoff:
             delay = min(delay * self.factor, self.cap)
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """What an operation knows about the attempt it is making."""
+class Attempt(NamedTuple):
+    """What an operation knows about the attempt it is making (a tuple: made
+    on every call, so it must cost next to nothing)."""
 
     number: int
     """1 for the first attempt."""
@@ -98,28 +98,34 @@ class Retry:
         hears of each error or result tried again and the delay before the
         next attempt (to log it)."""
         now = clock or asyncio.get_running_loop().time
-        give_up = None if self.deadline is None else now() + self.deadline
-        delays = self.backoff.delays()
-        number = 0
+        started = now()
+        give_up = None if self.deadline is None else started + self.deadline
+        remaining = self.deadline
+        delays: Iterator[float] | None = None  # made at the first failure: the
+        number = 0  # first attempt (nearly every call) costs next to nothing
         while True:
             number += 1
-            remaining = None if give_up is None else give_up - now()
-            delay = next(delays)
+            failed: Exception | None = None
             try:
                 outcome = await operation(Attempt(number, remaining))
             except Exception as e:
-                if not self.retries(e) or self._last(number, now() + delay, give_up):
+                if not self.retries(e):
                     raise
-                retried: object = e
+                failed = e
             else:
                 if self.result is None or not self.result(outcome):
                     return outcome
-                if self._last(number, now() + delay, give_up):
-                    return outcome
-                retried = outcome
+            if delays is None:
+                delays = self.backoff.delays()
+            delay = next(delays)
+            if self._last(number, now() + delay, give_up):
+                if failed is not None:
+                    raise failed
+                return outcome
             if on_retry is not None:
-                on_retry(retried, delay)
+                on_retry(failed if failed is not None else outcome, delay)
             await sleep(delay)
+            remaining = None if give_up is None else give_up - now()
 
     def _last(self, number: int, next_start: float, give_up: float | None) -> bool:
         """No attempt is left, or the next would start at or past the deadline."""

@@ -6,6 +6,7 @@ recently, so an edge may retry a command after a timeout and it is applied once.
 
 import msgspec
 
+from bus_schema.access import Grants
 from bus_schema.events import Event
 from bus_schema.state import Participant, RoomMeta, Track
 
@@ -24,6 +25,9 @@ class CreateRoom(_Command, frozen=True, tag="create_room"):
     """Seconds; ``None``: the worker's default (``ROOM_EMPTY_TIMEOUT``)."""
     departure_timeout: float | None = None
     """Seconds; ``None``: the worker's default (``ROOM_DEPARTURE_TIMEOUT``)."""
+    join_policy: str = "open"
+    join_secret_hash: str = ""
+    """``secret`` rooms: the hash of the join secret (`bus_schema.access.secret_hash`)."""
 
 
 class Join(_Command, frozen=True, tag="join"):
@@ -34,6 +38,11 @@ class Join(_Command, frozen=True, tag="join"):
     name: str
     edge_id: str
     conn_id: str
+    identity: str | None = None
+    grants: Grants | None = None
+    """The token's grants (``None``: every grant)."""
+    issued_at: int = 0
+    """The token's ``iat``: refused when the room's tokens were revoked since."""
 
 
 class Leave(_Command, frozen=True, tag="leave"):
@@ -63,6 +72,7 @@ class RegisterCallsSession(_Command, frozen=True, tag="register_calls_session"):
     session_id: str
     issued_at: int = 0
     """The ``iat`` of the caller's token (see `CheckMember`)."""
+    identity: str | None = None
 
 
 class CheckMember(_Command, frozen=True, tag="check_member"):
@@ -78,6 +88,8 @@ class CheckMember(_Command, frozen=True, tag="check_member"):
     """The ``iat`` of the caller's token, Unix seconds."""
     new_session: bool = False
     """The caller wants to create a Calls session: also refused at the caps."""
+    identity: str | None = None
+    """The caller's identity, if its token has one: refused once banned."""
 
 
 class _FromParticipant(_Command, frozen=True):
@@ -133,9 +145,16 @@ class CloseRoom(_Command, frozen=True, tag="close_room"):
 
 
 class RemoveParticipant(_Command, frozen=True, tag="remove_participant"):
-    """Remove a participant (told ``kicked``, disconnected); its token may not rejoin."""
+    """Remove a participant (told ``kicked``, disconnected); its token may not
+    rejoin, and with ``ban`` neither may any token of its identity."""
 
     participant_id: str
+    ban: bool = False
+    by: str = ""
+    """``""``: an operator (the room service API). Otherwise the participant
+    who asked from its socket: refused unless it is in the room on ``by_conn_id``
+    with the ``room_admin`` grant."""
+    by_conn_id: str = ""
 
 
 class MuteTrack(_Command, frozen=True, tag="mute_track"):
@@ -145,6 +164,28 @@ class MuteTrack(_Command, frozen=True, tag="mute_track"):
     participant_id: str
     kind: str
     enabled: bool = False
+    by: str = ""
+    """As `RemoveParticipant.by`."""
+    by_conn_id: str = ""
+
+
+class BanIdentity(_Command, frozen=True, tag="ban_identity"):
+    """Ban an identity from the room (its participant, if present, is removed),
+    or with ``lift`` let it in again."""
+
+    identity: str
+    lift: bool = False
+
+
+class RevokeTokens(_Command, frozen=True, tag="revoke_tokens"):
+    """Every token of the room issued until now is refused from now on; every
+    participant (all hold such tokens) is removed and disconnected (4003)."""
+
+
+class SetJoinSecret(_Command, frozen=True, tag="set_join_secret"):
+    """A ``secret`` room's new join secret (its hash): the old one is refused."""
+
+    join_secret_hash: str
 
 
 Command = (
@@ -163,6 +204,9 @@ Command = (
     | CloseRoom
     | RemoveParticipant
     | MuteTrack
+    | BanIdentity
+    | RevokeTokens
+    | SetJoinSecret
 )
 
 
@@ -206,6 +250,8 @@ class RoomInfo(_Reply, frozen=True, tag="room"):
     meta: RoomMeta
     seq: int
     participants: list[Participant]
+    banned: list[str] = msgspec.field(default_factory=list)
+    """Identities banned from the room."""
 
 
 Reply = Ack | Snapshot | Catchup | Rejected | RoomInfo

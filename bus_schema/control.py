@@ -10,6 +10,8 @@ class CloseConnection(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     notice: str = ""
     """What the client is told before the close, as a kind its edge renders:
     ``""`` (nothing) or `KICKED`."""
+    by: str = ""
+    """`KICKED` by a room admin: its participant id (``""``: an operator)."""
 
 
 KICKED = "kicked"

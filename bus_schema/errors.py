@@ -10,6 +10,16 @@ class ErrorCode(StrEnum):
     NOT_IN_ROOM = "not_in_room"
     KICKED = "kicked"
     """The participant was removed by an operator: its token may not come back."""
+    BANNED = "banned"
+    """The token's identity is banned from the room."""
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105 (an error code, not a password)
+    """The room's tokens were revoked after this one was issued."""
+    JOIN_SECRET_REQUIRED = "join_secret_required"  # noqa: S105 (an error code)
+    """A ``secret`` room's join endpoint without the right secret."""
+    INVITE_ONLY = "invite_only"
+    """A ``token`` room's join endpoint: only minted tokens get in."""
+    GRANT_DENIED = "grant_denied"
+    """The token does not grant what the message or call needs."""
     NOT_OWNER = "not_owner"
     """The worker does not (or no longer) own the room: retry, another worker will."""
     BAD_COMMAND = "bad_command"

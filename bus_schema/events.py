@@ -36,8 +36,12 @@ class ParticipantJoined(_Event, frozen=True, tag="joined"):
 class ParticipantLeft(_Event, frozen=True, tag="left"):
     reason: str
     """``closed`` (clean close), ``timeout`` (not back within the resume grace
-    period), ``edge_lost`` (its edge stopped sending heartbeats) or ``kicked``
-    (removed by an operator)."""
+    period), ``edge_lost`` (its edge stopped sending heartbeats), ``kicked``
+    (removed by an operator or a room admin), ``banned`` (its identity was),
+    ``revoked`` (the room's tokens were) or ``replaced`` (a newer token of its
+    identity joined)."""
+    by: str = ""
+    """``kicked``/``banned`` by a room admin: its participant id."""
 
 
 class SessionPublished(_Event, frozen=True, tag="session"):

@@ -44,9 +44,16 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     kind: str | None = None
     enabled: bool | None = None
     by: str | None = None
-    """``admin`` when an operator caused it."""
+    """``admin`` when an operator caused it, the participant id of a room admin."""
     room: RoomMeta | None = None
     """``room_created``: the room's metadata."""
+    identity: str | None = None
+    """``participant_joined``: the identity of a minted token, if any."""
+    hidden: bool | None = None
+    """The participant is hidden (``participant_joined``/``participant_left``):
+    kept for operators, never sent to webhooks. Its ``id`` is
+    ``<room_id>.<room_seq>.<participant_id>.<event>``, since it takes no
+    number of the room's own."""
 
 
 log_entry = msgspec.json.Decoder(LogEntry)

@@ -2,6 +2,7 @@
 
 import msgspec
 
+from bus_schema.access import Grants
 from bus_schema.events import TRACK_KINDS as TRACK_KINDS
 from bus_schema.events import Event
 from bus_schema.events import TrackKind as TrackKind
@@ -21,6 +22,9 @@ class RoomMeta(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Seconds a room nobody has joined lives (0: until ``ROOM_TTL``)."""
     departure_timeout: float = 0.0
     """Seconds a room lives after its last participant left (0: until ``ROOM_TTL``)."""
+    join_policy: str = "open"
+    """``open``, ``secret`` or ``token`` (`bus_schema.access.JoinPolicy`); chosen
+    at creation and never changed."""
 
 
 class Track(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -55,6 +59,16 @@ class Participant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     disconnected_until: float | None = None
     """Set while the participant's connection is gone: the Unix time at which its
     resume grace period ends and it leaves the room."""
+    identity: str | None = None
+    """The app's user id from a minted token: one participant per identity."""
+    grants: Grants | None = None
+    """What the participant's token allows (``None``: everything, not hidden)."""
+    issued_at: int = 0
+    """The ``iat`` of the participant's token (a revocation removes it)."""
+
+    @property
+    def hidden(self) -> bool:
+        return self.grants is not None and self.grants.hidden
 
 
 class RoomState(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +105,13 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     close_reason: str = ""
     kicked: list[str] = msgspec.field(default_factory=list)
     """Participants removed by an operator: their tokens may not rejoin."""
+    banned: list[str] = msgspec.field(default_factory=list)
+    """Identities banned from the room: none of their tokens gets in (bounded,
+    oldest forgotten first)."""
+    tokens_revoked_at: int = 0
+    """Unix second of the last revocation: tokens issued at or before it are refused."""
+    join_secret_hash: str = ""
+    """``secret`` rooms: the SHA-256 of the join secret (the secret is never kept)."""
     closed: bool = False
     """The room was closed; its closing events are in ``outbox``. Written just
     before the keys are deleted, so an owner that dies in between leaves the

@@ -8,6 +8,7 @@ states (the source of truth; webhooks may be late)."""
 
 import asyncio
 import hmac
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -18,10 +19,11 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, Parameter
-from litestar.types import Guard
+from litestar.types import ControllerRouterHandler, Guard
 from nats.errors import Error as NatsError
 
 from bus_schema import ids
+from bus_schema.access import FULL, Grants
 from bus_schema.commands import (
     Ack,
     CloseRoom,
@@ -61,6 +63,11 @@ class AdminParticipant(msgspec.Struct, kw_only=True):
     tracks: list[Track] = msgspec.field(default_factory=list)
     audio: bool | None = None
     video: bool | None = None
+    identity: str | None = None
+    """The app's user id, for a participant of a minted token that has one."""
+    grants: Grants = FULL
+    """What its token allows; ``hidden`` participants are seen only here and
+    in the event log."""
 
 
 class AdminRoom(msgspec.Struct, kw_only=True):
@@ -73,6 +80,9 @@ class AdminRoom(msgspec.Struct, kw_only=True):
     departure_timeout: float
     room_seq: int
     participants: list[AdminParticipant]
+    join_policy: str = "open"
+    banned: list[str] = msgspec.field(default_factory=list)
+    """Identities banned from the room."""
 
 
 class AdminRoomSummary(msgspec.Struct, kw_only=True):
@@ -134,19 +144,19 @@ def admin_guard(admin_api_key: str | None, tokens: TokenService) -> Guard:
     return guard
 
 
-def _room_id(room_id: str) -> str:
+def checked_room_id(room_id: str) -> str:
     if not ids.is_uuid(room_id):
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
     return room_id
 
 
-def _participant_id(participant_id: str) -> str:
+def checked_participant_id(participant_id: str) -> str:
     if not ids.is_uuid(participant_id):
         raise ApiError(404, "Participant not found", "participant_not_found")
     return participant_id
 
 
-async def _send(bus: EdgeBus, command: Command) -> Reply:
+async def send_command(bus: EdgeBus, command: Command) -> Reply:
     try:
         reply = await bus.commands.send(command)
     except CommandFailed as e:
@@ -173,6 +183,8 @@ def _participant(p: Participant) -> AdminParticipant:
         tracks=p.tracks,
         audio=p.audio,
         video=p.video,
+        identity=p.identity,
+        grants=p.grants or FULL,
     )
 
 
@@ -188,6 +200,8 @@ def _room(info: RoomInfo) -> AdminRoom:
         departure_timeout=meta.departure_timeout,
         room_seq=info.seq,
         participants=[_participant(p) for p in info.participants],
+        join_policy=meta.join_policy,
+        banned=info.banned,
     )
 
 
@@ -229,7 +243,7 @@ _ROOM_EXAMPLE = Example(
 )
 
 
-def _ok(container: type, example: Example, description: str) -> dict[int, ResponseSpec]:
+def ok_response(container: type, example: Example, description: str) -> dict[int, ResponseSpec]:
     return {200: ResponseSpec(container, description=description, examples=[example])}
 
 
@@ -238,7 +252,7 @@ def _ok(container: type, example: Example, description: str) -> dict[int, Respon
     summary="List rooms",
     description="Rooms in id order with their participant counts, a page at a time.",
     responses={
-        **_ok(
+        **ok_response(
             AdminRoomPage,
             Example(
                 summary="One page",
@@ -282,10 +296,15 @@ async def list_rooms(
     "/rooms/{room_id:str}",
     summary="Get a room",
     description="The room and its participants, as its owning actor sees it now.",
-    responses={**_ok(AdminRoom, _ROOM_EXAMPLE, "the room"), **error_responses(401, 403, 404, 503)},
+    responses={
+        **ok_response(AdminRoom, _ROOM_EXAMPLE, "the room"),
+        **error_responses(401, 403, 404, 503),
+    },
 )
 async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> AdminRoom:
-    reply = await _send(bus, GetRoom(cmd_id=ids.new_command_id(), room_id=_room_id(room_id)))
+    reply = await send_command(
+        bus, GetRoom(cmd_id=ids.new_command_id(), room_id=checked_room_id(room_id))
+    )
     if not isinstance(reply, RoomInfo):
         raise ApiError(503, "Room service unavailable, try again", ErrorCode.UNAVAILABLE)
     return _room(reply)
@@ -297,7 +316,7 @@ async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Adm
     description="Change the name and/or the maximum number of participants. A smaller "
     "maximum refuses new joins; nobody already in the room is removed.",
     responses={
-        **_ok(AdminRoom, _ROOM_EXAMPLE, "the room after"),
+        **ok_response(AdminRoom, _ROOM_EXAMPLE, "the room after"),
         **error_responses(400, 401, 403, 404),
     },
 )
@@ -328,11 +347,11 @@ async def update_room(
         )
     command = UpdateRoom(
         cmd_id=ids.new_command_id(),
-        room_id=_room_id(room_id),
+        room_id=checked_room_id(room_id),
         name=name,
         max_participants=maximum,
     )
-    reply = await _send(bus, command)
+    reply = await send_command(bus, command)
     if not isinstance(reply, RoomInfo):
         raise ApiError(503, "Room service unavailable, try again", ErrorCode.UNAVAILABLE)
     return _room(reply)
@@ -345,13 +364,13 @@ async def update_room(
     description="Every participant gets `room-closed` and is disconnected (close code "
     "4004); the room is gone.",
     responses={
-        **_ok(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 7}), "closed"),
+        **ok_response(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 7}), "closed"),
         **error_responses(401, 403, 404, 503),
     },
 )
 async def close_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Done:
-    room_id = _room_id(room_id)
-    reply = await _send(bus, CloseRoom(cmd_id=ids.new_command_id(), room_id=room_id))
+    room_id = checked_room_id(room_id)
+    reply = await send_command(bus, CloseRoom(cmd_id=ids.new_command_id(), room_id=room_id))
     return Done(room_id=room_id, room_seq=reply.seq if isinstance(reply, Ack) else 0)
 
 
@@ -360,21 +379,26 @@ async def close_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> D
     status_code=200,
     summary="Remove a participant",
     description="The participant gets `kicked` and is disconnected (close code 4003); the "
-    "others see `leave`; its token can no longer connect to this room.",
+    "others see `leave`; its token can no longer connect to this room. With `ban=true` its "
+    "identity is banned too: no token of that identity gets in (docs/access.md).",
     responses={
-        **_ok(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 5}), "removed"),
+        **ok_response(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 5}), "removed"),
         **error_responses(401, 403, 404, 503),
     },
 )
 async def remove_participant(
-    room_id: FromPath[str], participant_id: FromPath[str], bus: NamedDependency[EdgeBus]
+    room_id: FromPath[str],
+    participant_id: FromPath[str],
+    bus: NamedDependency[EdgeBus],
+    ban: Annotated[bool, Parameter(description="Also ban its identity")] = False,
 ) -> Done:
     command = RemoveParticipant(
         cmd_id=ids.new_command_id(),
-        room_id=_room_id(room_id),
-        participant_id=_participant_id(participant_id),
+        room_id=checked_room_id(room_id),
+        participant_id=checked_participant_id(participant_id),
+        ban=ban,
     )
-    reply = await _send(bus, command)
+    reply = await send_command(bus, command)
     return Done(room_id=room_id, room_seq=reply.seq if isinstance(reply, Ack) else 0)
 
 
@@ -385,7 +409,7 @@ async def remove_participant(
     description='The participant and everyone else get `track-state` with `"by": "admin"`; '
     "the web client turns its own track off when told so.",
     responses={
-        **_ok(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 6}), "done"),
+        **ok_response(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 6}), "done"),
         **error_responses(400, 401, 403, 404, 503),
     },
 )
@@ -404,16 +428,20 @@ async def mute_participant(
 ) -> Done:
     command = MuteTrack(
         cmd_id=ids.new_command_id(),
-        room_id=_room_id(room_id),
-        participant_id=_participant_id(participant_id),
+        room_id=checked_room_id(room_id),
+        participant_id=checked_participant_id(participant_id),
         kind=data.kind,
         enabled=not data.muted,
     )
-    reply = await _send(bus, command)
+    reply = await send_command(bus, command)
     return Done(room_id=room_id, room_seq=reply.seq if isinstance(reply, Ack) else 0)
 
 
-def admin_router(settings: EdgeSettings, tokens: TokenService) -> Router:
+def admin_router(
+    settings: EdgeSettings, tokens: TokenService, more: Sequence[ControllerRouterHandler] = ()
+) -> Router:
+    """The room service API; ``more``: further handlers behind the same guard
+    (access control's, from `edge.access`)."""
     return Router(
         path="/api/admin",
         route_handlers=[
@@ -423,6 +451,7 @@ def admin_router(settings: EdgeSettings, tokens: TokenService) -> Router:
             close_room,
             remove_participant,
             mute_participant,
+            *more,
         ],
         guards=[admin_guard(settings.admin_api_key, tokens)],
         tags=["room service (admin)"],

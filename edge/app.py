@@ -15,7 +15,7 @@ from litestar.response import File
 from litestar.static_files import create_static_files_router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edge import rooms
+from edge import access, rooms
 from edge import socket as client_socket
 from edge.admin import admin_router
 from edge.auth import TokenService
@@ -124,7 +124,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             calls_proxy,
             index_page,
             static_files,
-            admin_router(settings, tokens),
+            admin_router(settings, tokens, access.HANDLERS),
         ],
         lifespan=[resources],
         dependencies={

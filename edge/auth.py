@@ -5,6 +5,7 @@ import time
 import jwt
 import msgspec
 
+from bus_schema.access import FULL, Grants, identity_problem
 from bus_schema.ids import is_uuid
 
 ALGORITHM = "HS256"
@@ -19,11 +20,16 @@ class NotAdmin(Exception):
 
 
 class Claims(msgspec.Struct, frozen=True, kw_only=True):
+    """A participant token's claims (docs/access.md): join tokens carry the
+    first five; minted tokens may add ``identity`` and ``grants``."""
+
     room_id: str
     participant_id: str
     participant_name: str
     iat: int
     exp: int
+    identity: str | None = None
+    grants: Grants = FULL
 
 
 class AdminClaims(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,16 +53,35 @@ class TokenService:
     def __repr__(self) -> str:
         return "TokenService(<secret hidden>)"
 
-    def issue(self, *, room_id: str, participant_id: str, participant_name: str) -> str:
-        now = int(time.time())
-        claims = {
+    def issue(
+        self,
+        *,
+        room_id: str,
+        participant_id: str,
+        participant_name: str,
+        identity: str | None = None,
+        grants: Grants = FULL,
+        ttl: int | None = None,
+        revoked_at: int = 0,
+    ) -> tuple[str, int]:
+        """A participant token and when it expires (Unix seconds). A token
+        issued in the very second of a revocation would be refused (revocation
+        is by whole seconds), so its ``iat`` is the next second then, which
+        verification's leeway accepts."""
+        now = max(int(time.time()), revoked_at + 1)
+        expires = now + (self._ttl if ttl is None else ttl)
+        claims: dict[str, object] = {
             "room_id": room_id,
             "participant_id": participant_id,
             "participant_name": participant_name,
             "iat": now,
-            "exp": now + self._ttl,
+            "exp": expires,
         }
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        if identity is not None:
+            claims["identity"] = identity
+        if grants != FULL:
+            claims["grants"] = msgspec.to_builtins(grants)
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires
 
     def issue_admin(self, *, ttl: int = 3600, subject: str = "admin") -> str:
         """A token for the room service API (``admin: true``), never a participant's."""
@@ -119,4 +144,6 @@ class TokenService:
             raise InvalidToken(type(e).__name__) from None
         if not (is_uuid(claims.room_id) and is_uuid(claims.participant_id)):
             raise InvalidToken("bad ids")
+        if claims.identity is not None and identity_problem(claims.identity) is not None:
+            raise InvalidToken("bad identity")
         return claims

@@ -58,6 +58,8 @@ def _error(status: int, message: str, code: str) -> ApiError:
 _REFUSALS = {
     ErrorCode.CALLS_SESSION_LIMIT: (409, "calls_session_limit"),
     ErrorCode.KICKED: (403, "not_in_room"),
+    ErrorCode.BANNED: (403, ErrorCode.BANNED),
+    ErrorCode.TOKEN_REVOKED: (403, ErrorCode.TOKEN_REVOKED),
 }
 
 
@@ -104,6 +106,10 @@ class CallsProxy:
             raise _error(400, "Invalid session id", "invalid_session_id")
         body = await request.body()
         if claims is not None:
+            if entry.access == "create" and not (
+                claims.grants.can_publish or claims.grants.can_subscribe
+            ):
+                raise _error(403, "Your token allows no media", ErrorCode.GRANT_DENIED)
             # Every call: the token's holder must still belong to the room.
             await self._check_member(claims, new_session=entry.access == "create")
         if entry.access == "ice":
@@ -144,6 +150,7 @@ class CallsProxy:
             participant_id=claims.participant_id,
             issued_at=claims.iat,
             new_session=new_session,
+            identity=claims.identity,
         )
         self._refuse_unless_acked(await self._send(command))
 
@@ -174,7 +181,14 @@ class CallsProxy:
                 allowed = owner is not None and owner.participant_id == claims.participant_id
             if not allowed:
                 raise _error(403, "Not your Calls session", "not_session_owner")
-        forwarded, named = session_references(body, pulls=entry.pulls)
+        asked = session_references(body, pulls=entry.pulls)
+        if entry.pulls:
+            grants = claims.grants
+            if asked.local and not grants.can_publish:
+                raise _error(403, "Your token does not allow publishing", ErrorCode.GRANT_DENIED)
+            if asked.remote and not grants.can_subscribe:
+                raise _error(403, "Your token does not allow subscribing", ErrorCode.GRANT_DENIED)
+        forwarded, named = asked.body, asked.named
         for remote in sorted(named):
             owner = await self._bus.calls_session(remote) if ids.is_token_id(remote) else None
             if owner is None or owner.room_id != claims.room_id:
@@ -194,6 +208,7 @@ class CallsProxy:
             participant_id=claims.participant_id,
             session_id=session_id,
             issued_at=claims.iat,
+            identity=claims.identity,
         )
         self._refuse_unless_acked(await self._send(command))
 

@@ -97,8 +97,23 @@ def _unambiguous(document: dict[str, Any], names: tuple[str, ...]) -> None:
             raise _invalid(f"Unexpected field `{key}` (did you mean `{canonical}`?)")
 
 
-def session_references(body: bytes, *, pulls: bool) -> tuple[bytes, set[str]]:
-    """The body to forward, and every Calls session it names.
+@dataclass(frozen=True, slots=True)
+class References:
+    """What a request body asks of Calls, as the room rule and the grants read it."""
+
+    body: bytes
+    """The body to forward (re-encoded from what was checked)."""
+    named: set[str]
+    """Every Calls session it names."""
+    local: bool = False
+    """Some item is ``local``: the caller pushes (publishes) a track or channel."""
+    remote: bool = False
+    """Some item is not ``local``: the caller pulls another session's."""
+
+
+def session_references(body: bytes, *, pulls: bool) -> References:
+    """The body to forward, every Calls session it names, and whether it
+    pushes or pulls.
 
     Exactly what the room rule reads is decoded: the items of ``tracks`` and
     ``dataChannels`` and the ``dataChannel`` object, their ``location`` and
@@ -108,7 +123,7 @@ def session_references(body: bytes, *, pulls: bool) -> tuple[bytes, set[str]]:
     re-encoded from what was checked, so a duplicate key or a trick of the
     JSON text cannot make Cloudflare read something else."""
     if not body.strip():
-        return body, set()
+        return References(body, set())
     try:
         document = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError):
@@ -125,6 +140,7 @@ def session_references(body: bytes, *, pulls: bool) -> tuple[bytes, set[str]]:
             items.extend(listed)
     items.extend(document[name] for name in _ITEMS if name in document)
     named: set[str] = set()
+    local = remote = False
     for item in items:
         if not isinstance(item, dict):
             raise _invalid("Tracks and data channels must be JSON objects")
@@ -132,8 +148,12 @@ def session_references(body: bytes, *, pulls: bool) -> tuple[bytes, set[str]]:
         location, session_id = item.get("location"), item.get("sessionId")
         if not isinstance(location, str | None) or not isinstance(session_id, str | None):
             raise _invalid("`location` and `sessionId` must be strings")
+        if location == "local":
+            local = True
+        else:
+            remote = True
         if session_id is not None:
             named.add(session_id)
         elif pulls and location != "local":
             raise _invalid("A track or data channel that is not local must name its `sessionId`")
-    return msgspec.json.encode(document), named
+    return References(msgspec.json.encode(document), named, local, remote)

@@ -223,7 +223,8 @@ class RoomFeed:
 
     def _adopt(self, snapshot: Snapshot, *, resynced: bool = False) -> None:
         self.seq = snapshot.seq
-        self.members = {p.id for p in snapshot.participants}
+        # Hidden participants are not addressable, and send to no one by `to`.
+        self.members = {p.id for p in snapshot.participants if not p.hidden}
         self._recent.clear()
         self._drain_buffer(resynced=resynced)
 
@@ -401,7 +402,7 @@ class Fanout:
             connection = self._connections.get(message.conn_id)
             if connection is not None:
                 if message.notice == KICKED:
-                    connection.send(protocol.kicked(connection.identity.room_id))
+                    connection.send(protocol.kicked(connection.identity.room_id, message.by))
                 connection.close(message.code, message.reason)
 
     def resync_all(self) -> None:

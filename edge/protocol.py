@@ -79,7 +79,22 @@ class DirectFrame(_Inbound, frozen=True, tag="direct"):
     to: str
 
 
-Inbound = SessionFrame | TrackStateFrame | BroadcastFrame | DirectFrame
+class MuteFrame(_Inbound, frozen=True, tag="mute"):
+    """``mute`` from a room admin: as the room service API's mute."""
+
+    participant_id: str
+    kind: TrackKind
+    muted: bool
+
+
+class RemoveFrame(_Inbound, frozen=True, tag="remove"):
+    """``remove`` from a room admin: as the room service API's removal."""
+
+    participant_id: str
+    ban: bool
+
+
+Inbound = SessionFrame | TrackStateFrame | BroadcastFrame | DirectFrame | MuteFrame | RemoveFrame
 
 
 def route(inbound: Inbound) -> str:
@@ -96,6 +111,23 @@ class _SessionFields(msgspec.Struct):
 class _TrackStateFields(msgspec.Struct):
     kind: TrackKind
     enabled: bool
+
+
+class _MuteFields(msgspec.Struct):
+    participant_id: str
+    kind: TrackKind
+    muted: bool = True
+
+
+class _RemoveFields(msgspec.Struct):
+    participant_id: str
+    ban: bool = False
+
+
+MUTE = "mute"
+REMOVE = "remove"
+MODERATION_TYPES = frozenset({MUTE, REMOVE})
+"""A room admin's requests (docs/access.md): never relayed to anyone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +155,7 @@ def parse(
         raise ProtocolError("too_deep", "Message is nested too deeply") from None
     if (
         max_broadcast is not None
-        and not isinstance(inbound, DirectFrame)
+        and isinstance(inbound, SessionFrame | TrackStateFrame | BroadcastFrame)
         and len(inbound.frame) > max_broadcast
     ):
         raise ProtocolError(
@@ -171,6 +203,20 @@ def _parse(data: str | bytes, who: Identity, max_string: int) -> Inbound:
         return TrackStateFrame(
             frame=_encoder.encode(message), type=kind, kind=state.kind, enabled=state.enabled
         )
+    if kind == MUTE:
+        mute = _convert(message, _MuteFields)
+        return MuteFrame(
+            frame=b"",
+            type=kind,
+            participant_id=mute.participant_id,
+            kind=mute.kind,
+            muted=mute.muted,
+        )
+    if kind == REMOVE:
+        removal = _convert(message, _RemoveFields)
+        return RemoveFrame(
+            frame=b"", type=kind, participant_id=removal.participant_id, ban=removal.ban
+        )
     to = message.get("to", ALL)
     if not isinstance(to, str):
         raise ProtocolError("invalid_message", '`to` must be a participant id or "all"')
@@ -199,9 +245,9 @@ def upgrade_refused(message: str) -> bytes:
 # --- edge -> edge (targeted frames) ----------------------------------------------
 
 
-PEER_REFUSED_TYPES = RESERVED_TYPES | {SESSION, TRACK_STATE}
-"""Types an edge never relays to one participant: server-only types, and the two
-that `parse` routes through the room's actor."""
+PEER_REFUSED_TYPES = RESERVED_TYPES | MODERATION_TYPES | {SESSION, TRACK_STATE}
+"""Types an edge never relays to one participant: server-only types, a room
+admin's requests, and the two that `parse` routes through the room's actor."""
 
 
 class RefusedPeerFrame(Exception):
@@ -311,9 +357,10 @@ class _TrackMuted(msgspec.Struct, tag_field="type", tag=TRACK_STATE):
     room_seq: int
 
 
-class _Kicked(msgspec.Struct, tag_field="type", tag="kicked"):
+class _Kicked(msgspec.Struct, tag_field="type", tag="kicked", omit_defaults=True):
     room_id: str
     message: str
+    by: str | None = None
 
 
 class _Error(msgspec.Struct, tag_field="type", tag="error"):
@@ -336,6 +383,7 @@ def welcome(participant_id: str, snapshot: Snapshot) -> str:
             video=p.video,
         )
         for p in snapshot.participants
+        if not p.hidden or p.id == participant_id
     ]
     return _text(
         _Welcome(
@@ -361,7 +409,7 @@ def session_replays(participant_id: str, snapshot: Snapshot) -> list[str]:
             )
         )
         for p in snapshot.participants
-        if p.session_id is not None and p.id != participant_id
+        if p.session_id is not None and p.id != participant_id and not p.hidden
     ]
 
 
@@ -392,9 +440,10 @@ def track_muted(event: TrackMuted) -> str:
     )
 
 
-def kicked(room_id: str) -> str:
-    """Told to a participant removed from the room, just before its socket is closed."""
-    return _text(_Kicked(room_id=room_id, message="You were removed from the room"))
+def kicked(room_id: str, by: str = "") -> str:
+    """Told to a participant removed from the room, just before its socket is
+    closed (``by``: the room admin who removed it, if one did)."""
+    return _text(_Kicked(room_id=room_id, message="You were removed from the room", by=by or None))
 
 
 def relayed(frame: msgspec.Raw, seq: int) -> str:

@@ -5,6 +5,7 @@ Bodies and answers are typed, so the OpenAPI schema (``/schema``) describes
 them; every error answers ``{"error", "code"}`` (see `edge.errors`).
 """
 
+import secrets
 from typing import Any, TypeVar
 
 import msgspec
@@ -14,6 +15,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from bus_schema import ids
+from bus_schema.access import JoinPolicy, secret_hash, secret_matches
 from bus_schema.commands import Ack, CreateRoom
 from bus_schema.errors import ErrorCode
 from edge.auth import TokenService
@@ -45,22 +47,30 @@ class CreateRoomBody(msgspec.Struct):
     """Seconds the room lives after its last participant left (default
     ``ROOM_DEPARTURE_TIMEOUT``; 0: no limit)."""
     departureTimeout: float | None = None
+    join_policy: JoinPolicy | None = None
+    """``open`` (default: anyone with the room id), ``secret`` (the answer
+    carries a ``join_secret`` that joining needs) or ``token`` (only minted tokens)."""
+    joinPolicy: JoinPolicy | None = None
 
 
 class RoomView(msgspec.Struct, rename="camel"):
-    """A room as the old service answered ``GET /api/rooms/{id}``: exactly these
-    fields (operators see the rest through ``/api/admin``)."""
+    """A room as the old service answered ``GET /api/rooms/{id}``, with its
+    join policy (operators see the rest through ``/api/admin``)."""
 
     id: str
     name: str
     created_by: str
     created_at: str
     max_participants: int
+    join_policy: str
 
 
 class JoinBody(msgspec.Struct):
     participant_name: str | None = None
     participantName: str | None = None
+    join_secret: str | None = None
+    """``secret`` rooms: the room's join secret."""
+    joinSecret: str | None = None
 
 
 class Health(msgspec.Struct):
@@ -72,9 +82,11 @@ class Ready(msgspec.Struct):
     status: str
 
 
-class CreatedRoom(msgspec.Struct):
+class CreatedRoom(msgspec.Struct, omit_defaults=True):
     room_id: str
     created_at: str
+    join_secret: str | None = None
+    """``secret`` rooms only, and only in this answer: the room keeps a hash."""
 
 
 class JoinAnswer(msgspec.Struct, omit_defaults=True):
@@ -174,6 +186,8 @@ async def create_room(
         raise ApiError(
             429, "Too many rooms created from your address; try again later", "rate_limited"
         )
+    policy = _first(body.join_policy, body.joinPolicy, "open")
+    join_secret = secrets.token_urlsafe(32) if policy == "secret" else None
     room_id = ids.new_id()
     created_at = iso_now()
     command = CreateRoom(
@@ -183,6 +197,8 @@ async def create_room(
         created_by=created_by,
         created_at=created_at,
         max_participants=maximum,
+        join_policy=policy,
+        join_secret_hash=secret_hash(join_secret) if join_secret else "",
         **timeouts,
     )
     try:
@@ -191,13 +207,15 @@ async def create_room(
         raise ApiError(503, e.message, e.code) from None
     if not isinstance(reply, Ack):
         raise ApiError(503, "Room service unavailable, try again", ErrorCode.UNAVAILABLE)
-    return CreatedRoom(room_id=room_id, created_at=created_at)
+    return CreatedRoom(room_id=room_id, created_at=created_at, join_secret=join_secret)
 
 
 @get("/api/rooms/{room_id:str}", responses=error_responses(404))
 async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> RoomView:
     meta = await bus.room_meta(_room_id(room_id))
-    if meta is None:
+    if meta is None or meta.join_policy != "open":
+        # A private room's name and creator are its members' business: to
+        # anyone else it looks like no room at all (docs/access.md).
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
     return RoomView(
         id=meta.id,
@@ -205,13 +223,17 @@ async def get_room(room_id: FromPath[str], bus: NamedDependency[EdgeBus]) -> Roo
         created_by=meta.created_by,
         created_at=meta.created_at,
         max_participants=meta.max_participants,
+        join_policy=meta.join_policy,
     )
+
+
+_ASK_FOR_LINK = "This room needs its join secret: ask for the full link"
 
 
 @post(
     "/api/rooms/{room_id:str}/join",
     status_code=200,
-    responses=error_responses(400, 404, 409, 413, 429),
+    responses=error_responses(400, 403, 404, 409, 413, 429),
 )
 async def join_room(
     request: Request[Any, Any, Any],
@@ -228,16 +250,34 @@ async def join_room(
     name = check_name(
         _first(body.participant_name, body.participantName, "Guest"), "participant_name", settings
     )
+    given = body.join_secret if body.join_secret is not None else body.joinSecret
     state = await bus.room_state(room_id)
     if state is None or state.closed or await bus.room_meta(room_id) is None:
+        if given is not None:
+            # Presented a secret: the same answer, after the same work, as a
+            # wrong secret, so it tells nothing about whether the room exists.
+            secret_matches(given, "")
+            raise ApiError(403, _ASK_FOR_LINK, ErrorCode.JOIN_SECRET_REQUIRED)
         raise ApiError(404, "Room not found", ErrorCode.ROOM_NOT_FOUND)
+    policy = state.meta.join_policy
+    if policy == "token":
+        raise ApiError(
+            403, "This room is invite-only: its app gives out the tokens", ErrorCode.INVITE_ONLY
+        )
+    if policy == "secret" and (given is None or not secret_matches(given, state.join_secret_hash)):
+        raise ApiError(403, _ASK_FOR_LINK, ErrorCode.JOIN_SECRET_REQUIRED)
     if len(state.participants) >= state.meta.max_participants:
         raise ApiError(409, "Room is full", ErrorCode.ROOM_FULL)
     address = addresses.address(request.client.host if request.client else None, request.headers)
     if not addresses.join(address):
         raise ApiError(429, "Too many joins from your address; try again later", "rate_limited")
     participant_id = ids.new_id()
-    token = tokens.issue(room_id=room_id, participant_id=participant_id, participant_name=name)
+    token, _ = tokens.issue(
+        room_id=room_id,
+        participant_id=participant_id,
+        participant_name=name,
+        revoked_at=state.tokens_revoked_at,
+    )
     ice = await calls.ice.get(participant_id)
     return JoinAnswer(
         token=token,

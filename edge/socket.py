@@ -13,14 +13,17 @@ from litestar import WebSocket
 from litestar.types.asgi_types import WebSocketSendEvent
 
 from bus_schema import ids, subjects
+from bus_schema.access import FULL, Grants
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Broadcast,
     Disconnect,
     Join,
     Leave,
+    MuteTrack,
     PublishSession,
     Rejected,
+    RemoveParticipant,
     Reply,
     SetTrackState,
     Snapshot,
@@ -45,6 +48,8 @@ _REJECTION_CLOSE = {
     ErrorCode.ROOM_FULL: CloseCode.ROOM_FULL,
     ErrorCode.NOT_IN_ROOM: CloseCode.NOT_IN_ROOM,
     ErrorCode.KICKED: CloseCode.NOT_IN_ROOM,
+    ErrorCode.BANNED: CloseCode.NOT_IN_ROOM,
+    ErrorCode.TOKEN_REVOKED: CloseCode.NOT_IN_ROOM,
 }
 
 
@@ -131,6 +136,8 @@ class ClientSession:
             participant_id=claims.participant_id,
             participant_name=claims.participant_name,
         )
+        self._claims = claims
+        """Checked on every frame: what the token grants (docs/access.md)."""
         self._conn = Connection(self._identity, limit_bytes=settings.send_queue_bytes)
         self._limits = ConnectionLimits(settings)
 
@@ -182,6 +189,9 @@ class ClientSession:
             name=identity.participant_name,
             edge_id=self._bus.fanout.edge_id,
             conn_id=self._conn.conn_id,
+            identity=self._claims.identity,
+            grants=None if self._claims.grants == FULL else self._claims.grants,
+            issued_at=self._claims.iat,
         )
         try:
             reply = await self._bus.commands.send(command)
@@ -321,8 +331,15 @@ class ClientSession:
             self._refuse(e.code, e.message)
             return
         metrics.child(metrics.MESSAGES_IN, metrics.kind(inbound.type)).inc()
+        denied = _denied(self._claims.grants, inbound)
+        if denied is not None:
+            self._error(ErrorCode.GRANT_DENIED, denied)  # the socket stays usable
+            return
         command: PublishSession | SetTrackState | Broadcast
         match inbound:
+            case protocol.MuteFrame() | protocol.RemoveFrame():
+                await self._moderate(inbound)
+                return
             case protocol.DirectFrame(to=to):
                 if to == identity.participant_id or to not in feed.members:
                     self._refuse("unknown_participant", "`to` names no one else in this room")
@@ -359,6 +376,43 @@ class ClientSession:
         metrics.child(metrics.RELAY_SECONDS, protocol.route(inbound)).observe(
             time.monotonic() - arrived
         )
+
+    async def _moderate(self, inbound: "protocol.MuteFrame | protocol.RemoveFrame") -> None:
+        """A room admin's ``mute`` or ``remove``: the operator's command, with
+        ``by`` naming the admin (the actor checks the grant again)."""
+        identity = self._identity
+        command: MuteTrack | RemoveParticipant
+        fields = {
+            "cmd_id": ids.new_command_id(),
+            "room_id": identity.room_id,
+            "participant_id": inbound.participant_id,
+            "by": identity.participant_id,
+            "by_conn_id": self._conn.conn_id,
+        }
+        if isinstance(inbound, protocol.MuteFrame):
+            command = MuteTrack(**fields, kind=inbound.kind, enabled=not inbound.muted)
+        else:
+            command = RemoveParticipant(**fields, ban=inbound.ban)
+        try:
+            reply = await self._bus.commands.send(command)
+        except CommandFailed as e:
+            self._error(e.code, e.message)
+            return
+        if isinstance(reply, Rejected):
+            code = "unknown_participant" if reply.code == ErrorCode.NOT_IN_ROOM else reply.code
+            self._error(code, reply.message)
+
+
+def _denied(grants: Grants, inbound: protocol.Inbound) -> str | None:
+    """Why the token's grants stop this frame, if they do."""
+    match inbound:
+        case protocol.SessionFrame() | protocol.TrackStateFrame():
+            return None if grants.can_publish else "Your token does not allow publishing"
+        case protocol.BroadcastFrame() | protocol.DirectFrame():
+            return None if grants.can_send else "Your token does not allow sending messages"
+        case protocol.MuteFrame() | protocol.RemoveFrame():
+            return None if grants.room_admin else "Only a room admin may moderate"
+    return None
 
 
 class _RelayFields(TypedDict):

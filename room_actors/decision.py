@@ -73,6 +73,8 @@ SEQ_BLOCK = 1000
 
 KICKED_KEPT = 1000
 """How many removed participants a room remembers (their tokens stay refused)."""
+BANNED_KEPT = 500
+"""How many banned identities a room remembers (the oldest ban is forgotten first)."""
 DEPARTED_KEPT = 256
 """How many recent leavers a room remembers for the Calls proxy at most (each
 only for ``preconnect_window`` seconds)."""
@@ -100,6 +102,7 @@ class Limits:
     """A command that would make the stored state larger is refused."""
     kicked_kept: int
     departed_kept: int
+    banned_kept: int = BANNED_KEPT
 
     @classmethod
     def from_settings(cls, settings: "ActorSettings") -> "Limits":
@@ -150,6 +153,20 @@ ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found
 NOT_IN_ROOM = Rejected(code=ErrorCode.NOT_IN_ROOM, message="Not in this room")
 BAD_KIND = Rejected(code=ErrorCode.BAD_COMMAND, message="kind must be audio or video")
 KICKED = Rejected(code=ErrorCode.KICKED, message="Removed from this room")
+BANNED = Rejected(code=ErrorCode.BANNED, message="Banned from this room")
+TOKEN_REVOKED = Rejected(
+    code=ErrorCode.TOKEN_REVOKED, message="This room's tokens were revoked; get a new one"
+)
+GRANT_DENIED_PUBLISH = Rejected(
+    code=ErrorCode.GRANT_DENIED, message="Your token does not allow publishing"
+)
+GRANT_DENIED_SEND = Rejected(
+    code=ErrorCode.GRANT_DENIED, message="Your token does not allow sending messages"
+)
+NO_JOIN_SECRET = Rejected(
+    code=ErrorCode.BAD_COMMAND, message="Only secret rooms have a join secret"
+)
+NOT_ROOM_ADMIN = Rejected(code=ErrorCode.GRANT_DENIED, message="Only a room admin may moderate")
 NO_SUCH_PARTICIPANT = Rejected(code=ErrorCode.NOT_IN_ROOM, message="No such participant")
 STATE_FULL = Rejected(
     code=ErrorCode.ROOM_STATE_FULL, message="The room cannot keep more; leave something out"
@@ -167,7 +184,12 @@ def snapshot(state: RoomState, *, resumed: bool = False) -> Snapshot:
 
 
 def room_info(state: RoomState) -> RoomInfo:
-    return RoomInfo(meta=state.meta, seq=state.seq, participants=list(state.participants.values()))
+    return RoomInfo(
+        meta=state.meta,
+        seq=state.seq,
+        participants=list(state.participants.values()),
+        banned=state.banned,
+    )
 
 
 def sessions_of(state: RoomState, ids: Iterable[str] | None = None) -> tuple[CallsSession, ...]:

@@ -7,7 +7,7 @@ from msgspec.structs import replace
 from bus_schema import events as ev
 from bus_schema import log as event_log
 from bus_schema.log import LogEntry
-from bus_schema.state import RoomState
+from bus_schema.state import Participant, RoomState
 
 
 def room_created(state: RoomState, at: str) -> LogEntry:
@@ -61,3 +61,30 @@ def entries(events: list[ev.Event] | tuple[ev.Event, ...], at: str) -> tuple[Log
                 continue
         out.append(entry)
     return tuple(out)
+
+
+def hidden_entry(
+    state: RoomState,
+    participant: Participant,
+    event: str,
+    at: str,
+    *,
+    reason: str | None = None,
+    by: str | None = None,
+) -> LogEntry:
+    """A hidden participant joined or left: no event of the room (it takes no
+    number, so clients see no gap), only this entry, for operators. Its id is
+    unique all the same: the room's number at the time, the participant, what."""
+    return LogEntry(
+        id=f"{state.room_id}.{state.seq}.{participant.id}.{event}",
+        event=event,
+        room_id=state.room_id,
+        room_seq=state.seq,
+        at=at,
+        participant_id=participant.id,
+        participant_name=participant.name if event == event_log.PARTICIPANT_JOINED else None,
+        identity=participant.identity,
+        reason=reason,
+        by=by or None,
+        hidden=True,
+    )

@@ -2,8 +2,11 @@
 resuming; the Calls proxy's questions (may this participant use it, may it
 create another session). Pure decisions for `room_actors.state.decide`."""
 
+from collections.abc import Iterable
+
 from msgspec.structs import replace
 
+from bus_schema.access import FULL
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Ack,
@@ -22,19 +25,26 @@ from bus_schema.events import (
     ParticipantLeft,
 )
 from bus_schema.ids import is_token_id
+from bus_schema.log import PARTICIPANT_JOINED, PARTICIPANT_LEFT, LogEntry
 from bus_schema.state import Participant, RoomState
 from room_actors.decision import (
+    BANNED,
     KICKED,
     NOT_IN_ROOM,
+    TOKEN_REVOKED,
     Decision,
     Limits,
     sessions_of,
     snapshot,
 )
+from room_actors.log import hidden_entry
 from runtime.clock import Clock
 
 
-def join(state: RoomState, command: Join, now: str) -> Decision:
+def join(state: RoomState, command: Join, clock: Clock, limits: Limits) -> Decision:
+    refused = entry_refusal(state, command.participant_id, command.identity, command.issued_at)
+    if refused is not None:
+        return Decision(state, refused)
     present = state.participants.get(command.participant_id)
     if present is not None:
         # The same token connected again: the newer connection takes over, the
@@ -46,38 +56,87 @@ def join(state: RoomState, command: Join, now: str) -> Decision:
         resumed = replace(state, participants=participants)
         control: tuple[tuple[str, CloseConnection], ...] = ()
         if present.conn_id != command.conn_id and present.disconnected_until is None:
-            close = CloseConnection(
-                conn_id=present.conn_id,
-                code=CloseCode.REPLACED,
-                reason="Replaced by a newer connection",
-            )
-            control = ((present.edge_id, close),)
+            control = closes([present], CloseCode.REPLACED, "Replaced by a newer connection")
         return Decision(resumed, snapshot(resumed, resumed=True), control=control)
-    if command.participant_id in state.kicked:
-        return Decision(state, KICKED)
-    if len(state.participants) >= state.meta.max_participants:
+    # One participant per identity: a newer token of it takes the place.
+    older = [p for p in state.participants.values() if _same_identity(p, command.identity)]
+    before = remove(state, older, "replaced", clock, limits)
+    after = before.state
+    assert after is not None
+    if len(after.participants) >= after.meta.max_participants:
         return Decision(state, Rejected(code=ErrorCode.ROOM_FULL, message="Room is full"))
-    seq = state.seq + 1
     joined = Participant(
         id=command.participant_id,
         name=command.name,
-        joined_at=now,
+        joined_at=clock.iso,
         edge_id=command.edge_id,
         conn_id=command.conn_id,
+        identity=command.identity,
+        grants=None if command.grants == FULL else command.grants,
+        issued_at=command.issued_at,
     )
-    event = ParticipantJoined(
-        room_id=state.room_id, seq=seq, participant_id=joined.id, name=joined.name
-    )
+    seq = after.seq
+    events = before.events
+    logged: tuple[LogEntry, ...] = ()
+    if joined.hidden:
+        logged = (hidden_entry(after, joined, PARTICIPANT_JOINED, clock.iso),)
+    else:
+        seq += 1
+        event = ParticipantJoined(
+            room_id=state.room_id, seq=seq, participant_id=joined.id, name=joined.name
+        )
+        events = (*events, event)
     new_state = replace(
-        state,
+        after,
         seq=seq,
-        participants={**state.participants, joined.id: joined},
+        participants={**after.participants, joined.id: joined},
         close_at=None,
         close_reason="",
-        departed=_without(state.departed, joined.id),
-        preconnect=_without(state.preconnect, joined.id),
+        departed=_without(after.departed, joined.id),
+        preconnect=_without(after.preconnect, joined.id),
     )
-    return Decision(new_state, snapshot(new_state), (event,))
+    return Decision(
+        new_state,
+        snapshot(new_state),
+        events,
+        control=closes(older, CloseCode.REPLACED, "Your identity joined again elsewhere"),
+        cleanup=before.cleanup,
+        log=before.log + logged,
+    )
+
+
+def _same_identity(participant: Participant, identity: str | None) -> bool:
+    return identity is not None and participant.identity == identity
+
+
+def entry_refusal(
+    state: RoomState, participant_id: str, identity: str | None, issued_at: int
+) -> Rejected | None:
+    """Why a token may not enter (or use the Calls proxy), whatever else holds:
+    its participant was removed, its identity is banned, or the room's tokens
+    were revoked after it was issued."""
+    if participant_id in state.kicked:
+        return KICKED
+    if identity is not None and identity in state.banned:
+        return BANNED
+    if state.tokens_revoked_at and issued_at <= state.tokens_revoked_at:
+        return TOKEN_REVOKED
+    return None
+
+
+def closes(
+    participants: Iterable[Participant], code: int, reason: str, notice: str = "", by: str = ""
+) -> tuple[tuple[str, CloseConnection], ...]:
+    """Close the current sockets of these participants (none for one whose
+    connection is gone already)."""
+    return tuple(
+        (
+            p.edge_id,
+            CloseConnection(conn_id=p.conn_id, code=code, reason=reason, notice=notice, by=by),
+        )
+        for p in participants
+        if p.disconnected_until is None
+    )
 
 
 def _without(entries: dict[str, float], key: str) -> dict[str, float]:
@@ -104,20 +163,29 @@ def disconnect(state: RoomState, command: Disconnect, until: float) -> Decision:
 
 
 def remove(
-    state: RoomState, gone: list[Participant], reason: str, clock: Clock, limits: Limits
+    state: RoomState,
+    gone: list[Participant],
+    reason: str,
+    clock: Clock,
+    limits: Limits,
+    by: str = "",
 ) -> Decision:
-    """Participants leave the room, one numbered ``leave`` event each. The last
-    one out starts the departure timeout."""
+    """Participants leave the room, one numbered ``leave`` event each (a hidden
+    one only in the event log). The last one out starts the departure timeout."""
     if not gone:
         return Decision(state, Ack(seq=state.seq))
     ids = {p.id for p in gone}
     events = tuple(
         ParticipantLeft(
-            room_id=state.room_id, seq=state.seq + i, participant_id=p.id, reason=reason
+            room_id=state.room_id, seq=state.seq + i, participant_id=p.id, reason=reason, by=by
         )
-        for i, p in enumerate(gone, start=1)
+        for i, p in enumerate((p for p in gone if not p.hidden), start=1)
     )
     seq = state.seq + len(events)
+    at = clock.iso
+    logged = tuple(
+        hidden_entry(state, p, PARTICIPANT_LEFT, at, reason=reason, by=by) for p in gone if p.hidden
+    )
     participants = {k: v for k, v in state.participants.items() if k not in ids}
     # Leavers keep no Calls sessions, and the proxy refuses them from now on
     # (remembered while their token could pass for a fresh one).
@@ -137,7 +205,7 @@ def remove(
             close_at=clock.epoch + state.meta.departure_timeout,
             close_reason="departure_timeout",
         )
-    return Decision(new_state, Ack(seq=seq), events, cleanup=cleanup_of(state, ids))
+    return Decision(new_state, Ack(seq=seq), events, cleanup=cleanup_of(state, ids), log=logged)
 
 
 def cleanup_of(state: RoomState, ids: set[str]) -> tuple[CloseCallsTracks, ...]:
@@ -153,13 +221,19 @@ def cleanup_of(state: RoomState, ids: set[str]) -> tuple[CloseCallsTracks, ...]:
 
 
 def _calls_refusal(
-    state: RoomState, participant_id: str, issued_at: int, clock: Clock, limits: Limits
+    state: RoomState,
+    participant_id: str,
+    identity: str | None,
+    issued_at: int,
+    clock: Clock,
+    limits: Limits,
 ) -> Rejected | None:
     """Why this participant may not use the Calls proxy now, if it may not."""
+    refused = entry_refusal(state, participant_id, identity, issued_at)
+    if refused is not None:
+        return refused
     if participant_id in state.participants:
         return None
-    if participant_id in state.kicked:
-        return KICKED
     left = state.departed.get(participant_id)
     if left is not None and left > clock.epoch - limits.preconnect_window:
         return NOT_IN_ROOM
@@ -170,7 +244,7 @@ def _calls_refusal(
 
 def check_member(state: RoomState, command: CheckMember, clock: Clock, limits: Limits) -> Reply:
     pid = command.participant_id
-    refused = _calls_refusal(state, pid, command.issued_at, clock, limits)
+    refused = _calls_refusal(state, pid, command.identity, command.issued_at, clock, limits)
     if refused is None and command.new_session:
         refused = _session_cap(state, pid, limits)
     return refused or Ack(seq=state.seq)
@@ -205,9 +279,9 @@ def register_session(
         )
     if owner is not None:
         return Decision(state, NOT_IN_ROOM)
-    refused = _calls_refusal(state, pid, command.issued_at, clock, limits) or _session_cap(
-        state, pid, limits
-    )
+    refused = _calls_refusal(
+        state, pid, command.identity, command.issued_at, clock, limits
+    ) or _session_cap(state, pid, limits)
     if refused is not None:
         return Decision(state, refused)
     new_state = replace(state, calls_sessions={**state.calls_sessions, command.session_id: pid})
@@ -220,12 +294,13 @@ def register_session(
     return Decision(new_state, Ack(seq=state.seq), sessions=sessions)
 
 
-def expire_preconnect(decision: Decision, clock: Clock) -> Decision:
-    """Drop the Calls sessions of token holders that never connected in time."""
+def expire_preconnect(decision: Decision, clock: Clock, *, everyone_due: bool = False) -> Decision:
+    """Drop the Calls sessions of token holders that never connected in time
+    (with ``everyone_due``, of all that have not connected: their tokens were revoked)."""
     state = decision.state
     if state is None:
         return decision
-    due = {pid for pid, until in state.preconnect.items() if until <= clock.epoch}
+    due = {pid for pid, until in state.preconnect.items() if everyone_due or until <= clock.epoch}
     if not due:
         return decision
     expired = replace(

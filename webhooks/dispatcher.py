@@ -213,6 +213,11 @@ class Dispatcher:
             log.error("undecodable log entry on %s: dead-lettered", msg.subject)
             await self._dead_letter(msg, "", "undecodable", 0, metrics.UNREADABLE)
             return
+        if entry.hidden:
+            # A hidden participant came or went: for operators (the log), never
+            # for the app's receiver, which speaks for the room's clients.
+            await msg.ack()
+            return
         keepalive = asyncio.create_task(self._keep_holding(msg))
         self.holding += 1
         try:

@@ -41,7 +41,7 @@ async def test_create_room_returns_id_and_time(api: Api) -> None:
     parse_iso(body["created_at"])
 
 
-async def test_get_room_in_old_camel_case_shape(api: Api) -> None:
+async def test_get_room_in_old_camel_case_shape_with_its_join_policy(api: Api) -> None:
     created = (
         await api.http.post(
             "/api/rooms", json={"name": "Design review", "max_participants": 4, "created_by": "ana"}
@@ -55,6 +55,7 @@ async def test_get_room_in_old_camel_case_shape(api: Api) -> None:
         "createdBy": "ana",
         "createdAt": created["created_at"],
         "maxParticipants": 4,
+        "joinPolicy": "open",
     }
 
 

@@ -26,7 +26,7 @@ def claims(**changes: object) -> dict[str, object]:
 
 def test_issue_and_verify_roundtrip() -> None:
     tokens = TokenService(SECRET, ttl=3600)
-    issued = tokens.issue(room_id=ROOM, participant_id=PID, participant_name="Ann")
+    issued, _ = tokens.issue(room_id=ROOM, participant_id=PID, participant_name="Ann")
     verified = tokens.verify(issued)
     assert (verified.room_id, verified.participant_id, verified.participant_name) == (
         ROOM,
@@ -77,6 +77,6 @@ def test_rotation_accepts_the_previous_secret_and_signs_with_the_new_one() -> No
         TokenService(SECRET, ttl=60).verify(old_token)
     rotating = TokenService(SECRET, ttl=60, previous=OLD)
     assert rotating.verify(old_token).participant_id == PID
-    fresh = rotating.issue(room_id=ROOM, participant_id=PID, participant_name="A")
+    fresh, _ = rotating.issue(room_id=ROOM, participant_id=PID, participant_name="A")
     jwt.decode(fresh, SECRET, algorithms=["HS256"])
     assert SECRET not in repr(rotating)

@@ -18,9 +18,10 @@ the operator or the app's backend get in."""
 JOIN_POLICIES: tuple[str, ...] = get_args(JoinPolicy)
 
 MAX_IDENTITY = 128
-"""Characters in an identity (the app's user id)."""
+"""Bytes (UTF-8) in an identity (the app's user id): a room keeps up to
+`BANNED_KEPT` of them besides its participants', so they are bounded in bytes."""
 
-_IDENTITY = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_IDENTITY}}}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Grants(
@@ -49,8 +50,8 @@ GRANT_NAMES: tuple[str, ...] = Grants.__struct_fields__
 
 def identity_problem(identity: str) -> str | None:
     """Why this identity cannot be used, or ``None`` when it can."""
-    if _IDENTITY.fullmatch(identity) is None:
-        return f"identity must be 1 to {MAX_IDENTITY} printable characters"
+    if not identity or len(identity.encode()) > MAX_IDENTITY or _CONTROL.search(identity):
+        return f"identity must be 1 to {MAX_IDENTITY} bytes of printable text"
     return None
 
 

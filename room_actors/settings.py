@@ -97,7 +97,7 @@ class ActorSettings(CommonSettings):
     )
     room_state_max_bytes: int = integer(
         "ROOM_STATE_MAX_BYTES",
-        default=512 * 1024,
+        default=640 * 1024,
         minimum=64 * 1024,
         maximum=8 * 1024 * 1024,
         doc="a command that would make a room's stored state larger is refused "

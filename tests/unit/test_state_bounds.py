@@ -301,12 +301,14 @@ def fullest_tracks(session_id: str = "f" * 64) -> list[Track]:
 
 def test_a_room_with_every_list_at_its_cap_stays_well_under_max_payload() -> None:
     """The worst a room's members can make it keep, with the default limits:
-    200 participants with the longest names (4-byte characters) each announcing
-    the most tracks allowed, as many Calls sessions as the room holds, every
-    remembered leaver and removed participant, the recent command ids, and the
-    outbox of the largest turn. Stored (KV), answered (a snapshot over NATS) and
+    200 participants with the longest names and identities (4-byte characters)
+    and every grant spelled out, each announcing the most tracks allowed, as
+    many Calls sessions as the room holds, every remembered leaver, removed
+    participant and banned identity, the recent command ids, and the outbox of
+    the largest turn. Stored (KV), answered (a snapshot over NATS) and
     sent to a newcomer (welcome + session replays), it stays well under NATS
     ``max_payload`` (1 MiB)."""
+    from bus_schema.access import MAX_IDENTITY, Grants
     from bus_schema.commands import Snapshot
     from bus_schema.events import Broadcasted as Relayed
     from bus_schema.state import Participant
@@ -331,6 +333,11 @@ def test_a_room_with_every_list_at_its_cap_stays_well_under_max_payload() -> Non
             audio=True,
             video=False,
             disconnected_until=NOW.epoch,
+            identity="\U0001d538" * (MAX_IDENTITY // 4),
+            grants=Grants(
+                can_publish=False, can_subscribe=False, can_send=False, room_admin=True
+            ),
+            issued_at=int(NOW.epoch),
         )
     pids = list(participants)
     frame = msgspec.Raw(b'{"type":"x","pad":"' + b"p" * (16 * 1024 - 30) + b'"}')
@@ -343,6 +350,9 @@ def test_a_room_with_every_list_at_its_cap_stays_well_under_max_payload() -> Non
         participants=participants,
         calls_sessions={f"{i:064d}": pids[i % 200] for i in range(limits.calls_sessions_per_room)},
         kicked=[f"{i:08d}-bbbb-4bbb-8bbb-bbbbbbbbbbbb" for i in range(limits.kicked_kept)],
+        banned=[f"{i:08d}" + "\U0001d538" * 30 for i in range(limits.banned_kept)],
+        tokens_revoked_at=int(NOW.epoch),
+        join_secret_hash="f" * 64,
         departed={
             f"{i:08d}-cccc-4ccc-8ccc-cccccccccccc": NOW.epoch for i in range(limits.departed_kept)
         },

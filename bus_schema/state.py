@@ -112,6 +112,16 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     """Unix second of the last revocation: tokens issued at or before it are refused."""
     join_secret_hash: str = ""
     """``secret`` rooms: the SHA-256 of the join secret (the secret is never kept)."""
+    secret_rotated_at: int = 0
+    """Unix second of the last rotation of the join secret: tokens without an
+    identity issued at or before it (join tokens got with the old secret) no
+    longer enter, unless their participant is in the room."""
+
+    @property
+    def issued_after(self) -> int:
+        """A token issued now must be dated after this second to be accepted."""
+        return max(self.tokens_revoked_at, self.secret_rotated_at)
+
     closed: bool = False
     """The room was closed; its closing events are in ``outbox``. Written just
     before the keys are deleted, so an owner that dies in between leaves the

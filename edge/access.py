@@ -128,7 +128,7 @@ async def mint_token(
         identity=data.identity,
         grants=data.grants,
         ttl=ttl,
-        revoked_at=state.tokens_revoked_at,
+        dated_after=state.issued_after,
     )
     return Minted(token=token, participant_id=participant_id, expires_at=iso_at(expires))
 

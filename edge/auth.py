@@ -62,13 +62,13 @@ class TokenService:
         identity: str | None = None,
         grants: Grants = FULL,
         ttl: int | None = None,
-        revoked_at: int = 0,
+        dated_after: int = 0,
     ) -> tuple[str, int]:
         """A participant token and when it expires (Unix seconds). A token
-        issued in the very second of a revocation would be refused (revocation
-        is by whole seconds), so its ``iat`` is the next second then, which
-        verification's leeway accepts."""
-        now = max(int(time.time()), revoked_at + 1)
+        issued in the very second of a revocation (or a secret's rotation)
+        would be refused, as those go by whole seconds: its ``iat`` is then
+        ``dated_after + 1``, which verification's leeway accepts."""
+        now = max(int(time.time()), dated_after + 1)
         expires = now + (self._ttl if ttl is None else ttl)
         claims: dict[str, object] = {
             "room_id": room_id,

@@ -276,7 +276,7 @@ async def join_room(
         room_id=room_id,
         participant_id=participant_id,
         participant_name=name,
-        revoked_at=state.tokens_revoked_at,
+        dated_after=state.issued_after,
     )
     ice = await calls.ice.get(participant_id)
     return JoinAnswer(

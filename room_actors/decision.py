@@ -157,6 +157,10 @@ BANNED = Rejected(code=ErrorCode.BANNED, message="Banned from this room")
 TOKEN_REVOKED = Rejected(
     code=ErrorCode.TOKEN_REVOKED, message="This room's tokens were revoked; get a new one"
 )
+SECRET_ROTATED = Rejected(
+    code=ErrorCode.TOKEN_REVOKED,
+    message="The room's join secret changed since this token was issued; join again",
+)
 GRANT_DENIED_PUBLISH = Rejected(
     code=ErrorCode.GRANT_DENIED, message="Your token does not allow publishing"
 )

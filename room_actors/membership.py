@@ -31,6 +31,7 @@ from room_actors.decision import (
     BANNED,
     KICKED,
     NOT_IN_ROOM,
+    SECRET_ROTATED,
     TOKEN_REVOKED,
     Decision,
     Limits,
@@ -113,14 +114,22 @@ def entry_refusal(
     state: RoomState, participant_id: str, identity: str | None, issued_at: int
 ) -> Rejected | None:
     """Why a token may not enter (or use the Calls proxy), whatever else holds:
-    its participant was removed, its identity is banned, or the room's tokens
-    were revoked after it was issued."""
+    its participant was removed, its identity is banned, the room's tokens were
+    revoked after it was issued, or (a token without an identity, not in the
+    room) it came from a join secret that was rotated since."""
     if participant_id in state.kicked:
         return KICKED
     if identity is not None and identity in state.banned:
         return BANNED
     if state.tokens_revoked_at and issued_at <= state.tokens_revoked_at:
         return TOKEN_REVOKED
+    if (
+        state.secret_rotated_at
+        and issued_at <= state.secret_rotated_at
+        and identity is None
+        and participant_id not in state.participants
+    ):
+        return SECRET_ROTATED
     return None
 
 

@@ -194,7 +194,7 @@ def _decide(
         case RevokeTokens():
             decision = _revoke(state, clock, limits)
         case SetJoinSecret():
-            decision = _set_secret(state, message)
+            decision = _set_secret(state, message, clock)
     if decision.state is state or decision.state is None:
         return decision
     if isinstance(message, _GROWS) and len(codec.encode(decision.state)) > limits.state_max_bytes:
@@ -449,10 +449,13 @@ def _revoke(state: RoomState, clock: Clock, limits: Limits) -> Decision:
     return replace(removed, state=after, control=close, write=True)
 
 
-def _set_secret(state: RoomState, command: SetJoinSecret) -> Decision:
+def _set_secret(state: RoomState, command: SetJoinSecret, clock: Clock) -> Decision:
     if state.meta.join_policy != "secret":
         return Decision(state, NO_JOIN_SECRET)
-    return Decision(replace(state, join_secret_hash=command.join_secret_hash), Ack(seq=state.seq))
+    rotated = replace(
+        state, join_secret_hash=command.join_secret_hash, secret_rotated_at=int(clock.epoch)
+    )
+    return Decision(rotated, Ack(seq=state.seq))
 
 
 def _mute(state: RoomState, command: MuteTrack) -> Decision:

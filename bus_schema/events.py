@@ -31,6 +31,8 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 class ParticipantJoined(_Event, frozen=True, tag="joined"):
     name: str
+    identity: str = ""
+    """The app's user id of a minted token (for the event log; clients never see it)."""
 
 
 class ParticipantLeft(_Event, frozen=True, tag="left"):

@@ -139,7 +139,7 @@ async def mint_token(
     summary="Ban an identity",
     description="No token of this identity gets into the room, through any edge, across "
     "failovers; its participant, if present, is removed (`kicked`, close code 4003). "
-    f"A room keeps up to 500 bans; identities are 1 to {MAX_IDENTITY} characters.",
+    f"A room keeps up to 500 bans; identities are 1 to {MAX_IDENTITY} bytes of printable text.",
     responses={
         **ok_response(Done, Example(value={"room_id": _ROOM_ID, "room_seq": 8}), "banned"),
         **error_responses(400, 401, 403, 404, 503),

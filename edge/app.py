@@ -87,7 +87,10 @@ def start_draining(app: Litestar) -> None:
 
 def create_app(settings: EdgeSettings) -> Litestar:
     tokens = TokenService(
-        settings.jwt_secret, ttl=settings.token_ttl, previous=settings.jwt_secret_previous
+        settings.jwt_secret,
+        ttl=settings.token_ttl,
+        previous=settings.jwt_secret_previous,
+        max_name_length=settings.max_name_length,
     )
     addresses = AddressLimits(settings)
 

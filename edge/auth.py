@@ -1,5 +1,6 @@
 """Join tokens: HS256 JWTs carrying the room and participant a client speaks as."""
 
+import re
 import time
 
 import jwt
@@ -9,6 +10,7 @@ from bus_schema.access import FULL, Grants, identity_problem
 from bus_schema.ids import is_uuid
 
 ALGORITHM = "HS256"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidToken(Exception):
@@ -41,9 +43,18 @@ class AdminClaims(msgspec.Struct, frozen=True, kw_only=True):
 
 class TokenService:
     def __init__(
-        self, secret: str, *, ttl: int, previous: str | None = None, leeway: float = 30.0
+        self,
+        secret: str,
+        *,
+        ttl: int,
+        previous: str | None = None,
+        leeway: float = 30.0,
+        max_name_length: int = 100,
     ) -> None:
         self._secret = secret
+        self._max_name = max_name_length
+        """A token minted offline carries any name its minter chose: the same
+        bound as the HTTP endpoints', or every ``welcome`` would carry it."""
         self._keys = [secret] if previous is None else [secret, previous]
         """New tokens are signed with the first; verification also accepts the
         previous one during a rotation."""
@@ -146,4 +157,7 @@ class TokenService:
             raise InvalidToken("bad ids")
         if claims.identity is not None and identity_problem(claims.identity) is not None:
             raise InvalidToken("bad identity")
+        name = claims.participant_name
+        if not name or len(name) > self._max_name or _CONTROL.search(name):
+            raise InvalidToken("bad name")
         return claims

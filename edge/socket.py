@@ -408,8 +408,13 @@ def _denied(grants: Grants, inbound: protocol.Inbound) -> str | None:
     match inbound:
         case protocol.SessionFrame() | protocol.TrackStateFrame():
             return None if grants.can_publish else "Your token does not allow publishing"
-        case protocol.BroadcastFrame() | protocol.DirectFrame():
+        case protocol.BroadcastFrame():
             return None if grants.can_send else "Your token does not allow sending messages"
+        case protocol.DirectFrame():
+            if not grants.can_send:
+                return "Your token does not allow sending messages"
+            # Nobody could check a sender they cannot see: it would be dropped.
+            return "A hidden participant cannot send to one participant" if grants.hidden else None
         case protocol.MuteFrame() | protocol.RemoveFrame():
             return None if grants.room_admin else "Only a room admin may moderate"
     return None

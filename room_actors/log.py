@@ -39,10 +39,18 @@ def entries(events: list[ev.Event] | tuple[ev.Event, ...], at: str) -> tuple[Log
         match event:
             case ev.ParticipantJoined():
                 entry = replace(
-                    base, event=event_log.PARTICIPANT_JOINED, participant_name=event.name
+                    base,
+                    event=event_log.PARTICIPANT_JOINED,
+                    participant_name=event.name,
+                    identity=event.identity or None,
                 )
             case ev.ParticipantLeft():
-                entry = replace(base, event=event_log.PARTICIPANT_LEFT, reason=event.reason)
+                entry = replace(
+                    base,
+                    event=event_log.PARTICIPANT_LEFT,
+                    reason=event.reason,
+                    by=event.by or None,
+                )
             case ev.SessionPublished():
                 entry = replace(
                     base, event=event_log.SESSION_PUBLISHED, session_id=event.session_id

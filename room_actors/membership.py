@@ -84,7 +84,11 @@ def join(state: RoomState, command: Join, clock: Clock, limits: Limits) -> Decis
     else:
         seq += 1
         event = ParticipantJoined(
-            room_id=state.room_id, seq=seq, participant_id=joined.id, name=joined.name
+            room_id=state.room_id,
+            seq=seq,
+            participant_id=joined.id,
+            name=joined.name,
+            identity=joined.identity or "",
         )
         events = (*events, event)
     new_state = replace(

@@ -405,3 +405,37 @@ def test_mute_and_remove_are_requests_never_relayed() -> None:
     forged = f'{{"type":"mute","from":"{BEN}","to":"{ANN}"}}'.encode()
     with pytest.raises(protocol.RefusedPeerFrame):
         protocol.peer_frame(forged, ANN, {ANN, BEN})
+
+
+def test_a_hidden_participant_is_told_it_cannot_send_to_one_participant() -> None:
+    from edge.socket import _denied
+
+    direct = protocol.parse(f'{{"type":"offer","to":"{BEN}"}}', WHO)
+    broadcast = protocol.parse('{"type":"note"}', WHO)
+    assert _denied(HIDDEN, direct) is not None  # nobody could check its sender
+    assert _denied(Grants(hidden=True), broadcast) is None
+    assert _denied(FULL, direct) is None
+
+
+def test_the_event_log_names_the_identity_that_joined_and_the_admin_who_removed() -> None:
+    came = enter(created(), ANN, identity="user-7", grants=ADMIN)
+    (joined,) = came.log
+    assert (joined.event, joined.identity) == ("participant_joined", "user-7")
+    room = inside(enter(inside(came), BEN))
+    remove = RemoveParticipant(
+        cmd_id="r", room_id=ROOM, participant_id=BEN, by=ANN, by_conn_id="conn"
+    )
+    (left,) = decide(room, remove, NOW, LIMITS).log
+    assert (left.event, left.reason, left.by) == ("participant_left", "kicked", ANN)
+
+
+def test_tokens_minted_offline_have_names_as_bounded_as_the_endpoints() -> None:
+    tokens = TokenService(SECRET, ttl=60, max_name_length=100)
+    now = int(time.time())
+    base = {"room_id": ROOM, "participant_id": ANN, "iat": now, "exp": now + 60}
+    ok = jwt.encode(base | {"participant_name": "n" * 100}, SECRET, algorithm="HS256")
+    assert tokens.verify(ok).participant_name == "n" * 100
+    for name in ("n" * 101, "", "bell\x07"):
+        bad = jwt.encode(base | {"participant_name": name}, SECRET, algorithm="HS256")
+        with pytest.raises(InvalidToken):
+            tokens.verify(bad)

@@ -334,9 +334,7 @@ def test_a_room_with_every_list_at_its_cap_stays_well_under_max_payload() -> Non
             video=False,
             disconnected_until=NOW.epoch,
             identity="\U0001d538" * (MAX_IDENTITY // 4),
-            grants=Grants(
-                can_publish=False, can_subscribe=False, can_send=False, room_admin=True
-            ),
+            grants=Grants(can_publish=False, can_subscribe=False, can_send=False, room_admin=True),
             issued_at=int(NOW.epoch),
         )
     pids = list(participants)

@@ -2,6 +2,11 @@
 // who is there with their mute state, and talk. P2P (offer/answer/ice-candidate
 // relayed with `to`) by default; through the Cloudflare Calls SFU, via the
 // edge's proxy, when the service has Calls configured. No build step.
+//
+// Links: an open room is `/?room=<id>`. A private (`secret`) room is
+// `/#room=<id>&secret=<secret>`, and a token minted by the app's backend opens
+// as `/#room=<id>&token=<jwt>`: secrets and tokens ride in the fragment, which
+// the browser never sends, so they reach no server's access log.
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -19,7 +24,25 @@ const ERROR_WORDS = {
   room_not_found: "This room does not exist or has expired. Check the link or create a new room.",
   unavailable: "The service is busy right now; trying again.",
   rate_limited: "Slow down: too many messages.",
+  join_secret_required:
+    "This room is private. The link you opened is missing its secret or the secret is no " +
+    "longer valid; ask for a new link.",
+  invite_only:
+    "This room is invite-only: you need a personal invitation link from the app that runs it.",
+  grant_denied: "Your invitation does not allow that.",
+  unknown_participant: "That participant is no longer in the room.",
 };
+// Error frames that come just before the service closes the socket (4003):
+// what to tell the person, instead of the generic words of the close code.
+const REFUSED_WORDS = {
+  kicked: "You were removed from the room.",
+  banned: "You may not join this room any more.",
+  token_revoked: "Your invitation to this room was withdrawn; ask for a new link.",
+};
+/** The words for a code the service sent, if we have some (own keys only). */
+const wordsFor = (table, code) => (Object.hasOwn(table, code) ? table[code] : undefined);
+const INVALID_LINK = "This link is invalid or the room has expired. Create a new room.";
+const BAD_INVITATION = "This invitation link is damaged or has expired; ask for a new one.";
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000];
 const GIVE_UP_AFTER_MS = 30000;
 
@@ -68,14 +91,56 @@ function showError(text) {
   box.hidden = !text;
 }
 
+/** Something that happened to us (not an error): a moderator muted us. */
+function showNotice(text) {
+  const box = $("#notice");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
 function setStatus(state, text) {
   const status = $("#status");
   status.dataset.state = state;
   status.textContent = text || state;
 }
 
-function roomLink(roomId) {
-  return `${location.origin}/?room=${encodeURIComponent(roomId)}`;
+// --- links ---------------------------------------------------------------------------
+
+/** What the address says: the room, and a join secret or a token when the
+ * fragment carries one. */
+function readLink() {
+  const query = new URLSearchParams(location.search);
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  return {
+    roomId: fragment.get("room") || query.get("room"),
+    secret: fragment.get("secret"),
+    token: fragment.get("token"),
+    name: fragment.get("name"),
+  };
+}
+
+/** The link to share: the old form for open rooms; for a private room the
+ * room, its secret (and its name, for the title) in the fragment only. */
+function roomLink(roomId, secret, name) {
+  if (!secret) return `${location.origin}/?room=${encodeURIComponent(roomId)}`;
+  const fragment = new URLSearchParams({ room: roomId, secret });
+  if (name) fragment.set("name", name);
+  return `${location.origin}/#${fragment}`;
+}
+
+/** A token's claims, read only to decide what to show (the server checks the
+ * signature and enforces the grants). `null` when it is not a readable JWT. */
+function tokenClaims(token) {
+  try {
+    const payload = token.split(".")[1];
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = base64.padEnd(Math.ceil(base64.length / 4) * 4, "=");
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
 }
 
 function plainWords(error) {
@@ -83,6 +148,8 @@ function plainWords(error) {
     if (error.status === 404) return ERROR_WORDS.room_not_found;
     if (error.status === 409) return ERROR_WORDS.room_full;
     if (error.status === 429) return "Too many attempts; wait a moment and try again.";
+    if (error.status === 401) return BAD_INVITATION;
+    if (error.status === 403 && wordsFor(ERROR_WORDS, error.code)) return ERROR_WORDS[error.code];
     return error.message;
   }
   if (error && error.name === "NotAllowedError") {
@@ -95,8 +162,8 @@ function plainWords(error) {
 // --- the call ------------------------------------------------------------------------
 
 class Call {
-  constructor({ roomId, token, me, name, iceServers, iceTtl, stream }) {
-    Object.assign(this, { roomId, token, me, name, iceServers, stream });
+  constructor({ roomId, token, me, name, grants, iceServers, iceTtl, stream }) {
+    Object.assign(this, { roomId, token, me, name, grants, iceServers, stream });
     this.iceTimer = null;
     this.renewIceServers(iceTtl);
     this.participants = new Map(); // id -> {name, audio, video, session, tracks}
@@ -217,8 +284,13 @@ class Call {
       }
       case "track-state": {
         if (message.from === this.me) {
-          // An operator muted (or unmuted) us: do it, and show it.
+          // An operator or a room admin muted (or unmuted) us: do it, and show it.
           applyLocal(this, message.kind, message.enabled);
+          if (message.by) {
+            const what = message.kind === "audio" ? "microphone" : "camera";
+            const did = message.enabled ? "turned on" : "turned off";
+            showNotice(`${this.moderator(message.by)} ${did} your ${what}.`);
+          }
           return;
         }
         if (!this.participants.has(message.from)) return;
@@ -245,10 +317,14 @@ class Call {
         this.notice = "The room was closed.";
         return;
       case "kicked":
-        this.notice = "You were removed from the room.";
+        this.notice = message.by
+          ? `${this.moderator(message.by)} removed you from the room.`
+          : "You were removed from the room.";
         return;
       case "error":
-        showError(ERROR_WORDS[message.code] || message.message);
+        // Refused for good (the close that follows says no more than 4003).
+        if (wordsFor(REFUSED_WORDS, message.code)) this.notice = REFUSED_WORDS[message.code];
+        else showError(wordsFor(ERROR_WORDS, message.code) || message.message);
         return;
       default:
         return;
@@ -289,6 +365,20 @@ class Call {
       // the offer); links that survived a reconnect are kept as they are.
       for (const id of this.participants.keys()) this.peer(id);
     }
+  }
+
+  /** Who did something to us: `by` is "admin" for the room service API, or a
+   * room admin's participant id (whose name we know unless it is hidden). */
+  moderator(by) {
+    if (by === "admin") return "The room's operator";
+    const known = this.participants.get(by);
+    return known ? `${known.name} (moderator)` : "A moderator";
+  }
+
+  /** A room admin's `mute` or `remove` of someone else. The service checks the
+   * grant; the page only shows the buttons to a token that claims it. */
+  moderate(message) {
+    this.send(message);
   }
 
   upsert(id, fields) {
@@ -595,8 +685,39 @@ function renderParticipants(call) {
     cam.textContent = "cam";
     cam.title = p.video !== false ? "camera on" : "camera off";
     item.append(name, mic, cam);
+    if (id !== call.me && mayModerate(call.grants)) item.append(...moderation(call, id, p));
     list.append(item);
   }
+}
+
+/** Whether to show moderation: a room admin that is not hidden (the service
+ * lets no hidden participant moderate). */
+function mayModerate(grants) {
+  return grants.room_admin === true && grants.hidden !== true;
+}
+
+/** Mute and Remove buttons for a room admin, next to someone else. */
+function moderation(call, id, p) {
+  const mute = document.createElement("button");
+  mute.type = "button";
+  mute.className = "mute";
+  mute.textContent = "Mute";
+  mute.title = `Turn off ${p.name}'s microphone`;
+  mute.disabled = p.audio === false;
+  mute.onclick = () => {
+    mute.disabled = true;
+    call.moderate({ type: "mute", participant_id: id, kind: "audio" });
+  };
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "remove danger";
+  remove.textContent = "Remove";
+  remove.title = `Remove ${p.name} from the room`;
+  remove.onclick = () => {
+    remove.disabled = true;
+    call.moderate({ type: "remove", participant_id: id });
+  };
+  return [mute, remove];
 }
 
 // --- pages ---------------------------------------------------------------------------
@@ -606,70 +727,142 @@ async function createView() {
   $("#create-form").onsubmit = async (event) => {
     event.preventDefault();
     showError("");
+    // Two buttons: "Create room" (open) and "Create a private room" (secret).
+    // Enter in a field submits with the first one: an open room, as before.
+    const isPrivate = Boolean(event.submitter && event.submitter.value === "secret");
+    const name = $("#room-name").value.trim() || "Call";
     try {
       const created = await http("POST", "/api/rooms", {
-        name: $("#room-name").value.trim() || "Call",
+        name,
         max_participants: Number($("#room-max").value) || 10,
+        ...(isPrivate ? { join_policy: "secret" } : {}),
       });
-      location.assign(roomLink(created.room_id));
+      if (isPrivate && !created.join_secret) throw new Error("The service made no private room.");
+      // The secret is told once, here: from now on it lives in the link only.
+      location.assign(roomLink(created.room_id, isPrivate ? created.join_secret : null, name));
     } catch (error) {
       showError(plainWords(error));
     }
   };
 }
 
-async function joinView(roomId) {
-  let room;
+/** The title for a link's room, or `null` after saying why the link leads
+ * nowhere. Only open rooms answer the GET (a private one is a 404 by design),
+ * so a link with a secret does not ask, and one with a token falls back. */
+async function roomTitle(link) {
+  if (link.secret !== null) return link.name || "Private room";
   try {
-    room = await http("GET", `/api/rooms/${encodeURIComponent(roomId)}`);
+    const room = await http("GET", `/api/rooms/${encodeURIComponent(link.roomId)}`);
+    return room.name;
   } catch (error) {
-    showError(
-      error instanceof HttpError && (error.status === 404 || error.status === 400)
-        ? "This link is invalid or the room has expired. Create a new room."
-        : plainWords(error),
-    );
+    if (link.token) return "Private room";
+    showError(await whyNot(link.roomId, error));
+    return null;
+  }
+}
+
+/** Why a link without a secret leads nowhere. The GET answers 404 alike for a
+ * private room and a missing one; a join without a secret tells them apart
+ * (403 with a code says private or invite-only) and, refused, creates nothing. */
+async function whyNot(roomId, error) {
+  if (!(error instanceof HttpError)) return plainWords(error);
+  if (error.status === 400) return INVALID_LINK;
+  if (error.status !== 404) return plainWords(error);
+  try {
+    await http("POST", `/api/rooms/${encodeURIComponent(roomId)}/join`, {});
+  } catch (refused) {
+    const coded = refused instanceof HttpError && refused.status === 403;
+    if (coded && wordsFor(ERROR_WORDS, refused.code)) return ERROR_WORDS[refused.code];
+  }
+  return INVALID_LINK;
+}
+
+/** The join page; with `now`, joins at once (a link carrying a token). */
+async function joinView(link, { now = false } = {}) {
+  const title = await roomTitle(link);
+  if (title === null) {
     createView();
     return;
   }
-  $("#room-title").textContent = room.name;
-  document.title = `${room.name} - Signaling call`;
-  const link = roomLink(roomId);
-  $("#share-link").textContent = link;
-  $("#share-link").href = link;
-  $("#copy-link").onclick = () => navigator.clipboard?.writeText(link);
-  $("#display-name").value = localStorage.getItem("signaling.name") || "";
+  $("#room-title").textContent = title;
+  document.title = `${title} - Signaling call`;
+  // A token is personal: its page has no link to share.
+  $("#share").hidden = Boolean(link.token);
+  if (!link.token) {
+    const url = roomLink(link.roomId, link.secret, link.name);
+    $("#share-link").textContent = url;
+    $("#share-link").href = url;
+    $("#copy-link").onclick = () => navigator.clipboard?.writeText(url);
+  }
+  const nameInput = $("#display-name");
+  // A token names its holder; a join asks for a name.
+  nameInput.readOnly = Boolean(link.token);
+  nameInput.value = link.token
+    ? tokenClaims(link.token).participant_name || "Guest"
+    : localStorage.getItem("signaling.name") || "";
   show("join-view");
-  $("#join-form").onsubmit = async (event) => {
-    event.preventDefault();
-    const button = event.submitter || $("#join-form button");
+  const join = async (button) => {
     button.disabled = true;
     showError("");
+    showNotice("");
     try {
-      await startCall(roomId, $("#display-name").value.trim() || "Guest");
+      await startCall(link, nameInput.value.trim() || "Guest");
     } catch (error) {
       showError(plainWords(error));
       button.disabled = false;
     }
   };
+  $("#join-form").onsubmit = (event) => {
+    event.preventDefault();
+    join(event.submitter || $("#join-form button"));
+  };
+  if (now) await join($("#join-form button"));
 }
 
-async function startCall(roomId, name) {
-  localStorage.setItem("signaling.name", name);
+/** A token for the call: the join endpoint's (every right but room_admin), or
+ * the one the link carries (minted by the app's backend, with its grants). */
+async function admission(link, name) {
+  if (!link.token) {
+    const body = { participant_name: name };
+    if (link.secret !== null) body.join_secret = link.secret;
+    const joined = await http("POST", `/api/rooms/${encodeURIComponent(link.roomId)}/join`, body);
+    return { ...joined, name, grants: {} };
+  }
+  const claims = tokenClaims(link.token);
+  let ice = { iceServers: [] };
+  try {
+    ice = await http("GET", "/cloudflare/ice-servers", undefined, link.token);
+  } catch (error) {
+    // 503: neither Calls nor TURN here, so nothing to hand out; loopback and
+    // LAN calls work without. Anything else (401: a bad token) stops here.
+    if (!(error instanceof HttpError && error.status === 503)) throw error;
+  }
+  return {
+    token: link.token,
+    participant_id: claims.participant_id,
+    name: claims.participant_name || "Guest",
+    grants: claims.grants || {},
+    ice_servers: ice.iceServers,
+    ice_servers_ttl: ice.ttl,
+  };
+}
+
+async function startCall(link, name) {
+  if (!link.token) localStorage.setItem("signaling.name", name);
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
   let joined;
   try {
-    joined = await http("POST", `/api/rooms/${encodeURIComponent(roomId)}/join`, {
-      participant_name: name,
-    });
+    joined = await admission(link, name);
   } catch (error) {
     for (const track of stream.getTracks()) track.stop();
     throw error;
   }
   const call = new Call({
-    roomId,
+    roomId: link.roomId,
     token: joined.token,
     me: joined.participant_id,
-    name,
+    name: joined.name,
+    grants: joined.grants,
     iceServers: joined.ice_servers || [],
     iceTtl: joined.ice_servers_ttl,
     stream,
@@ -692,7 +885,7 @@ async function startCall(roomId, name) {
   const video = local.querySelector("video");
   video.muted = true;
   video.srcObject = stream;
-  renderTile(call.me, { name: `${name} (you)`, ...localState(call) });
+  renderTile(call.me, { name: `${call.name} (you)`, ...localState(call) });
   renderParticipants(call);
 
   const audioButton = $("#toggle-audio");
@@ -713,11 +906,37 @@ async function startCall(roomId, name) {
     call.leave();
     $("#tiles").replaceChildren();
     $("#participants").replaceChildren();
-    joinView(roomId);
+    joinView(link);
   };
   call.connect();
 }
 
-const roomId = new URLSearchParams(location.search).get("room");
-if (roomId) joinView(roomId);
-else createView();
+/** Which page the address asks for. A token link names its room in the token;
+ * one that cannot be read, or names another room, is refused here (the
+ * service would refuse it anyway, with less to say). */
+function route() {
+  const link = readLink();
+  if (link.token) {
+    const claims = tokenClaims(link.token);
+    const readable =
+      claims && typeof claims.room_id === "string" && typeof claims.participant_id === "string";
+    const expired = readable && typeof claims.exp === "number" && claims.exp * 1000 < Date.now();
+    if (!readable || expired || (link.roomId && link.roomId !== claims.room_id)) {
+      showError(BAD_INVITATION);
+      createView();
+      return;
+    }
+    link.roomId = claims.room_id;
+    link.secret = null;
+    joinView(link, { now: true });
+  } else if (link.roomId) {
+    joinView(link);
+  } else {
+    createView();
+  }
+}
+
+// A new fragment (a private room just made, or a link pasted into this tab)
+// does not load the page again by itself: do, so it starts from the link.
+window.addEventListener("hashchange", () => location.reload());
+route();

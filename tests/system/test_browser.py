@@ -8,11 +8,12 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Request, WebSocket, async_playwright
 
 from edge.auth import TokenService
 from tests.harness import JWT_SECRET, Api, System, calls_env
@@ -176,6 +177,8 @@ ROW_SAYS = f"([id, key, value]) => {ROW}?.dataset[key] === value"
 """The participant list shows ``key`` (audio/video) of participant ``id`` as ``value``."""
 GONE = f"(id) => !{ROW} && window.signaling.call.peers.size === 1"
 GONE_FROM_LIST = f"(id) => !{ROW}"
+LISTS = f"(ids) => ids.every((id) => {ROW})"
+"""The participant list shows every one of ``ids``."""
 
 
 async def media_flowing(page: Page, peers: int) -> dict[str, int]:
@@ -297,7 +300,10 @@ async def test_the_page_says_what_went_wrong(
         await page.fill("#room-name", "made in a browser")
         await page.click("#create-form button")
         await page.wait_for_selector("#join-view:not([hidden])")
-        assert "room=" in page.url
+        # An open room keeps its old link: the room in the query, no fragment.
+        link = urlsplit(page.url)
+        assert parse_qs(link.query).keys() == {"room"}, page.url
+        assert link.fragment == "", page.url
         assert await page.text_content("#room-title") == "made in a browser"
 
         # A link to a room that does not exist.
@@ -421,6 +427,193 @@ async def test_the_page_follows_what_an_operator_does(
         await alice.wait_for_selector("#error:not([hidden])")
         assert await alice.text_content("#error") == "The room was closed."
         await alice.wait_for_selector("#status[data-state=closed]")
+    finally:
+        await admin.aclose()
+        await api.close()
+
+
+PRIVATE_WORDS = (
+    "This room is private. The link you opened is missing its secret or the secret is no "
+    "longer valid; ask for a new link."
+)
+
+
+def fragment(url: str) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(urlsplit(url).fragment).items()}
+
+
+def record_requests(page: Page) -> list[str]:
+    """Every request line and header, and every WebSocket address, the page
+    uses from now on (what an access log or a proxy in front of the edge could
+    see), one string each."""
+    seen: list[str] = []
+
+    def note(request: Request) -> None:
+        seen.append(f"{request.method} {request.url} {request.headers}")
+
+    def note_socket(socket: WebSocket) -> None:
+        seen.append(f"WS {socket.url}")
+
+    page.on("request", note)
+    page.on("websocket", note_socket)
+    return seen
+
+
+async def shows_error(page: Page) -> str:
+    await page.wait_for_selector("#error:not([hidden])")
+    return await page.text_content("#error") or ""
+
+
+async def test_a_private_room_is_joined_by_its_link_and_only_by_it(
+    make_system: Callable[..., System], browser: Browser
+) -> None:
+    """The page's "Create a private room" makes a `secret` room whose link carries
+    the secret in its fragment only; the link gets a second person in; a link with a
+    wrong secret or none says so in plain words, as does an invite-only room."""
+    system = make_system(STUN_URLS="")
+    await system.start(edges=1)
+    url = system.edges[0].url
+    api = Api(url)
+    try:
+        alice = await open_page(browser, f"{url}/")
+        alice_requests = record_requests(alice)
+        await alice.fill("#room-name", "private talk")
+        await alice.click("#create-private-room")
+        await alice.wait_for_selector("#join-view:not([hidden])")
+
+        # The room and its secret are in the fragment; the path and query carry neither.
+        link = urlsplit(alice.url)
+        secret = fragment(alice.url)["secret"]
+        room_id = fragment(alice.url)["room"]
+        assert len(secret) >= 20, alice.url
+        assert (link.path, link.query) == ("/", ""), alice.url
+        assert await alice.get_attribute("#share-link", "href") == alice.url
+        assert await alice.text_content("#room-title") == "private talk"
+        # The service made a secret room: unknown to a GET, refused without the secret.
+        assert (await api.http.get(f"/api/rooms/{room_id}")).status_code == 404
+        refused = await api.http.post(f"/api/rooms/{room_id}/join", json={})
+        assert (refused.status_code, refused.json()["code"]) == (403, "join_secret_required")
+
+        await alice.fill("#display-name", "Alice")
+        await alice.click("#join-form button")
+        await alice.wait_for_selector("#status[data-state=connected]")
+
+        # A second person opens the link and joins: each sees the other.
+        bob = await open_page(browser, alice.url)
+        bob_requests = record_requests(bob)
+        await bob.fill("#display-name", "Bob")
+        await bob.click("#join-form button")
+        await bob.wait_for_selector("#status[data-state=connected]")
+        alice_id, bob_id = await me(alice), await me(bob)
+        for page in (alice, bob):
+            await until(page, LISTS, [alice_id, bob_id])
+        # The secret went to the service in a join's body only: in no request
+        # line or header of either page (nothing an access log could keep).
+        sent = alice_requests + bob_requests
+        assert any("/join" in line for line in sent), sent
+        assert any(line.startswith("WS ") for line in sent), sent
+        assert not [line for line in sent if secret in line], sent
+
+        # A wrong secret: the page says so when joining, and stays on the join view.
+        wrong = await open_page(browser, f"{url}/#room={room_id}&secret={secret[::-1]}")
+        await wrong.fill("#display-name", "Mallory")
+        await wrong.click("#join-form button")
+        assert await shows_error(wrong) == PRIVATE_WORDS
+        assert await wrong.is_visible("#join-view")
+        # No secret at all (the link cut short, or the room id alone): said at once.
+        for bare in (f"{url}/#room={room_id}", f"{url}/?room={room_id}"):
+            assert await shows_error(await open_page(browser, bare)) == PRIVATE_WORDS
+        # Nobody got in on the way.
+        assert set(await listed(alice)) == {alice_id, bob_id}
+
+        # An invite-only room: a link to it says that it is.
+        invite_only = await api.create_room("invite only", join_policy="token")
+        page = await open_page(browser, f"{url}/?room={invite_only}")
+        assert "invite-only" in await shows_error(page)
+    finally:
+        await api.close()
+
+
+MODERATION_BUTTONS = """() => Object.fromEntries(
+  [...document.querySelectorAll('#participants li')].map((li) => [
+    li.dataset.participantId, [...li.querySelectorAll('button')].map((b) => b.textContent)]))"""
+"""The participant list's buttons: id -> their labels."""
+
+
+async def test_a_room_admin_mutes_and_removes_from_the_page(
+    make_system: Callable[..., System], browser: Browser
+) -> None:
+    """A link carrying a minted token (`#room=..&token=..`) opens the call with
+    it; with `room_admin` the page shows Mute and Remove next to the others, and
+    they work; pages without the grant show no such buttons."""
+    system = make_system(STUN_URLS="")
+    await system.start(edges=1)
+    url = system.edges[0].url
+    api = Api(url)
+    admin_token = TokenService(JWT_SECRET, ttl=600).issue_admin()
+    admin = httpx.AsyncClient(
+        base_url=f"{url}/api/admin", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10
+    )
+
+    async def mint(room_id: str, **body: Any) -> dict[str, str]:
+        minted = await admin.post(f"/rooms/{room_id}/tokens", json=body)
+        assert minted.status_code == 200, minted.text
+        answer: dict[str, str] = minted.json()
+        return answer
+
+    try:
+        room_id = await api.create_room("moderated from a page")
+        bob = await join(browser, url, room_id, "Bob")
+        # Carol comes with a minted token too, without the grant.
+        carol_minted = await mint(room_id, identity="carol", name="Carol")
+        carol = await open_page(browser, f"{url}/#room={room_id}&token={carol_minted['token']}")
+        await carol.wait_for_selector("#status[data-state=connected]")
+        moderator = await mint(room_id, name="Moderator", grants={"room_admin": True})
+        # The link's token is enough: the page joins with it, under its name.
+        mod = await open_page(browser, f"{url}/#room={room_id}&token={moderator['token']}")
+        await mod.wait_for_selector("#status[data-state=connected]")
+        bob_id, carol_id, mod_id = await me(bob), await me(carol), await me(mod)
+        assert (carol_id, mod_id) == (carol_minted["participant_id"], moderator["participant_id"])
+        for page in (bob, carol, mod):
+            await until(page, LISTS, [bob_id, carol_id, mod_id])
+        assert (await listed(bob))[mod_id]["name"] == "Moderator"
+
+        # Mute and Remove next to each other participant, none next to itself;
+        # the pages without the grant have no buttons at all.
+        assert await mod.evaluate(MODERATION_BUTTONS) == {
+            mod_id: [],
+            bob_id: ["Mute", "Remove"],
+            carol_id: ["Mute", "Remove"],
+        }
+        for page in (bob, carol):
+            assert all(b == [] for b in (await page.evaluate(MODERATION_BUTTONS)).values())
+        await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
+        await mod.screenshot(path=str(ARTIFACTS / "room-admin.png"))
+
+        # Mute: Bob's microphone goes off, he is told by whom, everyone sees it.
+        row = f'#participants li[data-participant-id="{bob_id}"]'
+        await mod.click(f"{row} button.mute")
+        await until(
+            bob, "() => document.querySelector('#toggle-audio').textContent === 'Unmute mic'"
+        )
+        assert await bob.evaluate(
+            "window.signaling.call.stream.getAudioTracks().every((t) => !t.enabled)"
+        )
+        assert (
+            await bob.text_content("#notice") == "Moderator (moderator) turned off your microphone."
+        )
+        for page in (carol, mod):
+            await until(page, ROW_SAYS, [bob_id, "audio", "false"])
+
+        # Remove: Bob is told, by whom, and is out; the others see him go.
+        await mod.click(f"{row} button.remove")
+        assert await shows_error(bob) == "Moderator (moderator) removed you from the room."
+        await bob.wait_for_selector("#status[data-state=closed]")
+        for page in (carol, mod):
+            await until(page, GONE_FROM_LIST, bob_id)
+            assert {"type": "leave", "from": bob_id} in await events(page)
+        state = (await admin.get(f"/rooms/{room_id}")).json()
+        assert {p["id"] for p in state["participants"]} == {carol_id, mod_id}, state
     finally:
         await admin.aclose()
         await api.close()

@@ -5,10 +5,10 @@ actor, which owns the truth; minting reads the room's stored state only to
 refuse a room that is not there."""
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import delete, post
+from litestar import Request, delete, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath
@@ -41,6 +41,9 @@ class MintBody(msgspec.Struct, forbid_unknown_fields=True):
     """Grants left out keep their defaults; unknown names are refused."""
     ttl: int | None = None
     """Seconds the token lives (default ``JWT_TTL``, at most a week)."""
+
+
+_mint_body = msgspec.json.Decoder(MintBody)
 
 
 class Minted(msgspec.Struct, kw_only=True):
@@ -81,6 +84,7 @@ class JoinSecret(msgspec.Struct, kw_only=True):
     },
 )
 async def mint_token(
+    request: Request[Any, Any, Any],
     room_id: FromPath[str],
     bus: NamedDependency[EdgeBus],
     tokens: NamedDependency[TokenService],
@@ -111,10 +115,19 @@ async def mint_token(
     ],
 ) -> Minted:
     room_id = checked_room_id(room_id)
-    if data.identity is not None and (problem := identity_problem(data.identity)):
+    del data  # declared for the schema; decoded again strictly below
+    try:
+        # Litestar converts loosely ("60" for 60, 0 for false); a token's grants
+        # are decoded strictly, so minting is too: a wrong type is a 400 here
+        # as it would be a 401 in a hand-made token.
+        body = _mint_body.decode(await request.body() or b"{}")
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise ApiError(400, f"Invalid request body: {e}", "invalid_body") from None
+    if body.identity is not None and (problem := identity_problem(body.identity)):
         raise ApiError(400, problem, "invalid_body")
-    name = check_name(data.name or data.identity or "Guest", "name", settings)
-    ttl = settings.token_ttl if data.ttl is None else data.ttl
+    default_name = (body.identity or "Guest")[: settings.max_name_length]
+    name = check_name(body.name or default_name, "name", settings)
+    ttl = settings.token_ttl if body.ttl is None else body.ttl
     if not 1 <= ttl <= MAX_TOKEN_TTL:
         raise ApiError(400, f"ttl must be between 1 and {MAX_TOKEN_TTL} seconds", "invalid_body")
     state = await bus.room_state(room_id)
@@ -125,8 +138,8 @@ async def mint_token(
         room_id=room_id,
         participant_id=participant_id,
         participant_name=name,
-        identity=data.identity,
-        grants=data.grants,
+        identity=body.identity,
+        grants=body.grants,
         ttl=ttl,
         dated_after=state.issued_after,
     )

@@ -182,7 +182,7 @@ class CallsProxy:
             if not allowed:
                 raise _error(403, "Not your Calls session", "not_session_owner")
         asked = session_references(body, pulls=entry.pulls)
-        if entry.pulls:
+        if entry.located:
             grants = claims.grants
             if asked.local and not grants.can_publish:
                 raise _error(403, "Your token does not allow publishing", ErrorCode.GRANT_DENIED)

@@ -26,6 +26,9 @@ class Route:
     pulls: bool = False
     """The body asks for other sessions' tracks or data channels: every item
     that is not ``local`` must name its session."""
+    located: bool = False
+    """The body's items say where they are (``local``: pushed; otherwise
+    pulled): the token's ``can_publish`` and ``can_subscribe`` apply to them."""
 
 
 _S = r"session/(?P<sid>[^/]+)"
@@ -39,6 +42,7 @@ ROUTES: tuple[Route, ...] = (
         "owner",
         creates=True,
         pulls=True,
+        located=True,
     ),
     Route("PUT", re.compile(_S + r"/renegotiate"), "/sessions/{sid}/renegotiate", "owner"),
     Route("PUT", re.compile(_S + r"/tracks/close"), "/sessions/{sid}/tracks/close", "owner"),
@@ -50,6 +54,7 @@ ROUTES: tuple[Route, ...] = (
         "owner",
         creates=True,
         pulls=True,
+        located=True,
     ),
     Route(
         "POST",
@@ -57,6 +62,7 @@ ROUTES: tuple[Route, ...] = (
         "/sessions/{sid}/datachannels/establish",
         "owner",
         creates=True,
+        located=True,
     ),
     Route(
         "PUT",

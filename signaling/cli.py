@@ -119,6 +119,9 @@ def _participant_token(args: argparse.Namespace) -> str:
         sys.exit(f"token: {problem}")
     if not 1 <= args.ttl <= 7 * 24 * 3600:
         sys.exit("token: --ttl must be between 1 and 604800 seconds")
+    name = args.name or (args.identity or "Guest")[:100]
+    if len(name) > 100 or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        sys.exit("token: --name must be 1 to 100 characters without control characters")
     chosen: dict[str, bool] = {}
     for grant in args.grant:
         name, _, value = grant.partition("=")
@@ -130,7 +133,7 @@ def _participant_token(args: argparse.Namespace) -> str:
     token, _ = TokenService(secret, ttl=args.ttl).issue(
         room_id=args.room,
         participant_id=ids.new_id(),
-        participant_name=args.name or args.identity or "Guest",
+        participant_name=name,
         identity=args.identity,
         grants=grants,
     )

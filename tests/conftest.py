@@ -9,16 +9,13 @@ import pytest
 import pytest_asyncio
 
 from tests.harness import (
-    CALLS_APP_ID,
-    CALLS_APP_SECRET,
-    TURN_KEY,
-    TURN_TOKEN,
     Api,
     System,
+    calls_stand_in,
     close_leftovers,
     opened_count,
 )
-from tools.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
+from tools.fakecalls import FakeCallsServer
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -82,11 +79,5 @@ async def make_system(tmp_path: Path) -> AsyncIterator[Callable[..., System]]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def fake_calls() -> AsyncIterator[FakeCallsServer]:
     """The local stand-in for Cloudflare's Calls API (the only stand-in we use)."""
-    config = FakeCallsConfig(
-        apps={CALLS_APP_ID: CALLS_APP_SECRET}, turn_keys={TURN_KEY: TURN_TOKEN}
-    )
-    server = await FakeCallsServer(FakeCalls(config)).start()
-    try:
+    async with calls_stand_in() as server:
         yield server
-    finally:
-        await server.stop()

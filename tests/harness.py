@@ -5,11 +5,14 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jwt
 import msgspec
 import nats
 import websockets
@@ -24,6 +27,7 @@ from runtime.natsconn import Role, inbox_prefix
 from signaling.cluster import Child as Proc
 from signaling.cluster import LocalCluster, free_port
 from tests.waiting import eventually
+from tools.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer
 
 __all__ = ["Proc", "free_port"]
 
@@ -46,6 +50,82 @@ CALLS_APP_ID = "calls-app-1"
 CALLS_APP_SECRET = "calls-app-secret-DO-NOT-LEAK-0123456789"
 TURN_KEY = "turn-key-1"
 TURN_TOKEN = "turn-api-token-DO-NOT-LEAK-987654321"
+
+
+@contextlib.asynccontextmanager
+async def calls_stand_in(*, rate_limit_per_second: int = 50) -> AsyncIterator[FakeCallsServer]:
+    """The local stand-in for Cloudflare's Calls API (the only stand-in we use),
+    knowing the tests' app and TURN key."""
+    config = FakeCallsConfig(
+        apps={CALLS_APP_ID: CALLS_APP_SECRET},
+        turn_keys={TURN_KEY: TURN_TOKEN},
+        rate_limit_per_second=rate_limit_per_second,
+    )
+    server = await FakeCallsServer(FakeCalls(config)).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@dataclass
+class CallsWorld:
+    """A system whose edges use a Calls stand-in, with clients of its first edge."""
+
+    system: "System"
+    server: FakeCallsServer
+    api: "Api"
+    http: httpx.AsyncClient
+    """Plain HTTP to the first edge (the Calls proxy's routes)."""
+
+    @property
+    def calls(self) -> FakeCalls:
+        return self.server.fake
+
+
+@contextlib.asynccontextmanager
+async def system_with_calls(folder: Path, **extra_env: str) -> AsyncIterator[CallsWorld]:
+    """A `System` in ``folder`` pointed at a stand-in that never rate-limits
+    (tests make many calls quickly), for a module or a test."""
+    async with calls_stand_in(rate_limit_per_second=100_000) as server:
+        system = System(folder, extra_env={**calls_env(server.base_url), **extra_env})
+        try:
+            await system.start()
+            api = Api(system.edges[0].url)
+            try:
+                async with httpx.AsyncClient(base_url=system.edges[0].url, timeout=60) as http:
+                    yield CallsWorld(system, server, api, http)
+            finally:
+                await api.close()
+        finally:
+            system.stop()
+
+
+class CallsCaller:
+    """A token's holder calling the Calls proxy with ``http`` (an edge's)."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str, participant_id: str) -> None:
+        self.http = http
+        self.token = token
+        self.pid = participant_id
+        self.session_id = ""
+
+    async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """``body``: JSON to encode, or text/bytes sent as they are."""
+        content = body if isinstance(body, str | bytes) else None
+        return await self.http.request(
+            method,
+            f"/cloudflare{path}",
+            json=None if content is not None else body,
+            content=content,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+
+    async def create_session(self) -> str:
+        response = await self.call("POST", "/session")
+        assert response.status_code == 201, response.text
+        self.session_id = response.json()["sessionId"]
+        return self.session_id
 
 
 def calls_env(calls_url: str, **extra: str) -> dict[str, str]:
@@ -392,6 +472,56 @@ async def enter(api: Api, ws_url: str, room_id: str, name: str) -> Member:
     welcome = await member.recv_type("welcome")
     assert welcome["participant_id"] == member.participant_id
     return member
+
+
+def admin_jwt(ttl: int = 3600) -> str:
+    """A credential for the room service API: an admin JWT signed with the
+    tests' ``JWT_SECRET`` (so it works on every test system, with or without
+    ``ADMIN_API_KEY``)."""
+    now = int(time.time())
+    claims = {"admin": True, "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+class RoomService:
+    """The room service API (``/api/admin``) of one edge, called as an
+    operator or the app's backend calls it (with an admin JWT)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=f"{base_url}/api/admin",
+            headers={"Authorization": f"Bearer {admin_jwt()}"},
+            timeout=10.0,
+        )
+        opened(self)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def ok(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer of a call that must succeed (200)."""
+        response = await self.http.request(method, path, **kwargs)
+        assert response.status_code == 200, (method, path, response.text)
+        return response.json()
+
+    async def mint(self, room_id: str, **body: Any) -> dict[str, Any]:
+        """A participant token for ``room_id`` (``POST /rooms/{id}/tokens`` with
+        ``body``: identity, name, grants, ttl): ``{"token", "participant_id",
+        "expires_at"}``."""
+        minted: dict[str, Any] = await self.ok("POST", f"/rooms/{room_id}/tokens", json=body)
+        return minted
+
+
+async def arrive(
+    ws_url: str, token: str, participant_id: str, name: str = ""
+) -> tuple[Member, dict[str, Any]]:
+    """Connect with a token got any way (minted, joined, made offline) and
+    consume the ``welcome``: the member and its welcome."""
+    client = await WsClient.connect(ws_url, token, participant_id=participant_id)
+    member = Member(token, participant_id, name, client)
+    welcome = await member.recv_type("welcome")
+    assert welcome["participant_id"] == participant_id, welcome
+    return member, welcome
 
 
 def env_flag(name: str) -> bool:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import jwt
 import nats.js.errors
 import pytest
@@ -18,84 +17,37 @@ from hypothesis import strategies as st
 
 from bus_schema import buckets
 from tests.harness import (
-    CALLS_APP_ID,
-    CALLS_APP_SECRET,
     JWT_SECRET,
-    TURN_KEY,
-    TURN_TOKEN,
-    Api,
+    CallsCaller,
+    CallsWorld,
     Member,
-    System,
     WsClient,
-    calls_env,
     enter,
+    system_with_calls,
 )
-from tools.fakecalls import FakeCalls, FakeCallsConfig, FakeCallsServer, sdp
+from tools.fakecalls import sdp
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ADMIN_KEY = "admin-key-for-the-calls-access-tests-0123"
 
 
-@dataclass
-class World:
-    system: System
-    calls: FakeCalls
-    api: Api
-    http: httpx.AsyncClient
+World = CallsWorld
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    config = FakeCallsConfig(
-        apps={CALLS_APP_ID: CALLS_APP_SECRET},
-        turn_keys={TURN_KEY: TURN_TOKEN},
-        rate_limit_per_second=100_000,
-    )
-    server = await FakeCallsServer(FakeCalls(config)).start()
-    system = System(
-        tmp_path_factory.mktemp("calls-access"),
-        extra_env={
-            **calls_env(server.base_url),
-            "ADMIN_API_KEY": ADMIN_KEY,
-            "RESUME_GRACE": "1",
-        },
-    )
-    try:
-        await system.start()
-        api = Api(system.edges[0].url)
-        async with httpx.AsyncClient(base_url=system.edges[0].url, timeout=30) as http:
-            yield World(system, server.fake, api, http)
-        await api.close()
-    finally:
-        system.stop()
-        await server.stop()
+    folder = tmp_path_factory.mktemp("calls-access")
+    async with system_with_calls(folder, ADMIN_API_KEY=ADMIN_KEY, RESUME_GRACE="1") as world:
+        yield world
 
 
-class Caller:
+class Caller(CallsCaller):
     """A participant of a room using the proxy with its join token."""
 
     def __init__(self, world: World, token: str, participant_id: str) -> None:
+        super().__init__(world.http, token, participant_id)
         self.world = world
-        self.token = token
-        self.pid = participant_id
-        self.session_id = ""
-
-    async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        content = body if isinstance(body, str | bytes) else None
-        return await self.world.http.request(
-            method,
-            f"/cloudflare{path}",
-            json=None if content is not None else body,
-            content=content,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-
-    async def create_session(self) -> str:
-        response = await self.call("POST", "/session")
-        assert response.status_code == 201, response.text
-        self.session_id = response.json()["sessionId"]
-        return self.session_id
 
     async def push(self, name: str) -> None:
         offer = sdp.offer([sdp.Media("audio", "0")])

@@ -19,6 +19,7 @@ import msgspec
 
 from bus_schema.commands import Snapshot
 from bus_schema.events import ParticipantJoined, ParticipantLeft, RoomClosed, TrackMuted
+from bus_schema.ids import is_uuid
 from bus_schema.limits import track_problem
 from bus_schema.state import Track, TrackKind
 
@@ -203,6 +204,9 @@ def _parse(data: str | bytes, who: Identity, max_string: int) -> Inbound:
         return TrackStateFrame(
             frame=_encoder.encode(message), type=kind, kind=state.kind, enabled=state.enabled
         )
+    target = message.get("participant_id")
+    if kind in MODERATION_TYPES and not (isinstance(target, str) and is_uuid(target)):
+        raise ProtocolError("invalid_message", "`participant_id` must name a participant")
     if kind == MUTE:
         mute = _convert(message, _MuteFields)
         return MuteFrame(

@@ -399,8 +399,13 @@ def test_mute_and_remove_are_requests_never_relayed() -> None:
     remove = protocol.parse(f'{{"type":"remove","participant_id":"{BEN}","ban":true}}', WHO)
     assert isinstance(remove, protocol.RemoveFrame)
     assert remove.ban
-    with pytest.raises(protocol.ProtocolError):
-        protocol.parse('{"type":"mute","participant_id":1,"kind":"video"}', WHO)
+    for bad in (
+        '{"type":"mute","participant_id":1,"kind":"video"}',
+        '{"type":"remove","participant_id":"not-a-participant"}',
+        '{"type":"remove"}',
+    ):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse(bad, WHO)
     # Another edge may never hand a client one as a targeted message.
     forged = f'{{"type":"mute","from":"{BEN}","to":"{ANN}"}}'.encode()
     with pytest.raises(protocol.RefusedPeerFrame):

@@ -4,9 +4,10 @@ A turn takes every message waiting in the mailbox and folds them with
 `state.decide` (each decision applied to the state the previous one left),
 then carries out what the decisions say, in one straight line: save the state
 once with compare-and-set (a group commit, its events as the outbox), keep the
-read models in KV in step, publish the events in sequence order, append them
-to the event log, answer each request. Nothing is published or acknowledged
-before the state it describes is saved. A turn that fails drops the cached
+read models in KV in step, publish the events in sequence order, answer each
+request, then append the events to the event log (no client waits for the
+log). Nothing is published or acknowledged before the state it describes is
+saved. A turn that fails drops the cached
 state; the next turn reloads it from KV.
 """
 
@@ -247,8 +248,6 @@ class RoomActor:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         await self._publish(turn.events)
-        if turn.log:
-            await self._store.append_log(turn.log)
         if turn.closed is not None:
             self._revision = await self._store.delete(self.room_id, self._revision)
             metrics.child(metrics.ROOMS_CLOSED, turn.closed.close_reason).inc()
@@ -258,6 +257,12 @@ class RoomActor:
             await self._nc.publish(subjects.edge_control(edge_id), codec.encode(message))
         for answer in turn.answers:
             await answer.send()
+        if turn.log:
+            # After the answers: the log is for operators and webhooks, and a
+            # client need not wait for it. Still within the turn, so the log
+            # keeps the room's order, and the next save (which replaces the
+            # outbox these entries are rebuilt from after a crash) comes after.
+            await self._store.append_log(turn.log)
 
     def _fold(self, batch: list[_Pending]) -> _Turn:
         """Decide each message in turn, each on the state the previous one left."""

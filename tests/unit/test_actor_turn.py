@@ -214,12 +214,14 @@ async def test_a_batch_is_saved_once_before_anything_goes_out(room: Room) -> Non
     assert seqs(saved.outbox) == [1, 2]
     assert [type(e) for e in saved.outbox] == [ParticipantJoined, ParticipantJoined]
     assert room.store.loads == 1
-    # Then, and only then, the projections, the events in order, the log, the answers.
+    # Then, and only then, the projections, the events in order, the answers,
+    # and last the event log, which no client waits for.
     assert before(room.timeline, "save", lambda kind: kind != "save")
     assert seqs(room.published()) == [1, 2]
     assert room.timeline.of("meta") == ["r"]
     assert room.timeline.of("log") == [[0, 1, 2]]
     assert max(room.timeline.index_of("publish")) < min(room.timeline.index_of("answer"))
+    assert max(room.timeline.index_of("answer")) < min(room.timeline.index_of("log"))
     assert answers[0] == Ack(seq=0)
     assert [type(a) for a in answers[1:]] == [Snapshot, Snapshot, Snapshot]
     assert [a.seq for a in answers[1:]] == [1, 2, 2]  # type: ignore[union-attr]

@@ -124,10 +124,10 @@ def _participant_token(args: argparse.Namespace) -> str:
         sys.exit("token: --name must be 1 to 100 characters without control characters")
     chosen: dict[str, bool] = {}
     for grant in args.grant:
-        name, _, value = grant.partition("=")
-        if name not in GRANT_NAMES or value not in ("true", "false"):
+        grant_name, _, value = grant.partition("=")
+        if grant_name not in GRANT_NAMES or value not in ("true", "false"):
             sys.exit(f"token: --grant takes NAME=true|false, NAME one of {', '.join(GRANT_NAMES)}")
-        chosen[name] = value == "true"
+        chosen[grant_name] = value == "true"
     grants = msgspec.convert(chosen, Grants)
     secret = _signing_secret("token", args.data_dir)
     token, _ = TokenService(secret, ttl=args.ttl).issue(

@@ -13,6 +13,14 @@ import msgspec
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 
+class _Who(msgspec.Struct):
+    """A participant named in a ``welcome`` (``id``) or a ``join``/``leave``
+    (``data.participant_id``)."""
+
+    id: str = ""
+    participant_id: str = ""
+
+
 class _Frame(msgspec.Struct):
     """The only fields the load generator looks at."""
 
@@ -20,6 +28,12 @@ class _Frame(msgspec.Struct):
     ts: int = 0
     """Sender's time.time_ns() for timestamped messages."""
     room_seq: int = 0
+    participant_id: str = ""
+    """In the ``welcome``: the client's own id."""
+    participants: list[_Who] = []
+    """In the ``welcome``: everyone in the room (ourselves included)."""
+    data: _Who | None = None
+    """In ``join`` and ``leave``: who."""
 
 
 _decoder = msgspec.json.Decoder(_Frame)
@@ -34,11 +48,33 @@ class Stats:
     received: int = 0
     errors: int = 0
     recording: bool = False
+    _awaited: int = field(default=-1, init=False, repr=False)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    membership: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    """Set when a client learns of a member (its welcome, a join, a leave)."""
 
     def reset(self) -> None:
         self.latencies = []
         self.received = 0
         self.errors = 0
+
+    def count(self) -> None:
+        """One more timestamped message received while recording."""
+        self.received += 1
+        if self.received == self._awaited:
+            self._arrived.set()
+
+    async def until_received(self, count: int) -> None:
+        """Until ``count`` timestamped messages have arrived (bound it with
+        ``asyncio.timeout``: lost messages never arrive)."""
+        if self.received >= count:
+            return
+        self._awaited = count
+        self._arrived.clear()
+        try:
+            await self._arrived.wait()
+        finally:
+            self._awaited = -1
 
 
 class BenchClient(WSListener):  # type: ignore[misc]
@@ -47,6 +83,10 @@ class BenchClient(WSListener):  # type: ignore[misc]
         self.transport: WSTransport | None = None
         self.welcomed = asyncio.get_running_loop().create_future()
         self.closed = False
+        self.participant_id = ""
+        """Our own id, from the ``welcome``."""
+        self.peers: set[str] = set()
+        """The others in the room: from the ``welcome``, then ``join`` and ``leave``."""
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -64,10 +104,19 @@ class BenchClient(WSListener):  # type: ignore[misc]
         if message.ts:
             if stats.recording:
                 stats.latencies.append(time.time_ns() / 1e9 - message.ts / 1e9)
-                stats.received += 1
+                stats.count()
         elif message.type == "welcome":
+            self.participant_id = message.participant_id
+            self.peers = {p.id for p in message.participants if p.id != message.participant_id}
+            stats.membership.set()
             if not self.welcomed.done():
                 self.welcomed.set_result(time.perf_counter())
+        elif message.type == "join" and message.data is not None:
+            self.peers.add(message.data.participant_id)
+            stats.membership.set()
+        elif message.type == "leave" and message.data is not None:
+            self.peers.discard(message.data.participant_id)
+            stats.membership.set()
         elif message.type == "error":
             stats.errors += 1
 

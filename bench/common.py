@@ -107,3 +107,52 @@ class Results:
         ]
         markdown.write_text("\n".join(header + self.lines) + "\n")
         return markdown
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a live process has used so far,
+    from ``/proc/<pid>/stat``; resolution one clock tick (10 ms at 100 Hz)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / _TICKS
+
+
+class CpuMeter:
+    """CPU time of groups of processes over one measurement: ``roles`` maps a
+    role (``edges``, ``actors``, ``nats``, ``floor``...) to its pids, summed.
+
+    /proc gives one figure per process: what an edge spends on frames in (parse,
+    publish) and on frames out (fan-out, socket writes) cannot be told apart."""
+
+    def __init__(self, roles: dict[str, list[int]]) -> None:
+        self.roles = roles
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.roles.items()}
+
+    def start(self) -> None:
+        self._before = self._now()
+
+    def stop(self) -> dict[str, float]:
+        """Seconds of CPU per role since `start`."""
+        after = self._now()
+        return {role: after[role] - self._before[role] for role in self.roles}
+
+
+def cpu_per_message(
+    used: dict[str, float], messages: int, deliveries: int, exclude: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Microseconds of CPU per message sent and per delivery, each role and the
+    ``total`` of the roles not in ``exclude`` (the load generator's own)."""
+    total = sum(seconds for role, seconds in used.items() if role not in exclude)
+    seconds = {**used, "total": total}
+    return {
+        "cpu_seconds": seconds,
+        "cpu_us_per_message": {k: v * 1e6 / max(1, messages) for k, v in seconds.items()},
+        "cpu_us_per_delivery": {k: v * 1e6 / max(1, deliveries) for k, v in seconds.items()},
+    }

@@ -3,7 +3,10 @@
 One process, Litestar on uvicorn with the edge's options, rooms in a dict, no
 NATS, no authentication, no persistence. Each frame is decoded, stamped with
 ``from`` and a per-room ``room_seq``, encoded once and queued to every other
-socket of the room (one writer task per socket, as the edge does). Benchmarks
+socket of the room (one writer task per socket, as the edge does); a frame whose
+``to`` names one participant goes to that socket only, unnumbered. A newcomer
+gets a ``welcome`` naming itself and the room's members, the others a ``join``
+(and a ``leave`` when it goes), so clients learn whom to address. Benchmarks
 run the same scenarios against it and report our figures beside its own.
 
     .venv/bin/python -m bench.floor --port 8799
@@ -32,9 +35,17 @@ async def relay(socket: WebSocket[Any, Any, Any]) -> None:
     await socket.accept()
     queue: asyncio.Queue[str] = asyncio.Queue()
     members = _rooms.setdefault(room, {})
-    members[pid] = queue
     sequence = _sequences.setdefault(room, itertools.count(1))
-    queue.put_nowait('{"type":"welcome"}')
+    welcome = {
+        "type": "welcome",
+        "participant_id": pid,
+        "participants": [{"id": p} for p in members],
+    }
+    queue.put_nowait(_encoder.encode(welcome).decode())
+    _to_others(
+        members, pid, {"type": "join", "from": pid, "to": "all", "data": {"participant_id": pid}}
+    )
+    members[pid] = queue
 
     async def write() -> None:
         while True:
@@ -50,14 +61,30 @@ async def relay(socket: WebSocket[Any, Any, Any]) -> None:
             if not isinstance(message, dict):
                 continue
             message["from"] = pid
-            message["room_seq"] = next(sequence)
-            text = _encoder.encode(message).decode()
-            for other, other_queue in members.items():
-                if other != pid:
-                    other_queue.put_nowait(text)
+            to = message.get("to", "all")
+            if to == "all":
+                message["room_seq"] = next(sequence)
+                _to_others(members, pid, message)
+            elif (peer := members.get(to)) is not None:  # targeted: not numbered
+                peer.put_nowait(_encoder.encode(message).decode())
+            else:
+                queue.put_nowait('{"type":"error","code":"unknown_participant"}')
     finally:
         writer.cancel()
         members.pop(pid, None)
+        _to_others(
+            members,
+            pid,
+            {"type": "leave", "from": pid, "to": "all", "data": {"participant_id": pid}},
+        )
+
+
+def _to_others(members: dict[str, asyncio.Queue[str]], pid: str, message: dict[str, Any]) -> None:
+    """Encode once, queue to every other socket of the room."""
+    text = _encoder.encode(message).decode()
+    for other, other_queue in members.items():
+        if other != pid:
+            other_queue.put_nowait(text)
 
 
 def main() -> None:

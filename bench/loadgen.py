@@ -4,6 +4,8 @@ clients. Prints one JSON object per measurement on stdout.
     python -m bench.loadgen relay   --target ours --rate 2000 \\
         --http http://127.0.0.1:8787,http://127.0.0.1:8788
     python -m bench.loadgen relay   --target floor --ws ws://127.0.0.1:8799 --rate 2000
+    python -m bench.loadgen relay   --target ours --http ... --message mix \\
+        --deliveries-per-s 2000 --cpu edges=101,102 --cpu actors=103,104 --cpu nats=100
     python -m bench.loadgen fanout  --target ours --http http://127.0.0.1:8787 --size 50
     python -m bench.loadgen capacity --http http://127.0.0.1:8787 --count 10000 --edge-pid 1234
     python -m bench.loadgen joins   --http http://127.0.0.1:8787 --count 1000 --rooms 100
@@ -13,7 +15,9 @@ Sends are timed by sleeping to a schedule, never by spinning.
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -24,7 +28,8 @@ from typing import Any
 import httpx
 
 from bench.client import BenchClient, Stats, connect, timestamped
-from bench.common import summary
+from bench.common import CpuMeter, cpu_per_message, summary
+from bench.traffic import MESSAGES, Traffic, deliveries_per_message
 
 
 class Target:
@@ -104,32 +109,109 @@ async def send_at_rate(senders: list[BenchClient], rate: float, duration: float)
     return sent
 
 
+async def know_each_other(rooms: list[list[BenchClient]], stats: Stats) -> None:
+    """Until every client knows its own id and every other member of its room
+    (from its ``welcome`` and the ``join`` frames after it), at most 10 s: the
+    targeted messages name peers as a client learnt them."""
+
+    def strangers() -> int:
+        return sum(
+            1
+            for room in rooms
+            for c in room
+            if not c.participant_id
+            or c.peers != {o.participant_id for o in room} - {c.participant_id}
+        )
+
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                stats.membership.clear()
+                if not strangers():
+                    return
+                await stats.membership.wait()
+    except TimeoutError:
+        raise TimeoutError(f"{strangers()} clients do not know their whole room") from None
+
+
+async def send_traffic(traffic: Traffic, rate: float, duration: float) -> tuple[int, int]:
+    """Send ``rate`` messages per second in total, in small batches on a 1 ms
+    schedule (a burst goes out whole when its first message is due). Answers
+    the messages sent and the deliveries they ask for."""
+    tick = 0.001
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = expected = 0
+    while (now := loop.time()) < start + duration:
+        due = int((now - start) * rate)
+        while sent < due:
+            messages, deliveries = traffic.send_next()
+            sent += messages
+            expected += deliveries
+        await asyncio.sleep(tick)
+    return sent, expected
+
+
+def cpu_role(spec: str) -> tuple[str, list[int]]:
+    """``--cpu edges=12,13`` as ``("edges", [12, 13])``."""
+    role, _, pids = spec.partition("=")
+    try:
+        numbers = [int(p) for p in pids.split(",")]
+    except ValueError:
+        numbers = []
+    if not role or not numbers:
+        raise argparse.ArgumentTypeError(f"expected ROLE=PID[,PID], got {spec!r}")
+    return role, numbers
+
+
+def cpu_roles(specs: list[tuple[str, list[int]]]) -> dict[str, list[int]]:
+    """The processes of each role, summed over repeated ``--cpu`` options."""
+    roles: dict[str, list[int]] = {}
+    for role, pids in specs:
+        roles.setdefault(role, []).extend(pids)
+    return roles
+
+
 async def relay(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     stats = Stats()
     rooms = await open_clients(target, args.rooms, args.size, stats)
+    await know_each_other(rooms, stats)
     clients = [c for room in rooms for c in room]
-    await send_at_rate(clients, args.rate, 1.0)  # warm up
+    traffic = Traffic(args.message, rooms)
+    per_message = deliveries_per_message(args.message, args.size)
+    rate = args.deliveries_per_s / per_message if args.deliveries_per_s else args.rate
+    await send_traffic(traffic, rate, args.warmup)
     await asyncio.sleep(0.5)
+    meter = None
+    if args.cpu:
+        meter = CpuMeter({**cpu_roles(args.cpu), "loadgen": [os.getpid()]})
     stats.reset()
     stats.recording = True
-    sent = await send_at_rate(clients, args.rate, args.duration)
-    await asyncio.sleep(1.0)  # let the last deliveries arrive
+    if meter is not None:
+        meter.start()
+    sent, expected = await send_traffic(traffic, rate, args.duration)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await stats.until_received(expected)  # the last deliveries
+    cpu = {} if meter is None else cpu_per_message(meter.stop(), sent, expected, ("loadgen",))
     stats.recording = False
-    expected = sent * (args.size - 1)
     for client in clients:
         client.close()
     return {
         "scenario": "relay",
         "target": target.kind,
+        "message": args.message,
         "rooms": args.rooms,
         "size": args.size,
         "edges": len(target.ws_urls),
-        "rate": args.rate,
+        "rate": rate,
+        "deliveries_per_s": rate * per_message,
         "sent": sent,
         "expected": expected,
         "received": stats.received,
         "errors": stats.errors,
         "latency_ms": {k: v * 1000 if k != "n" else v for k, v in summary(stats.latencies).items()},
+        **cpu,
     }
 
 
@@ -289,6 +371,27 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=5)
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0, help="relay: seconds before measuring")
+    parser.add_argument(
+        "--message",
+        choices=MESSAGES,
+        default="bench",
+        help="relay: what is sent (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--deliveries-per-s",
+        type=float,
+        default=0.0,
+        help="relay: offered deliveries per second (sets the message rate; 0: use --rate)",
+    )
+    parser.add_argument(
+        "--cpu",
+        type=cpu_role,
+        action="append",
+        default=[],
+        metavar="ROLE=PID[,PID]",
+        help="relay: report CPU per message of these processes (repeat per role)",
+    )
     parser.add_argument(
         "--steps",
         type=lambda s: [int(x) for x in s.split(",")],

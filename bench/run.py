@@ -6,6 +6,7 @@ runs the load generator (its own process) through each scenario, then writes
 ``bench/results/standard.jsonl``, ``standard.md`` and ``latency.png``.
 
     .venv/bin/python -m bench.run [--quick]
+    .venv/bin/python -m bench.run --sections messages --name messages  # one section
 """
 
 import argparse
@@ -24,6 +25,9 @@ from bench.common import RESULTS, Results
 from tests.harness import System, free_port
 
 LOAD = [500, 1000, 2000, 4000]
+MESSAGES = ["bench", "track-state", "session", "offer", "mix"]
+"""The real-messages section's kinds (bench.traffic), the custom broadcast first."""
+SECTIONS = ["relay", "messages", "fanout", "joins", "capacity"]
 
 
 def loadgen(*args: str) -> dict[str, Any]:
@@ -83,6 +87,72 @@ def relay_section(results: Results, http: str, floor: str, quick: bool) -> list[
         )
     results.say("")
     return rows
+
+
+def cpu_args(system: System) -> list[str]:
+    """``--cpu`` options for the load generator: every process of ours by role."""
+    nats = system.nats.process
+    assert nats is not None
+    return [
+        "--cpu", "edges=" + ",".join(str(edge.pid) for edge in system.edges),
+        "--cpu", "actors=" + ",".join(str(actor.pid) for actor in system.actors),
+        "--cpu", f"nats={nats.pid}",
+    ]  # fmt: skip
+
+
+def messages_section(
+    results: Results, system: System, floor: "subprocess.Popen[bytes]", floor_url: str, quick: bool
+) -> None:
+    """The old service's message types (bench.traffic) at 2,000 deliveries/s on
+    ours and on the floor, with latency and the CPU each role spends per message."""
+    http = ",".join(edge.url for edge in system.edges)
+    rows = []
+    for message in MESSAGES:
+        common = [
+            "--message", message, "--rooms", "10", "--size", "5",
+            "--deliveries-per-s", "2000", "--duration", "2" if quick else "5",
+        ]  # fmt: skip
+        ours = loadgen("relay", "--target", "ours", "--http", http, *common, *cpu_args(system))
+        base = loadgen(
+            "relay", "--target", "floor", "--ws", floor_url, *common, "--cpu", f"floor={floor.pid}"
+        )
+        results.record(**ours)
+        results.record(**base)
+        rows.append((message, ours, base))
+    results.say("## Real messages (10 rooms x 5 participants, 2,000 deliveries/s, our 2 edges)")
+    results.say("")
+    results.say(
+        "| message | messages/s | ours p50 / p99 (ms) | floor p50 / p99 (ms) "
+        "| ours received / expected | floor received / expected | errors ours / floor |"
+    )
+    results.say("| --- | --- | --- | --- | --- | --- | --- |")
+    for message, o, f in rows:
+        ol, fl = o["latency_ms"], f["latency_ms"]
+        results.say(
+            f"| {message} | {o['rate']:.0f} | {ol['p50']:.2f} / {ol['p99']:.2f} "
+            f"| {fl['p50']:.2f} / {fl['p99']:.2f} | {o['received']} / {o['expected']} "
+            f"| {f['received']} / {f['expected']} | {o['errors']} / {f['errors']} |"
+        )
+    results.say("")
+    results.say(
+        "CPU per message sent, µs (user + system time of each process over the "
+        "measurement, divided by the messages sent; per delivery: by the deliveries due)"
+    )
+    results.say("")
+    results.say(
+        "| message | edges | actors | nats-server | ours total | ours per delivery "
+        "| edges per delivery | floor | floor per delivery |"
+    )
+    results.say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for message, o, f in rows:
+        per, delivery = o["cpu_us_per_message"], o["cpu_us_per_delivery"]
+        results.say(
+            f"| {message} | {per['edges']:.0f} | {per['actors']:.0f} | {per['nats']:.0f} "
+            f"| {per['total']:.0f} | {delivery['total']:.0f} | {delivery['edges']:.0f} "
+            f"| {f['cpu_us_per_message']['floor']:.0f} "
+            f"| {f['cpu_us_per_delivery']['floor']:.0f} |"
+        )
+    results.say("")
 
 
 def fanout_section(results: Results, http: str, floor: str, quick: bool) -> None:
@@ -172,34 +242,64 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path)
 
 
-async def run(quick: bool) -> Path:
+async def run(quick: bool, sections: list[str], name: str) -> Path:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-    results = Results("standard", "python -m bench.run" + (" --quick" if quick else ""))
+    command = "python -m bench.run" + (" --quick" if quick else "")
+    if sections != SECTIONS:
+        command += " --sections " + ",".join(sections)
+    results = Results(name, command)
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     system = System(root, extra_env={"LOG_LEVEL": "WARNING"})
     floor, floor_url = start_floor()
+    rows: list[dict[str, Any]] = []
     try:
         await system.start(actors=2, edges=2)
         http = ",".join(edge.url for edge in system.edges)
-        rows = relay_section(results, http, floor_url, quick)
-        fanout_section(results, system.edges[0].url, floor_url, quick)
-        joins_section(results, http, quick)
-        capacity_section(results, system, quick)
+        if "relay" in sections:
+            rows = relay_section(results, http, floor_url, quick)
+        if "messages" in sections:
+            messages_section(results, system, floor, floor_url, quick)
+        if "fanout" in sections:
+            fanout_section(results, system.edges[0].url, floor_url, quick)
+        if "joins" in sections:
+            joins_section(results, http, quick)
+        if "capacity" in sections:
+            capacity_section(results, system, quick)
     finally:
         floor.terminate()
         system.stop()
         shutil.rmtree(root, ignore_errors=True)
-    plot(rows, RESULTS / "latency.png")
-    results.say("![latency](latency.png)")
+    if rows:
+        png = "latency.png" if name == "standard" else f"{name}-latency.png"
+        plot(rows, RESULTS / png)
+        results.say(f"![latency]({png})")
     return results.write()
+
+
+def sections(text: str) -> list[str]:
+    """``--sections``: known names, run in the standard order."""
+    chosen = text.split(",")
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown sections {sorted(unknown)}; of {SECTIONS}")
+    return [x for x in SECTIONS if x in chosen]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a minute or two")
+    parser.add_argument(
+        "--sections",
+        type=sections,
+        default=SECTIONS,
+        help=f"comma-separated, of {','.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--name", default="standard", help="results file name in bench/results (without suffix)"
+    )
     args = parser.parse_args()
-    print(asyncio.run(run(args.quick)).read_text())
+    print(asyncio.run(run(args.quick, args.sections, args.name)).read_text())
 
 
 if __name__ == "__main__":

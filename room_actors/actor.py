@@ -41,7 +41,7 @@ from room_actors.state import (
     next_deadline,
     resumed,
 )
-from room_actors.store import ActorStore, Fenced
+from room_actors.store import ActorStore, Fenced, Loaded
 from runtime import clock
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ class RoomActor:
         self._expiry: asyncio.TimerHandle | None = None
         self._recent: deque[Event] = deque(maxlen=_RECENT_EVENTS)
         """The last events published, to catch up an edge that missed some."""
+        self._preloaded: Loaded | None = None
+        """The room as a takeover read it, for the first load."""
         self._skipped: tuple[int, int] | None = None
         """(last saved, first usable) sequence numbers when this actor took the
         room over past a reservation."""
@@ -169,8 +171,13 @@ class RoomActor:
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name=f"room-{self.room_id}")
 
-    def activate(self) -> None:
-        """Load the room now (a partition was taken over), without a command."""
+    def activate(self, loaded: Loaded | None = None) -> None:
+        """Load the room now (a partition was taken over), without a command;
+        from ``loaded`` when the caller read it already (a stale read is
+        harmless: the first save names its revision and is fenced if another
+        write came between)."""
+        if loaded is not None and not self._loaded and not self._mailbox:
+            self._preloaded = loaded
         self.submit(GetSnapshot(cmd_id=ids.new_command_id(), room_id=self.room_id), None)
 
     def touch(self) -> None:
@@ -231,6 +238,7 @@ class RoomActor:
 
     def _forget(self) -> None:
         self.cancel_timers()
+        self._preloaded = None
         self._loaded = False
         self._state = None
         self._revision = None
@@ -315,7 +323,9 @@ class RoomActor:
                 await self._store.forget_calls_session(session_id)
 
     async def _load(self) -> None:
-        loaded = await self._store.load(self.room_id)
+        loaded, self._preloaded = self._preloaded, None
+        if loaded is None:
+            loaded = await self._store.load(self.room_id)
         state = resumed(loaded.state) if loaded.state is not None else None
         if loaded.state is not None and state is not None and state.seq != loaded.state.seq:
             self._skipped = (loaded.state.seq, state.seq)

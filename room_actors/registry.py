@@ -16,11 +16,14 @@ from bus_schema.control import CloseCallsTracks
 from bus_schema.errors import ErrorCode
 from room_actors.actor import RETRY, RoomActor
 from room_actors.state import ExpireDisconnected, Limits, Republish
-from room_actors.store import RoomStore
+from room_actors.store import Loaded, RoomStore
 from runtime.retry import Backoff, Retry
 from runtime.services import MicroService
 
 log = logging.getLogger(__name__)
+
+_TAKEOVER_LOADS = 32
+"""Rooms a takeover reads from KV at once."""
 
 
 class Registry:
@@ -107,14 +110,25 @@ class Registry:
                 )
                 self._partitions.add(partition)
         wanted = set(partitions)
-        for room_id in await self._store.room_ids():
-            if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted:
-                loaded = await self._store.load(room_id)
-                state = loaded.state
-                if state is not None and (state.participants or state.closed):
-                    self.actor(room_id).activate()
-                elif state is not None and state.close_at is not None:
-                    self._wake_at(room_id, state.close_at)
+        mine = [
+            room_id
+            for room_id in await self._store.room_ids()
+            if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted
+        ]
+        gate = asyncio.Semaphore(_TAKEOVER_LOADS)
+
+        async def look(room_id: str) -> Loaded:
+            async with gate:
+                return await self._store.load(room_id)
+
+        # The rooms are read many at a time (a takeover's time is mostly round
+        # trips to KV), and an active room's actor starts from what was read.
+        for room_id, loaded in zip(mine, await asyncio.gather(*map(look, mine)), strict=True):
+            state = loaded.state
+            if state is not None and (state.participants or state.closed):
+                self.actor(room_id).activate(loaded)
+            elif state is not None and state.close_at is not None:
+                self._wake_at(room_id, state.close_at)
 
     async def release(self, partitions: list[int]) -> None:
         """Stop serving partitions: no new commands, finish the turns in flight,

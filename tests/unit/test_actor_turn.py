@@ -341,3 +341,22 @@ async def test_a_close_cut_short_is_finished_on_load() -> None:
     assert room.store.state is None
     assert isinstance(reply, Rejected)
     assert reply.code == ErrorCode.ROOM_NOT_FOUND
+
+
+async def test_a_room_read_by_a_takeover_is_not_read_again() -> None:
+    """A takeover reads the partition's rooms (many at a time) and starts each
+    active room's actor from what it read: one read per room, not two. The
+    outbox left by the previous owner still goes out."""
+    left = join(join(created(), ANN, "j1"), BEN, "j2")
+    pending = ParticipantLeft(room_id=ROOM, seq=left.seq + 1, participant_id=BEN, reason="closed")
+    stored = msgspec.structs.replace(left, outbox=[pending])
+    room = make_room(stored)
+    try:
+        room.actor.activate(await room.store.load(ROOM))
+        await room.actor.wait_idle()
+        assert room.store.loads == 1
+        assert seqs(room.published()) == [pending.seq]
+        assert room.actor.state is not None
+        assert sorted(room.actor.state.participants) == sorted([ANN, BEN])
+    finally:
+        room.actor.cancel_timers()

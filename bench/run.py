@@ -119,7 +119,10 @@ def messages_section(
         results.record(**ours)
         results.record(**base)
         rows.append((message, ours, base))
-    results.say("## Real messages (10 rooms x 5 participants, 2,000 deliveries/s, our 2 edges)")
+    edges = len(system.edges)
+    results.say(
+        f"## Real messages (10 rooms x 5 participants, 2,000 deliveries/s, our {edges} edge(s))"
+    )
     results.say("")
     results.say(
         "| message | messages/s | ours p50 / p99 (ms) | floor p50 / p99 (ms) "
@@ -242,19 +245,25 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path)
 
 
-async def run(quick: bool, sections: list[str], name: str) -> Path:
+async def run(
+    quick: bool, sections: list[str], name: str, workers: int = 2, edges: int = 2
+) -> Path:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     command = "python -m bench.run" + (" --quick" if quick else "")
     if sections != SECTIONS:
         command += " --sections " + ",".join(sections)
+    if (workers, edges) != (2, 2):
+        command += f" --workers {workers} --edges {edges}"
     results = Results(name, command)
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     system = System(root, extra_env={"LOG_LEVEL": "WARNING"})
     floor, floor_url = start_floor()
     rows: list[dict[str, Any]] = []
     try:
-        await system.start(actors=2, edges=2)
+        await system.start(actors=workers, edges=edges)
+        results.say(f"Topology: {workers} actor worker(s), {edges} edge(s), one nats-server.")
+        results.say("")
         http = ",".join(edge.url for edge in system.edges)
         if "relay" in sections:
             rows = relay_section(results, http, floor_url, quick)
@@ -298,8 +307,11 @@ def main() -> None:
     parser.add_argument(
         "--name", default="standard", help="results file name in bench/results (without suffix)"
     )
+    parser.add_argument("--workers", type=int, default=2, help="actor workers (default 2)")
+    parser.add_argument("--edges", type=int, default=2, help="edges (default 2)")
     args = parser.parse_args()
-    print(asyncio.run(run(args.quick, args.sections, args.name)).read_text())
+    written = asyncio.run(run(args.quick, args.sections, args.name, args.workers, args.edges))
+    print(written.read_text())
 
 
 if __name__ == "__main__":

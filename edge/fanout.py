@@ -145,6 +145,10 @@ class RoomFeed:
         ``welcome`` is sent."""
         self._by_participant[connection.participant_id] = connection
 
+    def holds(self, participant_id: str) -> bool:
+        """The participant's newest socket is on this edge."""
+        return participant_id in self._by_participant
+
     def on_peer(self, participant_id: str, data: bytes) -> None:
         """A targeted message for a participant of this room (maybe not local).
         Until the feed knows the room's members (before its first snapshot,

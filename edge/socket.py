@@ -344,7 +344,12 @@ class ClientSession:
                 if to == identity.participant_id or to not in feed.members:
                     self._refuse("unknown_participant", "`to` names no one else in this room")
                     return
-                await self._bus.nc.publish(subjects.peer(identity.room_id, to), inbound.frame)
+                if feed.holds(to):
+                    # Its socket is here: delivered as if it had come back from
+                    # NATS (the same checks), without the trip.
+                    feed.on_peer(to, inbound.frame)
+                else:
+                    await self._bus.nc.publish(subjects.peer(identity.room_id, to), inbound.frame)
                 metrics.child(metrics.RELAY_SECONDS, "direct").observe(time.monotonic() - arrived)
                 return
             case protocol.SessionFrame(session_id=session_id, tracks=tracks):

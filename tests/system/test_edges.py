@@ -447,3 +447,42 @@ async def test_a_big_rooms_welcome_is_not_a_slow_consumer(
 
 def slow_consumer_logged(log: str, participant_id: str) -> bool:
     return any("slow consumer" in line and participant_id in line for line in log.splitlines())
+
+
+async def test_a_targeted_message_to_a_socket_on_the_same_edge_skips_nats(
+    make_system: Callable[..., System],
+) -> None:
+    """Ann and Ben on one edge, Cyd on another: Ann's offer to Ben is delivered
+    by the edge itself (nothing on the room's peer subjects), her offer to Cyd
+    goes through NATS; both arrive, with the sender stamped."""
+    system = make_system()
+    await system.start(edges=2)
+    api = Api(system.edges[0].url)
+    room_id = await api.create_room("local peers")
+    ann = await enter(api, system.edges[0].ws_url, room_id, "Ann")
+    ben = await enter(api, system.edges[0].ws_url, room_id, "Ben")
+    cyd = await enter(api, system.edges[1].ws_url, room_id, "Cyd")
+    await ann.recv_type("join")
+    await ann.recv_type("join")
+    await ben.recv_type("join")
+    bus = await system.bus()
+    seen: list[str] = []
+
+    async def on_peer(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    subscription = await bus.nc.subscribe(subjects.room_peers(room_id), cb=on_peer)
+    await bus.nc.flush()
+    await ann.send({"type": "offer", "to": ben.participant_id, "sdp": "local"})
+    offer = await ben.recv_type("offer")
+    assert (offer["from"], offer["sdp"]) == (ann.participant_id, "local")
+    await ann.send({"type": "offer", "to": cyd.participant_id, "sdp": "remote"})
+    offer = await cyd.recv_type("offer")
+    assert (offer["from"], offer["sdp"]) == (ann.participant_id, "remote")
+    # One publisher (edge 0), so NATS keeps its order: an offer to Ben sent
+    # through NATS would have reached us before the one to Cyd.
+    await eventually(lambda: len(seen) >= 1, timeout=RECV_TIMEOUT)
+    assert seen == [subjects.peer(room_id, cyd.participant_id)]
+    await subscription.unsubscribe()
+    await bus.close()
+    await api.close()

@@ -1,21 +1,26 @@
-"""room_actors.actor.RoomActor's turn against a fake store and a fake NATS
-client: a batch is saved once (group commit) before anything goes out, a lost
-compare-and-set or a lapsed lease fences the turn (nothing written, nothing
-published, every request told to retry), and an outbox left by an owner that
-died is published again on load.
+"""room_actors.actor.RoomActor's turn against a real nats-server (its KV
+buckets and event log, as a worker creates them): a batch is saved once (group
+commit) before anything goes out, a lost compare-and-set or a lapsed lease
+fences the turn (nothing written, nothing published, every request told to
+retry), and an outbox left by an owner that died is published again on load.
 
-Everything the actor does lands in one `Timeline`, so "before" is checked as
-the order in which it happened."""
+Everything the actor does lands in one `Timeline` (the real store and the real
+connection, each call recorded as it goes through), so "before" is checked
+as the order in which it happened."""
 
 import asyncio
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.js.kv import KeyValue
 
-from bus_schema import codec, subjects
+from bus_schema import buckets, codec, subjects
 from bus_schema.commands import (
     Ack,
     Broadcast,
@@ -32,7 +37,14 @@ from bus_schema.log import LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors.actor import RETRY, RoomActor
 from room_actors.state import SEQ_BLOCK, decide
-from room_actors.store import Fenced, Loaded
+from room_actors.store import (
+    Fenced,
+    Loaded,
+    RoomStore,
+    ensure_buckets,
+    ensure_log_stream,
+)
+from tests.harness import System
 from tests.unit.test_state import ANN, BEN, LIMITS, NOW, ROOM, create_command, created, join
 
 Step = tuple[str, Any]
@@ -46,65 +58,74 @@ class Timeline(list[Step]):
         return [what for k, what in self if k == kind]
 
 
-class FakeStore:
-    """The ``room_state`` key of one room, with compare-and-set on its
-    revision, and the read models and event log the actor writes."""
+class RecordingStore(RoomStore):
+    """The real store on the real buckets, each call recorded in the timeline."""
 
-    def __init__(self, timeline: Timeline, state: RoomState | None = None) -> None:
+    def __init__(self, timeline: Timeline, real: RoomStore, kv: KeyValue) -> None:
+        super().__init__(real._state, real._rooms, real._calls, real._js)
         self.timeline = timeline
-        self.state = state
-        self.revision: int | None = 1 if state is not None else None
+        self.kv = kv
         self.loads = 0
         self.failing: Exception | None = None
 
-    def write_behind(self, state: RoomState) -> None:
+    async def stored(self) -> RoomState | None:
+        """The room as it is in KV now (read without counting as a load)."""
+        return (await super().load(ROOM)).state
+
+    async def write_behind(self, state: RoomState) -> None:
         """Another writer (a new owner) saves the room."""
-        self.state = state
-        self.revision = (self.revision or 0) + 1
+        await self.kv.put(buckets.room_key(state.room_id), codec.encode(state))
 
     async def load(self, room_id: str) -> Loaded:
         self.loads += 1
-        return Loaded(self.state, self.revision)
+        return await super().load(room_id)
 
     async def save(self, state: RoomState, revision: int | None) -> int:
         if self.failing is not None:
             raise self.failing
-        if revision != self.revision:
+        try:
+            saved = await super().save(state, revision)
+        except Fenced:
             self.timeline.append(("fenced", state.seq))
-            raise Fenced(state.room_id)
-        self.state, self.revision = state, (self.revision or 0) + 1
+            raise
         self.timeline.append(("save", state))
-        return self.revision
+        return saved
 
     async def delete(self, room_id: str, revision: int | None) -> int | None:
-        if revision != self.revision:
-            raise Fenced(room_id)
-        self.state, self.revision = None, (self.revision or 0) + 1
+        deleted = await super().delete(room_id, revision)
         self.timeline.append(("delete", room_id))
-        return self.revision
+        return deleted
 
     async def publish_meta(self, meta: RoomMeta) -> None:
+        await super().publish_meta(meta)
         self.timeline.append(("meta", meta.name))
 
     async def publish_calls_session(self, session: CallsSession) -> None:
+        await super().publish_calls_session(session)
         self.timeline.append(("session", session.session_id))
 
     async def forget_calls_session(self, session_id: str) -> None:
+        await super().forget_calls_session(session_id)
         self.timeline.append(("forget", session_id))
 
     async def append_log(self, entries: list[LogEntry]) -> None:
+        await super().append_log(entries)
         self.timeline.append(("log", [e.room_seq for e in entries]))
 
 
-class FakeNats:
-    def __init__(self, timeline: Timeline) -> None:
+class RecordingNats:
+    """The real connection: what the actor publishes is recorded, then sent."""
+
+    def __init__(self, timeline: Timeline, nc: NatsClient) -> None:
         self.timeline = timeline
+        self.nc = nc
 
     async def publish(self, subject: str, payload: bytes) -> None:
         if subject == subjects.room_events(ROOM):
             self.timeline.append(("publish", codec.events.decode(payload)))
         else:
             self.timeline.append(("control", subject))
+        await self.nc.publish(subject, payload)
 
 
 @dataclass
@@ -123,7 +144,7 @@ class Room:
     """One actor, its store, and what it did."""
 
     timeline: Timeline
-    store: FakeStore
+    store: RecordingStore
     actor: RoomActor
     lease: list[bool] = field(default_factory=list)
     """What the next ownership checks answer (then: owned)."""
@@ -148,19 +169,27 @@ class Room:
         return self.timeline.of("save")
 
 
-def make_room(state: RoomState | None = None) -> Room:
+async def make_room(
+    nats: tuple[NatsClient, RoomStore, KeyValue], state: RoomState | None = None
+) -> Room:
+    """An actor for ``ROOM`` on the real buckets, the room stored as ``state``."""
+    nc, real, kv = nats
+    with contextlib.suppress(Exception):
+        await kv.purge(buckets.room_key(ROOM))
     timeline = Timeline()
-    store = FakeStore(timeline, state)
+    store = RecordingStore(timeline, real, kv)
+    if state is not None:
+        await store.write_behind(state)
     lease: list[bool] = []
     fenced: list[str] = []
 
     def owns() -> bool:
         return lease.pop(0) if lease else True
 
-    nc: Any = FakeNats(timeline)
+    client: Any = RecordingNats(timeline, nc)
     actor = RoomActor(
         ROOM,
-        nc=nc,
+        nc=client,
         store=store,
         limits=LIMITS,
         owns=owns,
@@ -170,9 +199,28 @@ def make_room(state: RoomState | None = None) -> Room:
     return Room(timeline, store, actor, lease, fenced)
 
 
-@pytest.fixture
-def room() -> Iterator[Room]:
-    made = make_room()
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def nats(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[NatsClient, RoomStore, KeyValue]]:
+    """A nats-server alone, with the buckets and the event log a worker makes."""
+    system = System(tmp_path_factory.mktemp("actor-turn"))
+    try:
+        system.start_nats()
+        nc = await system.connect()
+        js = nc.jetstream()
+        await ensure_buckets(js, ttl=3600, replicas=1, max_bytes=64 * 1024 * 1024)
+        await ensure_log_stream(js, max_age=3600, max_bytes=64 * 1024 * 1024, replicas=1)
+        store = await RoomStore.bind(nc, js)
+        yield nc, store, await js.key_value(buckets.ROOM_STATE)
+        await nc.close()
+    finally:
+        system.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def room(nats: tuple[NatsClient, RoomStore, KeyValue]) -> AsyncIterator[Room]:
+    made = await make_room(nats)
     try:
         yield made
     finally:
@@ -250,7 +298,7 @@ async def test_a_lost_compare_and_set_fences_the_turn(room: Room) -> None:
     the room is dropped; the next command loads the other's state."""
     await room.turn(create_command())
     theirs = join(created(), BEN, "other-owner")
-    room.store.write_behind(theirs)
+    await room.store.write_behind(theirs)
     start = len(room.timeline)
 
     answers = await room.turn(joining(ANN, "j1"), GetSnapshot(cmd_id="g1", room_id=ROOM))
@@ -259,15 +307,16 @@ async def test_a_lost_compare_and_set_fences_the_turn(room: Room) -> None:
     assert [kind for kind, _ in room.timeline[start:]] == ["fenced", "answer", "answer"]
     assert room.fenced == [ROOM]
     assert room.actor.state is None
-    assert room.store.state == theirs  # untouched
+    assert await room.store.stored() == theirs  # untouched
 
     answers = await room.turn(joining(ANN, "j1"))
     assert room.store.loads == 2  # loaded again, from the other's write
     [snapshot] = answers
     assert isinstance(snapshot, Snapshot)
     assert sorted(p.id for p in snapshot.participants) == sorted([ANN, BEN])
-    assert room.store.state is not None
-    assert room.store.state.seq == 2
+    now = await room.store.stored()
+    assert now is not None
+    assert now.seq == 2
 
 
 async def test_a_lapsed_lease_writes_nothing(room: Room) -> None:
@@ -302,7 +351,9 @@ async def test_a_failed_save_drops_the_state_and_answers_retry(room: Room) -> No
     assert room.store.loads == 2
 
 
-async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load() -> None:
+async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
     """The previous owner saved a turn and died before publishing it: the
     new owner publishes those events (and logs them) before its first turn."""
     first = decide(created(), joining(ANN, "j1"), NOW, LIMITS)
@@ -312,7 +363,7 @@ async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load() -> None:
     stored = msgspec.structs.replace(
         second.state, outbox=[*first.events, *second.events], seq_reserved=second.state.seq + 40
     )
-    room = make_room(stored)
+    room = await make_room(nats, stored)
     try:
         [snapshot] = await room.turn(GetSnapshot(cmd_id="g1", room_id=ROOM))
         assert seqs(room.published()) == [1, 2]
@@ -325,7 +376,9 @@ async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load() -> None:
         room.actor.cancel_timers()
 
 
-async def test_a_close_cut_short_is_finished_on_load() -> None:
+async def test_a_close_cut_short_is_finished_on_load(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
     """The previous owner saved the close with its events and died before
     deleting the room: the new owner publishes them, then deletes it."""
     state = join(created(), ANN, "j1")
@@ -334,23 +387,25 @@ async def test_a_close_cut_short_is_finished_on_load() -> None:
     stored = msgspec.structs.replace(
         state, seq=closed.seq, outbox=[left, closed], closed=True, close_reason="admin"
     )
-    room = make_room(stored)
+    room = await make_room(nats, stored)
     [reply] = await room.turn(GetSnapshot(cmd_id="g1", room_id=ROOM))
     assert seqs(room.published()) == [left.seq, closed.seq]
     assert before(room.timeline, "publish", lambda kind: kind == "delete")
-    assert room.store.state is None
+    assert await room.store.stored() is None
     assert isinstance(reply, Rejected)
     assert reply.code == ErrorCode.ROOM_NOT_FOUND
 
 
-async def test_a_room_read_by_a_takeover_is_not_read_again() -> None:
+async def test_a_room_read_by_a_takeover_is_not_read_again(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
     """A takeover reads the partition's rooms (many at a time) and starts each
     active room's actor from what it read: one read per room, not two. The
     outbox left by the previous owner still goes out."""
     left = join(join(created(), ANN, "j1"), BEN, "j2")
     pending = ParticipantLeft(room_id=ROOM, seq=left.seq + 1, participant_id=BEN, reason="closed")
     stored = msgspec.structs.replace(left, outbox=[pending])
-    room = make_room(stored)
+    room = await make_room(nats, stored)
     try:
         room.actor.activate(await room.store.load(ROOM))
         await room.actor.wait_idle()

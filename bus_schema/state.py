@@ -97,9 +97,16 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     connected, with when their token stops passing as fresh (Unix seconds):
     if they have not joined by then, their sessions are dropped."""
     outbox: list[Event] = msgspec.field(default_factory=list)
-    """The events of the last saved turn. The next owner publishes them again
-    when it loads the room, in case the previous one died before it could;
-    receivers drop events whose sequence number they have already seen."""
+    """The events of the last saved turn, and those of earlier turns whose
+    event-log entries were not yet confirmed. The next owner publishes them
+    again when it loads the room, in case the previous one died before it
+    could, and appends their log entries (each is stored once); receivers drop
+    events whose sequence number they have already seen."""
+    log_seq: int = 0
+    """A sequence number of the event log (``SIGNALING_LOG``) at or before the
+    first entry of a change made after this save: mute changes are numbered
+    from the reservation and written lazily, and a new owner reads their
+    entries from the log after this point (`room_actors.state.with_track_changes`)."""
     close_at: float | None = None
     """Unix seconds when the empty room is closed (empty or departure timeout)."""
     close_reason: str = ""

@@ -4,11 +4,18 @@ A turn takes every message waiting in the mailbox and folds them with
 `state.decide` (each decision applied to the state the previous one left),
 then carries out what the decisions say, in one straight line: save the state
 once with compare-and-set (a group commit, its events as the outbox), keep the
-read models in KV in step, publish the events in sequence order, answer each
-request, then append the events to the event log (no client waits for the
-log). Nothing is published or acknowledged before the state it describes is
-saved. A turn that fails drops the cached
-state; the next turn reloads it from KV.
+read models in KV in step, send the event-log entries on their way, publish the
+events in sequence order, answer each request. The log's acknowledgements are
+awaited after the turn, in order, by one task per room (no client waits for
+the log); until they come, the events stay in the outbox of every save.
+
+Nothing durable is published or acknowledged before the state it describes is
+saved. Changes numbered from the reservation (broadcasts, mute changes) go out
+without a write: a mute change is saved within ``MUTE_SAVE_DELAY`` seconds (or with
+the next write, or after `UNSAVED_MAX` of them), and its log entry, sent before
+its event on the same connection, is what a new owner reads back if this one
+dies first. A turn that fails drops the cached state; the next turn reloads it
+from KV.
 """
 
 import asyncio
@@ -26,7 +33,7 @@ from bus_schema import codec, ids, subjects
 from bus_schema.commands import Catchup, Command, GetSnapshot, Rejected, Reply
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
-from bus_schema.events import Event
+from bus_schema.events import Broadcasted, Event
 from bus_schema.log import LogEntry
 from bus_schema.state import CallsSession, RoomState
 from room_actors import metrics
@@ -34,14 +41,16 @@ from room_actors.log import entries
 from room_actors.state import (
     Decision,
     ExpireDisconnected,
+    Flush,
     Internal,
     KeepAlive,
     Limits,
     decide,
     next_deadline,
     resumed,
+    with_track_changes,
 )
-from room_actors.store import ActorStore, Fenced, Loaded
+from room_actors.store import ActorStore, Fenced, Loaded, LogBatch
 from runtime import clock
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,13 @@ _REPUBLISH = 16
 TURN_FRAME_BYTES = 64 * 1024
 """Client frames one turn takes at most (beyond its first command): a turn's
 events are saved with the state (the outbox), so this bounds what they add."""
+
+UNSAVED_MAX = 64
+"""Changes made without a write after which the next one is saved at once:
+bounds what a new owner reads back from the log."""
+UNLOGGED_MAX = 1024
+"""Log entries of a room sent but not yet confirmed, beyond which its next
+turn waits for the log (their events ride in every save's outbox meanwhile)."""
 
 RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
 """The answer when this worker does not (or no longer) own the room."""
@@ -156,6 +172,13 @@ class RoomActor:
         self._skipped: tuple[int, int] | None = None
         """(last saved, first usable) sequence numbers when this actor took the
         room over past a reservation."""
+        self._unsaved = 0
+        """Changes made since the last save without writing (mute changes)."""
+        self._flush: asyncio.TimerHandle | None = None
+        self._unlogged: deque[tuple[LogBatch, list[Event]]] = deque()
+        """Log entries sent and not yet confirmed, with the events they record."""
+        self._unlogged_entries = 0
+        self._confirming: asyncio.Task[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -187,6 +210,16 @@ class RoomActor:
     async def wait_idle(self) -> None:
         while (task := self._task) is not None:
             await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Before the room is handed over: finish the turns in flight, save
+        what was changed without a write, and wait until the log has every
+        entry sent."""
+        await self.wait_idle()
+        await self.logged()  # first, so that the save leaves no outbox to replay
+        if self._unsaved and self._state is not None:
+            self.submit(Flush())
+            await self.wait_idle()
 
     async def _drain(self) -> None:
         try:
@@ -233,8 +266,28 @@ class RoomActor:
             delay = max(0.0, deadline - time.time())
             self._expiry = loop.call_later(delay, self.submit, ExpireDisconnected())
 
+    def _schedule_flush(self) -> None:
+        """Save soon (``MUTE_SAVE_DELAY``) what was changed without a write."""
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(self._limits.mute_save_delay, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush = None
+        if self._unsaved:
+            self.submit(Flush())
+
+    def _saved(self) -> None:
+        self._unsaved = 0
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
     def cancel_timers(self) -> None:
         self._schedule_expiry(None)
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
 
     def _forget(self) -> None:
         self.cancel_timers()
@@ -242,12 +295,15 @@ class RoomActor:
         self._loaded = False
         self._state = None
         self._revision = None
+        self._unsaved = 0
 
     async def _turn(self, batch: list[_Pending]) -> None:
         if not self._owns():
             raise Fenced(self.room_id)
         if not self._loaded:
             await self._load()
+        if self._unlogged_entries > UNLOGGED_MAX:
+            await self.logged()  # the log lags: the room waits for it
         turn = self._fold(batch)
         self._state = await self._save(turn)
         self._schedule_expiry(next_deadline(self._state))
@@ -255,6 +311,9 @@ class RoomActor:
         if turn.republish:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
+        # The log entries go first: an event that reached the server was
+        # preceded by its entry on the same connection.
+        sent = await self._store.send_log(turn.log) if turn.log else None
         await self._publish(turn.events)
         if turn.closed is not None:
             self._revision = await self._store.delete(self.room_id, self._revision)
@@ -265,12 +324,40 @@ class RoomActor:
             await self._nc.publish(subjects.edge_control(edge_id), codec.encode(message))
         for answer in turn.answers:
             await answer.send()
-        if turn.log:
-            # After the answers: the log is for operators and webhooks, and a
-            # client need not wait for it. Still within the turn, so the log
-            # keeps the room's order, and the next save (which replaces the
-            # outbox these entries are rebuilt from after a crash) comes after.
-            await self._store.append_log(turn.log)
+        if sent is not None:
+            # The log is for operators, webhooks and a new owner reading back
+            # mute changes; no client waits for its acknowledgements.
+            self._confirm(sent, [e for e in turn.events if not isinstance(e, Broadcasted)])
+
+    def _confirm(self, sent: LogBatch, events: list[Event]) -> None:
+        """Wait for the log's acknowledgements of ``sent`` after those sent
+        before (one task per room, so a resend keeps the room's order)."""
+        self._unlogged.append((sent, events))
+        self._unlogged_entries += len(sent.entries)
+        if self._confirming is None:
+            self._confirming = asyncio.create_task(self._confirm_all())
+
+    async def _confirm_all(self) -> None:
+        try:
+            while self._unlogged:
+                sent, _ = self._unlogged[0]
+                try:
+                    await self._store.confirm_log(sent)
+                except Exception:
+                    log.exception("event log append failed", extra={"room_id": self.room_id})
+                self._unlogged.popleft()
+                self._unlogged_entries -= len(sent.entries)
+        finally:
+            self._confirming = None
+
+    async def logged(self) -> None:
+        """Wait until the log confirmed every entry sent so far."""
+        while (task := self._confirming) is not None:
+            await asyncio.shield(task)
+
+    def _unconfirmed(self) -> list[Event]:
+        """The events whose log entries are not confirmed yet, oldest first."""
+        return [event for _, events in self._unlogged for event in events]
 
     def _fold(self, batch: list[_Pending]) -> _Turn:
         """Decide each message in turn, each on the state the previous one left."""
@@ -294,18 +381,27 @@ class RoomActor:
             # First the close with its events (an outbox), then the events go
             # out, then the keys are deleted: a death in between is finished
             # by the next owner (`_load`).
-            saving = replace(turn.closed, outbox=turn.events, closed=True)
-        elif state is not None and turn.write:
+            saving = replace(turn.closed, outbox=[*self._unconfirmed(), *turn.events], closed=True)
+        elif state is not None and (turn.write or (turn.log and self._unsaved + 1 >= UNSAVED_MAX)):
             # The transactional outbox: a worker that saves and dies before
-            # publishing leaves the events in the state for the next owner.
-            state = saving = replace(state, outbox=turn.events) if turn.events else state
+            # publishing (or before the log confirmed) leaves the events in
+            # the state for the next owner.
+            outbox = [*self._unconfirmed(), *turn.events]
+            if outbox or state.outbox:
+                state = replace(state, outbox=outbox)
+            state = saving = replace(state, log_seq=self._store.log_seq)
         else:
+            if state is not None and turn.log:
+                # A mute change numbered from the reservation: saved later.
+                self._unsaved += 1
+                self._schedule_flush()
             return state
         if not self._owns():
             # Our lease lapsed (we were paused or cut off): another worker may
             # own the room now. Write nothing; the edge retries elsewhere.
             raise Fenced(self.room_id)
         self._revision = await self._store.save(saving, self._revision)
+        self._saved()
         return state
 
     async def _project(self, turn: _Turn) -> None:
@@ -326,9 +422,22 @@ class RoomActor:
         loaded, self._preloaded = self._preloaded, None
         if loaded is None:
             loaded = await self._store.load(self.room_id)
-        state = resumed(loaded.state) if loaded.state is not None else None
-        if loaded.state is not None and state is not None and state.seq != loaded.state.seq:
-            self._skipped = (loaded.state.seq, state.seq)
+        stored = loaded.state
+        changes = []
+        if stored is not None and stored.seq < stored.seq_reserved and stored.participants:
+            # The previous owner may have changed mute states after its last
+            # save (numbered from the reservation): their entries are in the log.
+            changes = await self._store.track_changes(self.room_id, stored)
+        state = resumed(with_track_changes(stored, changes)) if stored is not None else None
+        if changes:
+            # Catch-up cannot skip numbers that may hold a mute change.
+            self._skipped = None
+            self._unsaved = len(changes)
+            self._schedule_flush()
+        elif stored is not None and state is not None and state.seq != stored.seq:
+            # Only broadcasts can hide between the save and the reservation:
+            # an edge that has every saved event may skip them.
+            self._skipped = (stored.seq, state.seq)
         self._state, self._revision, self._loaded = state, loaded.revision, True
         if loaded.state is not None and loaded.state.outbox:
             # The last turn's events may never have gone out (the previous

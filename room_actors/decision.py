@@ -103,6 +103,8 @@ class Limits:
     kicked_kept: int
     departed_kept: int
     banned_kept: int = BANNED_KEPT
+    mute_save_delay: float = 1.0
+    """Seconds a mute change (numbered from the reservation) may go unsaved."""
 
     @classmethod
     def from_settings(cls, settings: "ActorSettings") -> "Limits":
@@ -117,6 +119,7 @@ class Limits:
             state_max_bytes=settings.room_state_max_bytes,
             kicked_kept=KICKED_KEPT,
             departed_kept=DEPARTED_KEPT,
+            mute_save_delay=settings.mute_save_delay,
         )
 
 
@@ -146,7 +149,13 @@ class Republish:
     may have been lost with a node)."""
 
 
-Internal = ExpireDisconnected | EdgesLost | KeepAlive | Republish
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Internal: changes were made without a write (mute changes numbered from
+    the reservation): save the state now."""
+
+
+Internal = ExpireDisconnected | EdgesLost | KeepAlive | Republish | Flush
 
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")

@@ -132,10 +132,11 @@ class Registry:
 
     async def release(self, partitions: list[int]) -> None:
         """Stop serving partitions: no new commands, finish the turns in flight,
-        then forget their rooms."""
+        save what was changed without a write and let the log confirm what was
+        sent, then forget their rooms."""
         await self._unsubscribe(partitions)
         leaving = self._actors_in(partitions)
-        await asyncio.gather(*(actor.wait_idle() for actor in leaving.values()))
+        await asyncio.gather(*(actor.settle() for actor in leaving.values()))
         for room_id, actor in leaving.items():
             actor.cancel_timers()
             self._actors.pop(room_id, None)

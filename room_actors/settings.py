@@ -55,6 +55,13 @@ class ActorSettings(CommonSettings):
         doc="seconds a dropped connection keeps its place; reconnecting with the same token "
         "within it resumes silently",
     )
+    mute_save_delay: float = number(
+        "MUTE_SAVE_DELAY",
+        default=1.0,
+        minimum=0.0,
+        maximum=60.0,
+        doc="seconds a mute change may go unsaved (its event-log entry stands for it meanwhile)",
+    )
     recent_commands: int = 64
     """How many applied command ids each room remembers for deduplication."""
     empty_timeout: float = number(

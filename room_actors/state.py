@@ -8,9 +8,12 @@ What a decision is and the limits it applies live in `room_actors.decision`;
 who is in the room and their Calls sessions, in `room_actors.membership`.
 """
 
+from collections.abc import Iterable
+
 from msgspec.structs import replace
 
 from bus_schema import codec
+from bus_schema import log as event_log
 from bus_schema.closecodes import CloseCode
 from bus_schema.commands import (
     Ack,
@@ -47,6 +50,7 @@ from bus_schema.events import (
     is_track_kind,
 )
 from bus_schema.limits import track_problem
+from bus_schema.log import LogEntry
 from bus_schema.state import RoomMeta, RoomState
 from room_actors.decision import (
     BAD_KIND,
@@ -64,6 +68,7 @@ from room_actors.decision import (
     Decision,
     EdgesLost,
     ExpireDisconnected,
+    Flush,
     Internal,
     KeepAlive,
     Limits,
@@ -92,6 +97,7 @@ __all__ = [
     "Decision",
     "EdgesLost",
     "ExpireDisconnected",
+    "Flush",
     "Internal",
     "KeepAlive",
     "Limits",
@@ -101,6 +107,7 @@ __all__ = [
     "resumed",
     "room_info",
     "snapshot",
+    "with_track_changes",
 ]
 
 
@@ -159,6 +166,8 @@ def _decide(
             return Decision(
                 state, Ack(seq=state.seq), write=True, meta=True, sessions=sessions_of(state)
             )
+        case Flush():
+            return Decision(state, Ack(seq=state.seq), write=True)
         case ExpireDisconnected():
             return _expire(state, clock, limits)
         case EdgesLost():
@@ -331,6 +340,12 @@ def _relay(state: RoomState, command: PublishSession | SetTrackState | Broadcast
     if updated is not sender:
         participants = {**participants, sender.id: updated}
     new_state = replace(state, seq=seq, participants=participants)
+    if isinstance(event, TrackStateChanged):
+        # A mute change is numbered from the reservation like a broadcast and
+        # written later (the actor saves it within a second, or at a handover);
+        # its log entry, on its way before the event, is what a new owner
+        # reads back if this one dies first (`with_track_changes`).
+        return _numbered(new_state, event)
     return Decision(new_state, Ack(seq=seq), (event,))
 
 
@@ -344,10 +359,40 @@ def _broadcast(state: RoomState, command: SetTrackState | Broadcast, seq: int) -
         frame=command.frame,
         cmd_id=command.cmd_id,
     )
+    return _numbered(replace(state, seq=seq), event)
+
+
+def _numbered(state: RoomState, event: Event) -> Decision:
+    """A change numbered ``state.seq`` that need not be written before it goes
+    out: within the reservation it is not; past it, the write reserves the
+    next block."""
+    seq = state.seq
     if seq <= state.seq_reserved:
-        return Decision(replace(state, seq=seq), Ack(seq=seq), (event,), durable=False)
-    reserved = replace(state, seq=seq, seq_reserved=seq + SEQ_BLOCK)
-    return Decision(reserved, Ack(seq=seq), (event,))
+        return Decision(state, Ack(seq=seq), (event,), durable=False)
+    return Decision(replace(state, seq_reserved=seq + SEQ_BLOCK), Ack(seq=seq), (event,))
+
+
+def with_track_changes(state: RoomState, logged: Iterable[LogEntry]) -> RoomState:
+    """The room as loaded, with the mute changes its previous owner made after
+    its last save (read back from the event log): each entry numbered after the
+    saved state sets its participant's track, in order."""
+    participants = state.participants
+    for entry in logged:
+        if (
+            entry.event != event_log.TRACK_STATE_CHANGED
+            or entry.room_seq <= state.seq
+            or entry.participant_id is None
+            or entry.enabled is None
+            or not is_track_kind(entry.kind)
+        ):
+            continue
+        present = participants.get(entry.participant_id)
+        if present is not None and getattr(present, entry.kind) != entry.enabled:
+            changed = replace(present, **{entry.kind: entry.enabled})
+            participants = {**participants, present.id: changed}
+    if participants is state.participants:
+        return state
+    return replace(state, participants=participants)
 
 
 # --- operators ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Room state in JetStream KV: load, and save with compare-and-set on the revision."""
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -8,7 +9,7 @@ from typing import Protocol
 
 import nats.errors
 from nats.aio.client import Client
-from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, PubAck, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import (
     BucketNotFoundError,
@@ -19,6 +20,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
+from bus_schema import log as event_log
 from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors import metrics
@@ -63,9 +65,46 @@ class ActorStore(Protocol):
         """Remove a Calls session's owner from ``calls_sessions`` (best effort)."""
         ...
 
-    async def append_log(self, entries: list[LogEntry]) -> None:
-        """Append to the event log, in order; each entry once (by its ``id``)."""
+    async def send_log(self, entries: list[LogEntry]) -> "LogBatch":
+        """Put entries on their way to the event log, in order, without waiting
+        for the stream: the ones sent before an event reach the server before it."""
         ...
+
+    async def confirm_log(self, batch: "LogBatch") -> None:
+        """Wait until the log has every entry of ``batch``; send again, in
+        order, what it did not confirm (each entry is stored once, by its ``id``)."""
+        ...
+
+    async def append_log(self, entries: list[LogEntry]) -> None:
+        """Append to the event log, in order, and wait for it."""
+        ...
+
+    @property
+    def log_seq(self) -> int:
+        """The log's sequence number as last confirmed (or when the store
+        started): every entry sent from now on is stored after it."""
+        ...
+
+    async def track_changes(self, room_id: str, after: RoomState) -> list[LogEntry]:
+        """The mute changes of the room logged after the state ``after`` was
+        saved (at or after its ``log_seq``), in order."""
+        ...
+
+
+@dataclass(slots=True)
+class LogBatch:
+    """Entries sent to the event log, with the stream's acknowledgements to come
+    (``None``: the entry could not be sent; it is sent again when confirmed)."""
+
+    entries: list[LogEntry]
+    acks: "list[asyncio.Future[PubAck] | None]"
+
+
+LOG_ACK_TIMEOUT = 1.0
+"""Seconds to wait for the stream to acknowledge a log entry before sending it again."""
+TRACK_CHANGES_READ = 1024
+"""Log entries a new owner reads back for one room at most (the actor saves
+after at most `room_actors.actor.UNSAVED_MAX` unsaved changes, so far fewer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +190,7 @@ class RoomStore:
         self._calls = calls_kv
         self._js = js
         self._nc: Client | None = None
+        self._log_seq = 0
 
     @classmethod
     async def bind(cls, nc: Client, js: JetStreamContext) -> "RoomStore":
@@ -161,6 +201,9 @@ class RoomStore:
             js,
         )
         store._nc = nc
+        with contextlib.suppress(NotFoundError):
+            # Entries sent from now on come after the log's end as it is now.
+            store._log_seq = (await js.stream_info(LOG_STREAM)).state.last_seq
         return store
 
     async def delete(self, room_id: str, revision: int | None) -> int | None:
@@ -173,35 +216,99 @@ class RoomStore:
         loaded = await self.load(room_id)
         return loaded.revision
 
-    async def append_log(self, entries: list[LogEntry]) -> None:
-        """Append to the event log, in order; each entry once (``Nats-Msg-Id``).
-        An entry that still fails after its attempts is counted and logged, and
-        the next is appended (the turn it records is saved already)."""
+    @property
+    def log_seq(self) -> int:
+        return self._log_seq
+
+    async def send_log(self, entries: list[LogEntry]) -> LogBatch:
+        """Put entries on their way to the event log, in order, without waiting
+        for the stream (``Nats-Msg-Id`` is the entry's id, so a repeat is stored once)."""
+        js = self._js
+        acks: list[asyncio.Future[PubAck] | None] = []
+        for entry in entries:
+            ack: asyncio.Future[PubAck] | None = None
+            if js is not None:
+                subject = subjects.log_event(entry.room_id, entry.event)
+                try:
+                    ack = await js.publish_async(
+                        subject, codec.encode(entry), headers={"Nats-Msg-Id": entry.id}
+                    )
+                except nats.errors.Error:
+                    ack = None  # not connected: `confirm_log` sends it again
+            acks.append(ack)
+        return LogBatch(entries, acks)
+
+    async def confirm_log(self, batch: LogBatch) -> None:
+        """Wait for the stream's acknowledgements, in order; an entry it did not
+        confirm is sent again (and waited for) before the next one is looked
+        at. An entry that still fails after its attempts is counted and logged,
+        and the next is appended (the turn it records is saved already)."""
         js = self._js
         if js is None:
             return
 
-        async def publish(entry: LogEntry, _: Attempt) -> None:
+        async def publish(entry: LogEntry, _: Attempt) -> PubAck:
             subject = subjects.log_event(entry.room_id, entry.event)
             headers = {"Nats-Msg-Id": entry.id}
-            await js.publish(subject, codec.encode(entry), timeout=1.0, headers=headers)
+            return await js.publish(subject, codec.encode(entry), timeout=1.0, headers=headers)
 
         # A NATS error or a timeout: 4 attempts, 0.1, 0.2 and 0.4 s apart.
         policy = Retry(
             on=(nats.errors.Error, TimeoutError), attempts=4, backoff=Backoff(0.1, cap=0.4)
         )
-        for entry in entries:
+        for entry, ack in zip(batch.entries, batch.acks, strict=True):
             try:
-                await policy.run(functools.partial(publish, entry))
-            except (nats.errors.Error, TimeoutError) as e:
-                metrics.LOG_FAILED.inc()
-                log.error(
-                    "event log append failed: %s",
-                    type(e).__name__,
-                    extra={"room_id": entry.room_id},
-                )
-            else:
-                metrics.LOG_APPENDED.inc()
+                if ack is None:
+                    raise nats.errors.ConnectionClosedError
+                confirmed = await asyncio.wait_for(ack, LOG_ACK_TIMEOUT)
+            except (nats.errors.Error, TimeoutError):
+                try:
+                    confirmed = await policy.run(functools.partial(publish, entry))
+                except (nats.errors.Error, TimeoutError) as e:
+                    metrics.LOG_FAILED.inc()
+                    log.error(
+                        "event log append failed: %s",
+                        type(e).__name__,
+                        extra={"room_id": entry.room_id},
+                    )
+                    continue
+            self._log_seq = max(self._log_seq, confirmed.seq)
+            metrics.LOG_APPENDED.inc()
+
+    async def append_log(self, entries: list[LogEntry]) -> None:
+        await self.confirm_log(await self.send_log(entries))
+
+    async def track_changes(self, room_id: str, after: RoomState) -> list[LogEntry]:
+        """The room's mute changes logged after ``after`` was saved: first the
+        last one (usually older than the save: nothing to read), else every
+        one from the state's ``log_seq`` on, at most `TRACK_CHANGES_READ`."""
+        js = self._js
+        if js is None:
+            return []
+        subject = subjects.log_event(room_id, event_log.TRACK_STATE_CHANGED)
+        try:
+            last = await js.get_msg(LOG_STREAM, subject=subject)
+        except NotFoundError:
+            return []
+        if last.data is None or event_log.log_entry.decode(last.data).room_seq <= after.seq:
+            return []
+        found: list[LogEntry] = []
+        cursor = max(after.log_seq, 1)
+        while len(found) < TRACK_CHANGES_READ:
+            try:
+                message = await js.get_msg(LOG_STREAM, seq=cursor, subject=subject, next=True)
+            except NotFoundError:
+                break
+            if message.data is not None:
+                entry = event_log.log_entry.decode(message.data)
+                if entry.room_seq > after.seq:
+                    found.append(entry)
+            if message.seq is None or message.seq >= (last.seq or 0):
+                break
+            cursor = message.seq + 1
+        else:
+            log.warning("too many unsaved mute changes to read back", extra={"room_id": room_id})
+        return found
 
     async def load(self, room_id: str) -> Loaded:
         try:

@@ -10,6 +10,7 @@ as the order in which it happened."""
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,23 +30,34 @@ from bus_schema.commands import (
     Join,
     Rejected,
     Reply,
+    SetTrackState,
     Snapshot,
 )
 from bus_schema.errors import ErrorCode
-from bus_schema.events import Broadcasted, Event, ParticipantJoined, ParticipantLeft, RoomClosed
-from bus_schema.log import LogEntry
+from bus_schema.events import (
+    Broadcasted,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomClosed,
+    TrackStateChanged,
+)
+from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
+from room_actors import actor as actor_module
 from room_actors.actor import RETRY, RoomActor
-from room_actors.state import SEQ_BLOCK, decide
+from room_actors.state import SEQ_BLOCK, Limits, decide
 from room_actors.store import (
     Fenced,
     Loaded,
+    LogBatch,
     RoomStore,
     ensure_buckets,
     ensure_log_stream,
 )
 from tests.harness import System
 from tests.unit.test_state import ANN, BEN, LIMITS, NOW, ROOM, create_command, created, join
+from tests.waiting import eventually
 
 Step = tuple[str, Any]
 
@@ -108,9 +120,14 @@ class RecordingStore(RoomStore):
         await super().forget_calls_session(session_id)
         self.timeline.append(("forget", session_id))
 
-    async def append_log(self, entries: list[LogEntry]) -> None:
-        await super().append_log(entries)
+    async def send_log(self, entries: list[LogEntry]) -> LogBatch:
+        sent = await super().send_log(entries)
         self.timeline.append(("log", [e.room_seq for e in entries]))
+        return sent
+
+    async def confirm_log(self, batch: LogBatch) -> None:
+        await super().confirm_log(batch)
+        self.timeline.append(("logged", [e.room_seq for e in batch.entries]))
 
 
 class RecordingNats:
@@ -156,10 +173,12 @@ class Room:
 
     async def turn(self, *commands: Command) -> list[Reply]:
         """Submit ``commands`` at once (one mailbox, so one batch) and wait
-        until the actor is idle; the answers it gave meanwhile."""
+        until the actor is idle and the log confirmed what it sent; the answers
+        it gave meanwhile."""
         start = len(self.timeline)
         self.submit(*commands)
         await asyncio.wait_for(self.actor.wait_idle(), 5)
+        await asyncio.wait_for(self.actor.logged(), 5)  # the log's acknowledgements too
         return [what for kind, what in self.timeline[start:] if kind == "answer"]
 
     def published(self) -> list[Event]:
@@ -170,12 +189,21 @@ class Room:
 
 
 async def make_room(
-    nats: tuple[NatsClient, RoomStore, KeyValue], state: RoomState | None = None
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+    state: RoomState | None = None,
+    *,
+    take_over: bool = False,
+    limits: Limits = LIMITS,
 ) -> Room:
-    """An actor for ``ROOM`` on the real buckets, the room stored as ``state``."""
+    """An actor for ``ROOM`` on the real buckets, the room stored as ``state``
+    (and nothing of it in the event log); or, ``take_over``, a new owner of
+    the room as a previous actor left it."""
     nc, real, kv = nats
-    with contextlib.suppress(Exception):
-        await kv.purge(buckets.room_key(ROOM))
+    if not take_over:
+        with contextlib.suppress(Exception):
+            await kv.purge(buckets.room_key(ROOM))
+        room_log = subjects.log_event(ROOM, "x").rsplit(".", 1)[0] + ".>"
+        await nc.jetstream().purge_stream(LOG_STREAM, subject=room_log)
     timeline = Timeline()
     store = RecordingStore(timeline, real, kv)
     if state is not None:
@@ -191,7 +219,7 @@ async def make_room(
         ROOM,
         nc=client,
         store=store,
-        limits=LIMITS,
+        limits=limits,
         owns=owns,
         on_fenced=fenced.append,
         on_cleanup=lambda cleanup: timeline.append(("cleanup", cleanup)),
@@ -238,6 +266,19 @@ def broadcast(n: int) -> Broadcast:
     return Broadcast(cmd_id=f"b{n}", room_id=ROOM, participant_id=ANN, conn_id="c", frame=frame)
 
 
+def toggle(n: int, kind: str, enabled: bool) -> SetTrackState:
+    frame = msgspec.Raw(b'{"type":"track-state","kind":"%s"}' % kind.encode())
+    return SetTrackState(
+        cmd_id=f"t{n}",
+        room_id=ROOM,
+        participant_id=ANN,
+        conn_id="c",
+        frame=frame,
+        kind=kind,
+        enabled=enabled,
+    )
+
+
 def seqs(events: list[Event]) -> list[int]:
     return [e.seq for e in events]
 
@@ -262,14 +303,18 @@ async def test_a_batch_is_saved_once_before_anything_goes_out(room: Room) -> Non
     assert seqs(saved.outbox) == [1, 2]
     assert [type(e) for e in saved.outbox] == [ParticipantJoined, ParticipantJoined]
     assert room.store.loads == 1
-    # Then, and only then, the projections, the events in order, the answers,
-    # and last the event log, which no client waits for.
+    # Then, and only then, the projections, the log entries on their way, the
+    # events in order, the answers, and last the log's acknowledgements, which
+    # no client waits for.
+    await room.actor.settle()
     assert before(room.timeline, "save", lambda kind: kind != "save")
     assert seqs(room.published()) == [1, 2]
     assert room.timeline.of("meta") == ["r"]
     assert room.timeline.of("log") == [[0, 1, 2]]
+    assert room.timeline.of("logged") == [[0, 1, 2]]
+    assert before(room.timeline, "log", lambda kind: kind == "publish")
     assert max(room.timeline.index_of("publish")) < min(room.timeline.index_of("answer"))
-    assert max(room.timeline.index_of("answer")) < min(room.timeline.index_of("log"))
+    assert max(room.timeline.index_of("answer")) < min(room.timeline.index_of("logged"))
     assert answers[0] == Ack(seq=0)
     assert [type(a) for a in answers[1:]] == [Snapshot, Snapshot, Snapshot]
     assert [a.seq for a in answers[1:]] == [1, 2, 2]  # type: ignore[union-attr]
@@ -413,5 +458,109 @@ async def test_a_room_read_by_a_takeover_is_not_read_again(
         assert seqs(room.published()) == [pending.seq]
         assert room.actor.state is not None
         assert sorted(room.actor.state.participants) == sorted([ANN, BEN])
+    finally:
+        room.actor.cancel_timers()
+
+
+# --- mute changes: numbered from the reservation, saved later, read back ------------
+
+TOGGLES = [("audio", False), ("video", True), ("audio", True), ("audio", False)]
+"""Ann ends with audio off and video on."""
+
+
+async def talking_room(
+    nats: tuple[NatsClient, RoomStore, KeyValue], save_delay: float = 60.0
+) -> Room:
+    """Ann and Ben in the room, numbers reserved by a first broadcast; mute
+    changes saved after ``save_delay`` seconds (by default: not within a test)."""
+    limits = dataclasses.replace(LIMITS, mute_save_delay=save_delay)
+    room = await make_room(nats, limits=limits)
+    await room.turn(create_command(), joining(ANN, "j1"), joining(BEN, "j2"))
+    await room.turn(broadcast(0))
+    return room
+
+
+async def test_mute_changes_go_out_without_a_write_and_a_new_owner_reads_them_back(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    room = await talking_room(nats)
+    first = new = None
+    try:
+        [*_, saved] = room.saved()
+        answers = [(await room.turn(toggle(n, *t)))[0] for n, t in enumerate(TOGGLES)]
+        assert answers == [Ack(seq=saved.seq + 1 + n) for n in range(len(TOGGLES))]
+        # Four events, four log entries each sent before its event, no write.
+        assert len(room.saved()) == 2
+        changes = [e for e in room.published() if isinstance(e, TrackStateChanged)]
+        assert [(e.kind, e.enabled) for e in changes] == TOGGLES
+        steps = [kind for kind, _ in room.timeline if kind in ("log", "publish")]
+        assert steps[-2 * len(TOGGLES) :] == ["log", "publish"] * len(TOGGLES)
+        await room.actor.logged()
+
+        # The owner dies without saving: a new one reads the changes back from
+        # the log, and shows a newcomer the state its events already told.
+        first = room
+        new = await make_room(nats, take_over=True)
+        [snapshot] = await new.turn(GetSnapshot(cmd_id="g1", room_id=ROOM))
+        assert isinstance(snapshot, Snapshot)
+        ann = next(p for p in snapshot.participants if p.id == ANN)
+        assert (ann.audio, ann.video) == (False, True)
+        assert snapshot.seq == saved.seq_reserved
+        # An edge that saw every saved event may not skip the numbers that
+        # held mute changes: it is given the room afresh.
+        [again] = await new.turn(GetSnapshot(cmd_id="g2", room_id=ROOM, since=saved.seq))
+        assert isinstance(again, Snapshot)
+    finally:
+        for made in (first, new, room):
+            if made is not None:
+                made.actor.cancel_timers()
+
+
+async def test_mute_changes_are_saved_within_a_moment(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    room = await talking_room(nats, save_delay=0.05)
+    try:
+        await room.turn(toggle(0, "audio", False))
+
+        def flushed() -> bool:
+            [*_, last] = room.saved()
+            return last.participants[ANN].audio is False
+
+        await eventually(flushed, timeout=5, message="the mute change was never saved")
+        assert len(room.saved()) == 3
+    finally:
+        room.actor.cancel_timers()
+
+
+async def test_many_mute_changes_are_saved_at_once(
+    nats: tuple[NatsClient, RoomStore, KeyValue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(actor_module, "UNSAVED_MAX", 3)
+    room = await talking_room(nats)
+    try:
+        for n, t in enumerate(TOGGLES[:2]):
+            await room.turn(toggle(n, *t))
+        assert len(room.saved()) == 2
+        await room.turn(toggle(2, *TOGGLES[2]))  # the third: saved with its turn
+        [*_, last] = room.saved()
+        assert len(room.saved()) == 3
+        assert (last.participants[ANN].audio, last.participants[ANN].video) == (True, True)
+    finally:
+        room.actor.cancel_timers()
+
+
+async def test_a_handover_saves_the_mute_changes_and_waits_for_the_log(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    room = await talking_room(nats)
+    try:
+        await room.turn(toggle(0, "video", False))
+        await room.actor.settle()
+        stored = await room.store.stored()
+        assert stored is not None
+        assert stored.participants[ANN].video is False
+        assert stored.outbox == []  # every entry confirmed: nothing left to replay
+        assert room.timeline.index_of("logged")
     finally:
         room.actor.cancel_timers()

@@ -10,7 +10,7 @@ import pytest
 
 from bus_schema import buckets, codec, subjects
 from runtime.streams import bucket_keys
-from tests.harness import Api, System, background, enter
+from tests.harness import Api, System, WsClient, background, enter
 from tests.system.traffic import (
     Room,
     assert_exactly_once_in_order,
@@ -204,3 +204,46 @@ async def test_partitions_and_owners_are_readable_in_kv(make_system: Callable[..
         for partition in partitions:
             assert await bus.partition_owner(partition) == worker_id
     await bus.close()
+
+
+async def test_mute_changes_a_killed_worker_never_saved_reach_a_newcomer(
+    make_system: Callable[..., System],
+) -> None:
+    """Mute changes are numbered from the reservation and saved later (here:
+    not before the kill); the owner is SIGKILLed after their events were
+    delivered, and a newcomer joining through the new owner is shown the
+    state those events told, read back from the event log."""
+    system = make_system(MUTE_SAVE_DELAY="60")
+    await system.start(actors=2)
+    bus = await system.bus()
+    await bus.balanced([a.env["WORKER_ID"] for a in system.actors])
+    api = Api(system.edges[0].url)
+    ws = system.edges[0].ws_url
+    room_id = await api.create_room("mute")
+    ann = await enter(api, ws, room_id, "ann")
+    ben = await enter(api, ws, room_id, "ben")
+    await ann.recv_type("join")
+    await ann.send({"type": "chat", "to": "all", "n": 0})  # numbers reserved: one write
+    await ben.recv_type("chat")
+    toggles = [("audio", False), ("video", True), ("audio", True), ("audio", False)]
+    for kind, enabled in toggles:
+        await ann.send({"type": "track-state", "kind": kind, "enabled": enabled})
+        heard = await ben.recv_type("track-state")
+        assert (heard["kind"], heard["enabled"]) == (kind, enabled)
+    stored = await bus.room_state(room_id)
+    assert stored is not None
+    assert stored.participants[ann.participant_id].audio is None  # never saved
+
+    owner = await bus.room_owner(room_id)
+    assert owner is not None
+    system.actor(owner).kill()
+    joined = await api.join(room_id, "cid")
+    cid = await WsClient.connect(ws, joined["token"])
+    welcome = await cid.recv_type("welcome")  # the edge retries until the new owner answers
+    shown = {p["name"]: p for p in welcome["participants"]}
+    assert (shown["ann"].get("audio"), shown["ann"].get("video")) == (False, True)
+    assert await bus.room_owner(room_id) not in (None, owner)
+    for client in (ann.client, ben.client, cid):
+        await client.close()
+    await bus.close()
+    await api.close()

@@ -92,12 +92,15 @@ class CheckMember(_Command, frozen=True, tag="check_member"):
     """The caller's identity, if its token has one: refused once banned."""
 
 
-class _FromParticipant(_Command, frozen=True):
+class _FromParticipant(_Command, frozen=True, kw_only=True, omit_defaults=True):
     participant_id: str
     conn_id: str
     frame: msgspec.Raw
     """The client's message as other clients will see it: identity fields
     stamped, ``room_seq`` removed. Relayed untouched."""
+    quiet: bool = False
+    """Answer a refusal only: the sending edge learns of success from the
+    event carrying this ``cmd_id`` on the room's stream, which it receives anyway."""
 
 
 class PublishSession(_FromParticipant, frozen=True, tag="publish_session"):

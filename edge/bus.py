@@ -145,6 +145,7 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
     heartbeat: asyncio.Task[None] | None = None
     service: MicroService | None = None
     try:
+        await bus.commands.start()
         await bus.fanout.start()
         service = await MicroService.start(
             nc,
@@ -165,5 +166,6 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         await bus.fanout.close()
+        await bus.commands.stop()
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -5,18 +5,38 @@ right now), on a lost connection and on a retryable rejection (the room is
 moving), with exponential backoff; never on another rejection. Commands carry
 an id, so a retry after a lost reply is applied once. When the deadline
 passes, `CommandFailed` is raised: the caller tells the client.
+
+A relayed message (`relay`) is sent quiet: the actor answers a refusal only,
+and the edge takes the event carrying the command's id, which comes back on
+the room's stream it is subscribed to anyway, as the success (`echoed`). No
+reply message, no request machinery per message; a command whose event does
+not come back within the attempt timeout goes the ordinary way (`send`, which
+the actor answers in full and applies once).
 """
 
+import asyncio
+import contextlib
 import logging
 from typing import TypeGuard
 
+import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from bus_schema import codec, subjects
-from bus_schema.commands import Command, Rejected, Reply
+from bus_schema.commands import (
+    Ack,
+    Broadcast,
+    Command,
+    PublishSession,
+    Rejected,
+    Reply,
+    SetTrackState,
+)
 from bus_schema.errors import ErrorCode
 from runtime.retry import Attempt, Backoff, Retry
 
@@ -43,6 +63,63 @@ class RoomCommands:
         self._policy = Retry(
             on=(NatsError,), result=_moving, deadline=deadline, backoff=Backoff(0.02, cap=0.25)
         )
+        self._echoes: dict[str, asyncio.Future[Reply | None]] = {}
+        """Quiet commands in flight by id: resolved by their event or a refusal."""
+        self._refusals: Subscription | None = None
+        self._refusal_prefix = ""
+
+    async def start(self) -> None:
+        """Subscribe to the answers to quiet commands (refusals only)."""
+        self._refusal_prefix = self._nc.new_inbox() + "."
+        self._refusals = await self._nc.subscribe(self._refusal_prefix + "*", cb=self._on_refusal)
+
+    async def stop(self) -> None:
+        if self._refusals is not None:
+            with contextlib.suppress(NatsError):
+                await self._refusals.unsubscribe()
+            self._refusals = None
+
+    def echoed(self, cmd_id: str, seq: int) -> None:
+        """An event of the command ``cmd_id`` came on a room's stream: if it is
+        a quiet command of ours, it succeeded."""
+        waiter = self._echoes.pop(cmd_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Ack(seq=seq))
+
+    async def _on_refusal(self, msg: Msg) -> None:
+        waiter = self._echoes.pop(msg.subject[len(self._refusal_prefix) :], None)
+        if waiter is None or waiter.done():
+            return
+        try:
+            reply: Reply | None = codec.replies.decode(msg.data)
+        except codec.DecodeError:
+            reply = None  # "no responders" (an empty status message): the ordinary way
+        waiter.set_result(reply)
+
+    async def relay(self, command: PublishSession | SetTrackState | Broadcast) -> Reply:
+        """Send a relayed message quiet (``command.quiet``); its event is the
+        answer. Refusals come back as a reply; anything else (a timeout, no
+        worker, the room moving) goes the ordinary way, retried until the
+        deadline."""
+        if self._refusals is None or not command.quiet:
+            return await self.send(command)
+        waiter: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+        cmd_id = command.cmd_id
+        self._echoes[cmd_id] = waiter
+        try:
+            await self._nc.publish(
+                subjects.room_command(command.room_id),
+                codec.encode(command),
+                reply=self._refusal_prefix + cmd_id,
+            )
+            reply = await asyncio.wait_for(waiter, self._attempt_timeout)
+        except (NatsError, TimeoutError):
+            reply = None
+        finally:
+            self._echoes.pop(cmd_id, None)
+        if reply is None or _moving(reply):
+            return await self.send(msgspec.structs.replace(command, quiet=False))
+        return reply
 
     async def send(self, command: Command) -> Reply:
         """Send until a reply arrives. A `Rejected` reply that is not retryable is

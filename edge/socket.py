@@ -275,6 +275,7 @@ class ClientSession:
             "participant_id": self._identity.participant_id,
             "conn_id": self._conn.conn_id,
             "frame": msgspec.Raw(inbound.frame),
+            "quiet": True,
         }
 
     async def _write(self) -> None:
@@ -369,7 +370,7 @@ class ClientSession:
             case _:
                 assert_never(inbound)
         try:
-            reply = await self._bus.commands.send(command)
+            reply = await self._bus.commands.relay(command)
         except CommandFailed as e:
             self._error(e.code, e.message)
             return
@@ -431,6 +432,7 @@ class _RelayFields(TypedDict):
     participant_id: str
     conn_id: str
     frame: msgspec.Raw
+    quiet: bool
 
 
 def _size(data: str | bytes) -> int:

@@ -119,7 +119,8 @@ class _Pending:
 
     def answer(self, reply: Reply) -> "_Answer":
         kind = getattr(self.message, "__struct_config__", None)
-        return _Answer(self.msg, reply, kind.tag if kind else "internal", self.arrived)
+        quiet = getattr(self.message, "quiet", False)
+        return _Answer(self.msg, reply, kind.tag if kind else "internal", self.arrived, quiet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +129,16 @@ class _Answer:
     reply: Reply
     command: str
     arrived: float
+    quiet: bool = False
+    """Only a refusal is answered (the edge sees a success as its event)."""
 
     async def send(self) -> None:
-        outcome = self.reply.code if isinstance(self.reply, Rejected) else type(self.reply).__name__
+        reply = self.reply
+        outcome = reply.code if isinstance(reply, Rejected) else type(reply).__name__
         metrics.child(metrics.COMMANDS, self.command, outcome.lower()).inc()
         if self.msg is not None and self.msg.reply:
-            await self.msg.respond(codec.encode(self.reply))
+            if isinstance(reply, Rejected) or not self.quiet:
+                await self.msg.respond(codec.encode(self.reply))
             metrics.child(metrics.COMMAND_SECONDS, self.command).observe(
                 time.monotonic() - self.arrived
             )

@@ -84,6 +84,69 @@ async def test_a_retried_command_is_applied_once(system: System) -> None:
     await nc.close()
 
 
+async def test_a_quiet_relay_is_answered_only_when_refused(system: System) -> None:
+    """A relayed message sent ``quiet`` (as edges send them): its success is
+    its event on the room's stream, with no reply message; a refusal still
+    comes back as one."""
+    nc = await system.connect()
+    room_id = ids.new_id()
+    events: asyncio.Queue[object] = asyncio.Queue()
+    answers: asyncio.Queue[object] = asyncio.Queue()
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        await events.put(codec.events.decode(msg.data))
+
+    async def on_answer(msg: nats.aio.msg.Msg) -> None:
+        await answers.put((msg.subject, codec.replies.decode(msg.data)))
+
+    await nc.subscribe(subjects.room_events(room_id), cb=on_event)
+    inbox = nc.new_inbox()
+    await nc.subscribe(inbox + ".*", cb=on_answer)
+    create = CreateRoom(
+        cmd_id="create-q",
+        room_id=room_id,
+        name="quiet",
+        created_by="test",
+        created_at="2026-01-01T00:00:00.000Z",
+        max_participants=5,
+    )
+    assert await request(nc, create) == Ack(seq=0)
+    participant = ids.new_id()
+    join = Join(
+        cmd_id="join-q",
+        room_id=room_id,
+        participant_id=participant,
+        name="Q",
+        edge_id="test-edge",
+        conn_id="c1",
+    )
+    assert isinstance(await request(nc, join), Snapshot)
+    assert isinstance(await asyncio.wait_for(events.get(), 5), ParticipantJoined)
+
+    subject = subjects.room_command(room_id)
+    frame = msgspec.Raw(b'{"type":"x"}')
+    say = Broadcast(
+        cmd_id="q-1", room_id=room_id, participant_id=participant, conn_id="c1", frame=frame
+    )
+    quiet = msgspec.structs.replace(say, quiet=True)
+    await nc.publish(subject, codec.encode(quiet), reply=f"{inbox}.q-1")
+    event = await asyncio.wait_for(events.get(), 5)
+    assert isinstance(event, Broadcasted)
+    assert event.cmd_id == "q-1"
+    # A command answered after it, by the same actor in order: by then a reply
+    # to the quiet one would have come.
+    assert await request(nc, msgspec.structs.replace(say, cmd_id="q-2")) == Ack(seq=3)
+    assert answers.empty()
+
+    stranger = msgspec.structs.replace(quiet, cmd_id="q-3", conn_id="not-the-connection")
+    await nc.publish(subject, codec.encode(stranger), reply=f"{inbox}.q-3")
+    to, refusal = await asyncio.wait_for(answers.get(), 5)
+    assert to == f"{inbox}.q-3"
+    assert isinstance(refusal, Rejected)
+    assert refusal.code == "not_in_room"
+    await nc.close()
+
+
 async def test_malformed_commands_are_refused(system: System) -> None:
     nc = await system.connect()
     room_id = ids.new_id()

@@ -2,14 +2,21 @@
 
 A client that does not read and lets its pending output pass the bound
 (``SEND_QUEUE_BYTES``, counted in UTF-8 bytes) is disconnected (close code
-4008); it never delays the others. A ``welcome`` and its replays (the room's
-state, which is bounded elsewhere) count on top of the bound until they are
-written, so a large room is never taken for a slow client. Targeted frames that
-arrive before the client's ``welcome`` are held until it went out.
+4008). Before that, output past a lower mark (`congestion_mark`) makes the
+connection *congested*: its room's feed holds back the senders of the room on
+this edge until it drains (`edge.fanout.RoomFeed.until_flowing`), so an edge
+short of CPU slows the senders instead of cutting receivers; one that stays
+congested while the senders wait is too slow itself and is cut (4008).
+
+A ``welcome`` and its replays (the room's state, which is bounded elsewhere)
+count on top of the bound until they are written, so a large room is never
+taken for a slow client. Targeted frames that arrive before the client's
+``welcome`` are held until it went out.
 """
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,16 +49,20 @@ class Connection:
         "_grace",
         "_grace_end",
         "_held",
+        "_high",
         "_limit",
+        "_low",
         "_pending",
         "_queue",
         "_queued",
         "_wakeup",
         "_written",
         "closing",
+        "congested_since",
         "conn_id",
         "identity",
         "on_abandon",
+        "on_congestion",
         "start_seq",
     )
 
@@ -62,6 +73,12 @@ class Connection:
         """Room events with a higher seq than this are delivered; the rest are in
         the client's ``welcome`` already."""
         self._limit = limit_bytes
+        self._high = congestion_mark(limit_bytes)
+        self._low = self._high // 4
+        self.congested_since = 0.0
+        """When the output passed the congestion mark (monotonic seconds; 0: it has not)."""
+        self.on_congestion: Callable[[Connection, bool], None] | None = None
+        """Told when the connection becomes congested (True) and when it drains (False)."""
         self._queue: deque[str | Close] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         """Set while the writer waits for output (a deque and one future weigh
@@ -100,6 +117,18 @@ class Connection:
             return
         self._queued += size
         self._push(text)
+        if not self.congested_since and self._pending > self._high + self._grace_left():
+            self.congested_since = time.monotonic()
+            if self.on_congestion is not None:
+                self.on_congestion(self, True)
+
+    def _grace_left(self) -> int:
+        return self._grace if self._written < self._grace_end else 0
+
+    def _drained(self) -> None:
+        self.congested_since = 0.0
+        if self.on_congestion is not None:
+            self.on_congestion(self, False)
 
     def send_snapshot(self, texts: list[str]) -> None:
         """A ``welcome`` and its replays: the room's state, bounded by the room's
@@ -137,8 +166,12 @@ class Connection:
         if self.closing is None:
             self.closing = Close(code, reason, discard)
             self._push(self.closing)
-            if discard and self.on_abandon is not None:
-                self.on_abandon()
+            if self.congested_since:
+                self._drained()  # nothing more is queued: no one waits for it
+            if discard:
+                metrics.SLOW_CONSUMERS.inc()
+                if self.on_abandon is not None:
+                    self.on_abandon()
 
     async def next_output(self) -> str | Close:
         while not self._queue:
@@ -152,4 +185,12 @@ class Connection:
             size = _size(item)
             self._pending -= size
             self._written += size
+            if self.congested_since and self._pending <= self._low:
+                self._drained()
         return item
+
+
+def congestion_mark(limit_bytes: int) -> int:
+    """Unsent output past which a connection holds its room's senders back: a
+    quarter of the bound, at most 64 KiB (a fraction of a second of a busy room)."""
+    return min(limit_bytes // 4, 64 * 1024)

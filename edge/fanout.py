@@ -10,7 +10,13 @@ notice nothing), or a snapshot, and then sends its clients a fresh ``welcome``
 instead of delivering a wrong view.
 
 Each local client is a `edge.connection.Connection` with a bounded output
-queue (a slow client is dropped, never waited on).
+queue. When one of a room's connections has more output waiting than its
+congestion mark (the edge is short of CPU, or the client reads slowly), the
+room's senders on this edge are not read until it drains (`until_flowing`):
+demand beyond what the edge can deliver slows the senders, and well-behaved
+receivers lose nothing. A connection still congested after
+``BACKPRESSURE_STALL`` seconds of that is too slow itself: it is cut (4008) and
+the room goes on.
 
 Targeted frames from other edges are checked (`protocol.peer_frame`) before a
 client sees them: a compromised edge cannot forge a ``welcome`` or speak for a
@@ -50,6 +56,11 @@ log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 256
 """Rendered events each feed keeps, to catch up a client that joined behind it."""
+BACKPRESSURE_STALL = 2.0
+"""Seconds a congested connection may hold its room's senders back before it is
+cut as a slow consumer (close 4008)."""
+_STALL_CHECK = 0.25
+"""How often a held-back sender looks for connections past the stall."""
 WAITING_PEER_FRAMES = 256
 """Targeted frames a feed keeps while it cannot check their sender yet (no
 snapshot yet, or resyncing); more are dropped."""
@@ -77,6 +88,51 @@ class RoomFeed:
         """Targeted frames that came before the feed could check their sender."""
         self._request_resync = request_resync
         self.resyncing = False
+        self._congested: set[Connection] = set()
+        self._flowing: asyncio.Future[None] | None = None
+        """Resolved when no connection of the room is congested any more."""
+
+    @property
+    def congested(self) -> bool:
+        return bool(self._congested)
+
+    def _on_congestion(self, connection: Connection, congested: bool) -> None:
+        if congested:
+            self._congested.add(connection)
+            return
+        self._congested.discard(connection)
+        if not self._congested and self._flowing is not None and not self._flowing.done():
+            self._flowing.set_result(None)
+
+    async def until_flowing(self) -> None:
+        """Wait (a sender's next frame) until no connection of the room is
+        congested; cut those that stay congested for ``BACKPRESSURE_STALL``."""
+        metrics.BACKPRESSURE_WAITS.inc()
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            while self._congested:
+                if self._flowing is None or self._flowing.done():
+                    self._flowing = loop.create_future()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._flowing), _STALL_CHECK)
+                self._cut_stalled(time.monotonic())
+        finally:
+            metrics.BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
+
+    def _cut_stalled(self, now: float) -> None:
+        for connection in list(self._congested):
+            if now - connection.congested_since >= BACKPRESSURE_STALL:
+                log.info(
+                    "conn %s: slow consumer (behind for %.1f s while the room waited), "
+                    "disconnecting",
+                    connection.conn_id,
+                    now - connection.congested_since,
+                    extra={"participant_id": connection.participant_id},
+                )
+                connection.close(
+                    CloseCode.SLOW_CONSUMER, "Too slow: the room waited for you", discard=True
+                )
 
     def on_event(self, event: Event) -> None:
         if self.seq is None or self.resyncing:
@@ -124,6 +180,7 @@ class RoomFeed:
         """Start delivering to a connection whose Join returned ``snapshot``:
         its ``welcome``, then exactly the events after the snapshot."""
         connection.start_seq = snapshot.seq
+        connection.on_congestion = self._on_congestion
         _send_welcome(connection, snapshot, replays=True)
         connection.go_live()
         self.connections[connection.conn_id] = connection
@@ -186,6 +243,8 @@ class RoomFeed:
         self._waiting_peers = []
 
     def remove(self, connection: Connection) -> None:
+        connection.on_congestion = None
+        self._on_congestion(connection, False)
         self.connections.pop(connection.conn_id, None)
         if self._by_participant.get(connection.participant_id) is connection:
             del self._by_participant[connection.participant_id]

@@ -30,6 +30,19 @@ RELAY_SECONDS = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SLOW_CONSUMERS = Counter(
+    "signaling_edge_slow_consumers_total",
+    "Sockets cut off (close 4008) for not reading their output: past SEND_QUEUE_BYTES, or "
+    "still behind after BACKPRESSURE_STALL seconds while their room's senders waited",
+)
+BACKPRESSURE_WAITS = Counter(
+    "signaling_edge_backpressure_waits_total",
+    "Times a socket's next frame was not read because its room was congested on this edge",
+)
+BACKPRESSURE_SECONDS = Counter(
+    "signaling_edge_backpressure_seconds_total",
+    "Seconds sockets' reading was held back by congested rooms",
+)
 CALLS_REQUESTS = Counter(
     "signaling_edge_calls_requests_total",
     "Calls proxy requests, by route and answered status",

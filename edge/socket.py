@@ -319,6 +319,10 @@ class ClientSession:
                 self._refuse("rate_limited", "Too much data; slow down")
                 continue
             await self._handle(data, feed)
+            if feed.congested:
+                # The room's output on this edge is behind: this sender waits
+                # (its frames stay in its socket) instead of anyone losing them.
+                await feed.until_flowing()
 
     async def _handle(self, data: str | bytes, feed: RoomFeed) -> None:
         identity = self._identity

@@ -284,6 +284,72 @@ async def test_a_slow_client_is_disconnected_and_delays_no_one(
     await api.close()
 
 
+async def test_a_congested_room_holds_its_sender_and_cuts_only_the_reader_that_stays_behind(
+    make_system: Callable[..., System],
+) -> None:
+    """Backpressure: a reader that stops reading makes the room congested on
+    its edge, and the talker's frames are not read meanwhile (they wait in its
+    socket, none is lost or refused). The reader that stays behind for
+    BACKPRESSURE_STALL is cut (4008, counted) long before its output reaches
+    SEND_QUEUE_BYTES; the one that keeps up gets everything, in order."""
+    system = make_system(RESUME_GRACE="1", MAX_BROADCAST_BYTES=str(64 * 1024))
+    await system.start()
+    edge = system.edges[0]
+    api = Api(edge.url)
+    room_id = await api.create_room("congested")
+    talker = await enter(api, edge.ws_url, room_id, "Talker")
+    reader = await enter(api, edge.ws_url, room_id, "Reader")
+    await talker.recv_type("join")
+    joined = await api.join(room_id, "Sleeper")
+    sleeper = opened(
+        await websockets.connect(
+            f"{edge.ws_url}?token={joined['token']}", max_queue=1, open_timeout=10
+        )
+    )
+    await sleeper.recv()  # its welcome; then it never reads again
+    await talker.recv_type("join")
+    await reader.recv_type("join")
+    before = await edge_counters(edge.url)
+
+    payload = "x" * 30_000
+    count = 300  # 9 MB: far more than socket buffers and the 1 MiB bound (the default)
+
+    async def read_all() -> list[int]:
+        return [(await reader.recv_type("chat", timeout=30))["n"] for _ in range(count)]
+
+    reading = asyncio.create_task(read_all())
+    for n in range(count):
+        await talker.send({"type": "chat", "to": "all", "n": n, "pad": payload})
+    assert await reading == list(range(count))
+    assert (await talker.recv_type("leave", timeout=30))["from"] == joined["participant_id"]
+    after = await edge_counters(edge.url)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew("signaling_edge_slow_consumers_total") == 1
+    assert grew("signaling_edge_backpressure_waits_total") > 0
+    assert "slow consumer (behind for" in edge.log()  # cut by the stall, not the bound
+    assert grew("signaling_edge_errors_total") == 0  # the talker was slowed, never refused
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(drain(sleeper), 30)
+    await api.close()
+
+
+async def edge_counters(url: str) -> dict[str, float]:
+    """The edge's counters, each summed over its labels."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        text = (await http.get("/metrics")).text
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, value = line.split("{", 1)[0].split(" ", 1)[0], line.rsplit(" ", 1)[1]
+        if name.endswith("_total"):
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
 async def test_traffic_over_two_edges_is_exactly_once(make_system: Callable[..., System]) -> None:
     system = make_system()
     await system.start(edges=2, actors=2)

@@ -58,6 +58,12 @@ log = logging.getLogger(__name__)
 _RECENT_EVENTS = 256
 _CATCHUP_BYTES = 256 * 1024
 _REPUBLISH = 16
+APPLIED_SECONDS = 30.0
+"""How long an actor remembers the ids of commands it applied, beyond the
+state's last 64: an edge retries a command for ``COMMAND_DEADLINE`` (10 s by
+default), and a retry of a relayed message that was applied long ago (its
+event stuck behind a busy room) must not be applied twice."""
+APPLIED_MAX = 100_000
 TURN_FRAME_BYTES = 64 * 1024
 """Client frames one turn takes at most (beyond its first command): a turn's
 events are saved with the state (the outbox), so this bounds what they add."""
@@ -93,6 +99,8 @@ class _Turn:
     closed: RoomState | None = None
     """The room closed in this turn: its last state, saved with the turn's
     events, then deleted."""
+    applied: list[tuple[float, str]] = field(default_factory=list)
+    """(arrival, id) of the commands the turn applies: remembered once saved."""
 
     def add(self, decision: Decision, answer: "_Answer") -> None:
         self.state = decision.state
@@ -177,6 +185,9 @@ class RoomActor:
         self._skipped: tuple[int, int] | None = None
         """(last saved, first usable) sequence numbers when this actor took the
         room over past a reservation."""
+        self._applied: deque[tuple[float, str]] = deque()
+        self._applied_ids: set[str] = set()
+        """Commands applied in the last `APPLIED_SECONDS` (when, id)."""
         self._unsaved = 0
         """Changes made since the last save without writing (mute changes)."""
         self._flush: asyncio.TimerHandle | None = None
@@ -311,6 +322,9 @@ class RoomActor:
             await self.logged()  # the log lags: the room waits for it
         turn = self._fold(batch)
         self._state = await self._save(turn)
+        for arrived, cmd_id in turn.applied:
+            self._applied.append((arrived, cmd_id))
+            self._applied_ids.add(cmd_id)
         self._schedule_expiry(next_deadline(self._state))
         await self._project(turn)
         if turn.republish:
@@ -368,8 +382,16 @@ class RoomActor:
         """Decide each message in turn, each on the state the previous one left."""
         now = clock.now()
         turn = _Turn(self._state)
+        applied, applied_ids = self._applied, self._applied_ids
+        arrived = batch[0].arrived
+        while applied and (applied[0][0] < arrived - APPLIED_SECONDS or len(applied) > APPLIED_MAX):
+            applied_ids.discard(applied.popleft()[1])
         for pending in batch:
-            decision = decide(turn.state, pending.message, now, self._limits)
+            message = pending.message
+            decision = decide(turn.state, message, now, self._limits, applied_ids)
+            cmd_id: str | None = getattr(message, "cmd_id", None)
+            if decision.state is not turn.state and cmd_id is not None:
+                turn.applied.append((pending.arrived, cmd_id))
             reply = decision.reply
             if decision.catch_up_since is not None:
                 reply = self._catchup(decision.catch_up_since, turn) or reply

@@ -8,7 +8,7 @@ What a decision is and the limits it applies live in `room_actors.decision`;
 who is in the room and their Calls sessions, in `room_actors.membership`.
 """
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from msgspec.structs import replace
 
@@ -132,10 +132,17 @@ def next_deadline(state: RoomState | None) -> float | None:
 
 
 def decide(
-    state: RoomState | None, message: Command | Internal, clock: Clock, limits: Limits
+    state: RoomState | None,
+    message: Command | Internal,
+    clock: Clock,
+    limits: Limits,
+    applied: Container[str] = (),
 ) -> Decision:
-    """Apply one message to a room's state: what the turn must do about it."""
-    decision = _decide(state, message, clock, limits)
+    """Apply one message to a room's state: what the turn must do about it.
+    ``applied``: ids of commands applied lately beyond the state's own
+    ``recent_commands`` (the actor's memory of the last seconds): a retry of
+    one is a replay, not a second application."""
+    decision = _decide(state, message, clock, limits, applied)
     changed = decision.state is not state and decision.state is not None
     write = decision.write or (changed and decision.durable)
     logged = entries(decision.events, clock.iso) if decision.events else ()
@@ -145,7 +152,11 @@ def decide(
 
 
 def _decide(
-    state: RoomState | None, message: Command | Internal, clock: Clock, limits: Limits
+    state: RoomState | None,
+    message: Command | Internal,
+    clock: Clock,
+    limits: Limits,
+    applied: Container[str],
 ) -> Decision:
     match message:
         case CreateRoom():
@@ -177,7 +188,7 @@ def _decide(
                 if p.edge_id in message.edge_ids and p.disconnected_until is None
             ]
             return remove(state, gone, "edge_lost", clock, limits)
-    if message.cmd_id in state.recent_commands:
+    if message.cmd_id in applied or message.cmd_id in state.recent_commands:
         return _replay(state, message)
     match message:
         case Join():

@@ -564,3 +564,18 @@ async def test_a_handover_saves_the_mute_changes_and_waits_for_the_log(
         assert room.timeline.index_of("logged")
     finally:
         room.actor.cancel_timers()
+
+
+async def test_a_retry_older_than_the_states_memory_is_not_applied_twice(room: Room) -> None:
+    """An edge retries a relayed message whose event was stuck behind a busy
+    room: the state remembers only its last command ids, the actor the ones of
+    the last seconds, so the retry is answered, not applied again."""
+    await room.turn(create_command(), joining(ANN, "j1"))
+    count = LIMITS.recent_commands + 6
+    await room.turn(*(broadcast(n) for n in range(count)))
+    assert room.actor.state is not None
+    assert "b0" not in room.actor.state.recent_commands
+    published = len(room.published())
+    [answer] = await room.turn(broadcast(0))
+    assert isinstance(answer, Ack)
+    assert len(room.published()) == published  # no second event

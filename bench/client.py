@@ -53,10 +53,15 @@ class Stats:
     membership: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     """Set when a client learns of a member (its welcome, a join, a leave)."""
 
+    since_ns: int = 0
+    """Messages sent before this (Unix ns) are not counted: under overload the
+    warm-up's may still be arriving while the measurement runs."""
+
     def reset(self) -> None:
         self.latencies = []
         self.received = 0
         self.errors = 0
+        self.since_ns = time.time_ns()
 
     def count(self) -> None:
         """One more timestamped message received while recording."""
@@ -102,7 +107,7 @@ class BenchClient(WSListener):  # type: ignore[misc]
         message = _decoder.decode(frame.get_payload_as_bytes())
         stats = self.stats
         if message.ts:
-            if stats.recording:
+            if stats.recording and message.ts >= stats.since_ns:
                 stats.latencies.append(time.time_ns() / 1e9 - message.ts / 1e9)
                 stats.count()
         elif message.type == "welcome":

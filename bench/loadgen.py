@@ -191,10 +191,11 @@ async def relay(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         meter.start()
     sent, expected = await send_traffic(traffic, rate, args.duration)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(args.drain):
             await stats.until_received(expected)  # the last deliveries
     cpu = {} if meter is None else cpu_per_message(meter.stop(), sent, expected, ("loadgen",))
     stats.recording = False
+    cut = sum(1 for client in clients if client.closed)
     for client in clients:
         client.close()
     return {
@@ -210,6 +211,7 @@ async def relay(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         "expected": expected,
         "received": stats.received,
         "errors": stats.errors,
+        "clients_cut": cut,
         "latency_ms": {k: v * 1000 if k != "n" else v for k, v in summary(stats.latencies).items()},
         **cpu,
     }
@@ -377,6 +379,12 @@ def main() -> None:
         choices=MESSAGES,
         default="bench",
         help="relay: what is sent (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=1.0,
+        help="relay: seconds to wait for the last deliveries after the last send",
     )
     parser.add_argument(
         "--deliveries-per-s",

@@ -21,6 +21,15 @@
   by the room's owning actor; read by edges to check ownership. Keys age out
   after the room TTL; the owner refreshes those of rooms in use.
 
+- ``active_rooms``: key = ``<partition>.<room id>``, value =
+  `bus_schema.state.RoomActivity`: the rooms a worker taking a partition over
+  must load (someone is in them, or they close at a set time), so that a
+  takeover reads those and not every stored room. Written by the owning actor
+  when that changes (not per join); keys age out with the room TTL and are
+  refreshed while the room is in use. The key ``complete`` says the index
+  covers every room (a worker that finds it missing scans ``room_state`` once
+  and fills the index).
+
 Only actors create buckets; edges bind to existing ones.
 """
 
@@ -30,6 +39,9 @@ ROOMS = "rooms"
 ROOM_STATE = "room_state"
 LEASES = "actor_leases"
 CALLS_SESSIONS = "calls_sessions"
+ACTIVE_ROOMS = "active_rooms"
+INDEX_COMPLETE = "complete"
+"""The key in ``active_rooms`` that says the index covers every stored room."""
 
 WORKER_PREFIX = "worker."
 PARTITION_PREFIX = "partition."
@@ -40,6 +52,12 @@ def room_key(room_id: str) -> str:
     if not is_uuid(room_id):
         raise ValueError(f"not a valid room id: {room_id!r}")
     return room_id
+
+
+def active_key(partition: int, room_id: str) -> str:
+    """A room's key in ``active_rooms``: its partition first, so one
+    partition's rooms are listed by a subject filter."""
+    return f"{partition}.{room_key(room_id)}"
 
 
 def worker_key(worker_id: str) -> str:

@@ -147,6 +147,16 @@ class CallsSession(msgspec.Struct, frozen=True, kw_only=True):
     participant_id: str
 
 
+class RoomActivity(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a room is in ``active_rooms``: a new owner of its partition loads it."""
+
+    room_id: str
+    occupied: bool
+    """Someone is in the room (connected or within the resume grace)."""
+    close_at: float | None = None
+    """Unix seconds when the empty room is to close, if set."""
+
+
 class WorkerLease(msgspec.Struct, frozen=True, kw_only=True):
     """A live room actor worker (``actor_leases`` bucket, key ``worker.<id>``)."""
 

@@ -35,7 +35,7 @@ from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import Broadcasted, Event
 from bus_schema.log import LogEntry
-from bus_schema.state import CallsSession, RoomState
+from bus_schema.state import CallsSession, RoomActivity, RoomState
 from room_actors import metrics
 from room_actors.log import entries
 from room_actors.state import (
@@ -182,6 +182,8 @@ class RoomActor:
         """The last events published, to catch up an edge that missed some."""
         self._preloaded: Loaded | None = None
         """The room as a takeover read it, for the first load."""
+        self._indexed: RoomActivity | _Unknown | None = UNKNOWN
+        """The room's entry in ``active_rooms`` as last written (or read)."""
         self._skipped: tuple[int, int] | None = None
         """(last saved, first usable) sequence numbers when this actor took the
         room over past a reservation."""
@@ -217,6 +219,8 @@ class RoomActor:
         write came between)."""
         if loaded is not None and not self._loaded and not self._mailbox:
             self._preloaded = loaded
+            if loaded.state is not None:
+                self._indexed = activity(loaded.state)  # listed there: no need to write it
         self.submit(GetSnapshot(cmd_id=ids.new_command_id(), room_id=self.room_id), None)
 
     def touch(self) -> None:
@@ -444,6 +448,13 @@ class RoomActor:
         for cleanup in turn.cleanup:
             for session_id in cleanup.session_ids:
                 await self._store.forget_calls_session(session_id)
+        now = activity(state) if state is not None and turn.closed is None else None
+        if now != self._indexed or (turn.meta and now is not None):
+            # Written when the room starts or stops needing a takeover's
+            # attention (not per join), and refreshed with the metadata.
+            if now is not None or self._indexed is not UNKNOWN:
+                await self._store.index_room(self.room_id, now)
+            self._indexed = now
 
     async def _load(self) -> None:
         loaded, self._preloaded = self._preloaded, None
@@ -514,6 +525,22 @@ class RoomActor:
                 await pending.answer(reply).send()
             except Exception:
                 log.exception("could not answer a command")
+
+
+class _Unknown:
+    """Not known yet: the actor has not written or read the entry."""
+
+
+UNKNOWN = _Unknown()
+
+
+def activity(state: RoomState) -> RoomActivity | None:
+    """The room's entry in ``active_rooms``: someone is in it, or it closes at
+    a set time (``None``: a takeover need not load it)."""
+    occupied = bool(state.participants)
+    if not occupied and state.close_at is None and not state.closed:
+        return None
+    return RoomActivity(room_id=state.room_id, occupied=occupied, close_at=state.close_at)
 
 
 def _frame_size(message: Command | Internal) -> int:

@@ -22,6 +22,12 @@ OWNERSHIP_CHANGES = Counter(
     "Partitions acquired, released or lost",
     ["change"],
 )
+TAKEOVER_ROOMS_READ = Counter(
+    "signaling_actor_takeover_rooms_read_total",
+    "Rooms read from KV when partitions were taken over: the active_rooms index's "
+    "(occupied or closing) and, for a partition it did not cover yet, every stored room",
+    ["source"],
+)
 FENCED = Counter(
     "signaling_actor_fenced_total",
     "Turns refused because this worker no longer owned the room (writes not made)",

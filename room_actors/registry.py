@@ -14,7 +14,8 @@ from bus_schema import codec, ids, subjects
 from bus_schema.commands import Rejected
 from bus_schema.control import CloseCallsTracks
 from bus_schema.errors import ErrorCode
-from room_actors.actor import RETRY, RoomActor
+from room_actors import metrics
+from room_actors.actor import RETRY, RoomActor, activity
 from room_actors.state import ExpireDisconnected, Limits, Republish
 from room_actors.store import Loaded, RoomStore
 from runtime.retry import Backoff, Retry
@@ -109,12 +110,22 @@ class Registry:
                     metadata={"partition": str(partition)},
                 )
                 self._partitions.add(partition)
-        wanted = set(partitions)
-        mine = [
-            room_id
-            for room_id in await self._store.room_ids()
-            if ids.is_uuid(room_id) and subjects.partition_of(room_id) in wanted
-        ]
+        # The rooms to look at: those the index lists for each partition, or,
+        # for a partition the index does not cover yet, every stored room of
+        # it (one scan of room_state, after which the index covers it).
+        listed = await asyncio.gather(*map(self._store.indexed_rooms, partitions))
+        indexed = {room for rooms in listed if rooms is not None for room in rooms}
+        unindexed = {p for p, rooms in zip(partitions, listed, strict=True) if rooms is None}
+        scanned: list[str] = []
+        if unindexed:
+            scanned = [
+                room_id
+                for room_id in await self._store.room_ids()
+                if ids.is_uuid(room_id) and subjects.partition_of(room_id) in unindexed
+            ]
+        mine = sorted(indexed | set(scanned))
+        metrics.child(metrics.TAKEOVER_ROOMS_READ, "index").inc(len(indexed))
+        metrics.child(metrics.TAKEOVER_ROOMS_READ, "scan").inc(len(mine) - len(indexed))
         gate = asyncio.Semaphore(_TAKEOVER_LOADS)
 
         async def look(room_id: str) -> Loaded:
@@ -123,12 +134,23 @@ class Registry:
 
         # The rooms are read many at a time (a takeover's time is mostly round
         # trips to KV), and an active room's actor starts from what was read.
+        index_writes = []
         for room_id, loaded in zip(mine, await asyncio.gather(*map(look, mine)), strict=True):
             state = loaded.state
+            entry = activity(state) if state is not None else None
+            if entry is None:
+                if room_id in indexed:
+                    index_writes.append(self._store.index_room(room_id, None))  # stale
+                continue
+            if room_id not in indexed:
+                index_writes.append(self._store.index_room(room_id, entry))
             if state is not None and (state.participants or state.closed):
                 self.actor(room_id).activate(loaded)
             elif state is not None and state.close_at is not None:
                 self._wake_at(room_id, state.close_at)
+        await asyncio.gather(*index_writes)
+        for partition in unindexed:
+            await self._store.index_complete(partition)
 
     async def release(self, partitions: list[int]) -> None:
         """Stop serving partitions: no new commands, finish the turns in flight,

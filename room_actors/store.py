@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 from bus_schema import buckets, codec, subjects
 from bus_schema import log as event_log
 from bus_schema.log import LOG_STREAM, LogEntry
-from bus_schema.state import CallsSession, RoomMeta, RoomState
+from bus_schema.state import CallsSession, RoomActivity, RoomMeta, RoomState
 from room_actors import metrics
 from runtime.retry import Attempt, Backoff, Retry
 from runtime.streams import bucket_keys, ensure_limits, ensure_stream, kv_stream
@@ -79,6 +79,10 @@ class ActorStore(Protocol):
         """Append to the event log, in order, and wait for it."""
         ...
 
+    async def index_room(self, room_id: str, activity: RoomActivity | None) -> None:
+        """Write the room's entry in ``active_rooms`` (``None``: remove it)."""
+        ...
+
     @property
     def log_seq(self) -> int:
         """The log's sequence number as last confirmed (or when the store
@@ -131,6 +135,7 @@ async def ensure_buckets(
         (buckets.ROOMS, "room metadata, projected from room_state by the owning actor"),
         (buckets.ROOM_STATE, "room state, written only by the owning actor with CAS"),
         (buckets.CALLS_SESSIONS, "Calls session owners, projected by the owning actor"),
+        (buckets.ACTIVE_ROOMS, "rooms a takeover loads, by partition (the owning actor)"),
     ):
         try:
             await js.key_value(bucket)
@@ -184,10 +189,12 @@ class RoomStore:
         rooms_kv: KeyValue,
         calls_kv: KeyValue,
         js: JetStreamContext | None = None,
+        active_kv: KeyValue | None = None,
     ) -> None:
         self._state = state_kv
         self._rooms = rooms_kv
         self._calls = calls_kv
+        self._active = active_kv
         self._js = js
         self._nc: Client | None = None
         self._log_seq = 0
@@ -199,6 +206,7 @@ class RoomStore:
             await js.key_value(buckets.ROOMS),
             await js.key_value(buckets.CALLS_SESSIONS),
             js,
+            await js.key_value(buckets.ACTIVE_ROOMS),
         )
         store._nc = nc
         with contextlib.suppress(NotFoundError):
@@ -346,6 +354,36 @@ class RoomStore:
             await self._calls.delete(buckets.calls_session_key(session_id))
         except (nats.errors.Error, TimeoutError) as e:
             log.warning("could not forget a Calls session: %s", type(e).__name__)
+
+    async def index_room(self, room_id: str, activity: RoomActivity | None) -> None:
+        """Write the room's entry in ``active_rooms``, or remove it: purged from
+        the bucket's stream, not deleted, so that no marker stays behind to be
+        listed by the next takeover."""
+        if self._active is None or self._js is None:
+            return
+        key = buckets.active_key(subjects.partition_of(room_id), room_id)
+        if activity is not None:
+            await self._active.put(key, codec.encode(activity))
+            return
+        subject = f"$KV.{buckets.ACTIVE_ROOMS}.{key}"
+        await self._js.purge_stream(kv_stream(buckets.ACTIVE_ROOMS), subject=subject)
+
+    async def indexed_rooms(self, partition: int) -> list[str] | None:
+        """The rooms of a partition in ``active_rooms``; ``None`` when the
+        index does not cover the partition yet (`index_complete`)."""
+        assert self._nc is not None, "bind() the store first"
+        assert self._active is not None, "bind() the store first"
+        try:
+            await self._active.get(f"{buckets.INDEX_COMPLETE}.{partition}")
+        except KeyNotFoundError:
+            return None
+        keys = await bucket_keys(self._nc, buckets.ACTIVE_ROOMS, keys=f"{partition}.>")
+        return [key.split(".", 1)[1] for key in keys]
+
+    async def index_complete(self, partition: int) -> None:
+        """Mark the index as covering every room of the partition."""
+        if self._active is not None:
+            await self._active.put(f"{buckets.INDEX_COMPLETE}.{partition}", b"true")
 
     async def room_ids(self) -> list[str]:
         """Every room key of ``room_state``, deleted ones included (reading the

@@ -80,7 +80,9 @@ class _StreamInfo(msgspec.Struct):
 _stream_info = msgspec.json.Decoder(_StreamInfo)
 
 
-async def bucket_keys(nc: Client, bucket: str, *, prefix: str = DEFAULT_PREFIX) -> list[str]:
+async def bucket_keys(
+    nc: Client, bucket: str, *, keys: str = ">", prefix: str = DEFAULT_PREFIX
+) -> list[str]:
     """Every key of ``bucket`` that has a message: the live keys **and** the keys
     whose last message is a delete or purge marker (read a key to tell which).
 
@@ -92,12 +94,13 @@ async def bucket_keys(nc: Client, bucket: str, *, prefix: str = DEFAULT_PREFIX) 
     for the subjects of the bucket's stream instead: one answer, computed under
     the stream's lock, in which a concurrent write cannot hide a key (paged
     every 100,000 keys; across pages a key deleted meanwhile may shift
-    another past a page boundary)."""
+    another past a page boundary). ``keys``: a subject filter on the keys
+    (``"3.>"``: those that start with the token ``3``)."""
     stream = kv_stream(bucket)
     pre = f"$KV.{bucket}."
-    keys: list[str] = []
+    found: list[str] = []
     while True:
-        request = {"subjects_filter": f"{pre}>", "offset": len(keys)}
+        request = {"subjects_filter": f"{pre}{keys}", "offset": len(found)}
         reply = await nc.request(
             f"{prefix}.STREAM.INFO.{stream}", json.dumps(request).encode(), timeout=REQUEST_TIMEOUT
         )
@@ -105,6 +108,6 @@ async def bucket_keys(nc: Client, bucket: str, *, prefix: str = DEFAULT_PREFIX) 
         if info.error is not None:
             APIError.from_error(info.error)  # raises the matching APIError
         subjects = (info.state.subjects if info.state else None) or {}
-        keys.extend(subject[len(pre) :] for subject in subjects)
-        if not subjects or len(keys) >= info.total:
-            return keys
+        found.extend(subject[len(pre) :] for subject in subjects)
+        if not subjects or len(found) >= info.total:
+            return found

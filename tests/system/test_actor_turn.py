@@ -74,7 +74,7 @@ class RecordingStore(RoomStore):
     """The real store on the real buckets, each call recorded in the timeline."""
 
     def __init__(self, timeline: Timeline, real: RoomStore, kv: KeyValue) -> None:
-        super().__init__(real._state, real._rooms, real._calls, real._js)
+        super().__init__(real._state, real._rooms, real._calls, real._js, real._active)
         self.timeline = timeline
         self.kv = kv
         self.loads = 0

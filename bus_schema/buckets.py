@@ -30,6 +30,11 @@
   covers every room (a worker that finds it missing scans ``room_state`` once
   and fills the index).
 
+- ``room_list``: key = ``<first two hex digits of the room id>.<room id>``,
+  value = the room id: every stored room, in 256 shards, so that the admin
+  listing reads a page from the shard its cursor is in (a subject filter),
+  not every key. Written with the metadata, purged when the room closes.
+
 Only actors create buckets; edges bind to existing ones.
 """
 
@@ -40,6 +45,9 @@ ROOM_STATE = "room_state"
 LEASES = "actor_leases"
 CALLS_SESSIONS = "calls_sessions"
 ACTIVE_ROOMS = "active_rooms"
+ROOM_LIST = "room_list"
+LIST_SHARDS = tuple(f"{n:02x}" for n in range(256))
+"""The shards of ``room_list``, in key order."""
 INDEX_COMPLETE = "complete"
 """The key in ``active_rooms`` that says the index covers every stored room."""
 
@@ -58,6 +66,11 @@ def active_key(partition: int, room_id: str) -> str:
     """A room's key in ``active_rooms``: its partition first, so one
     partition's rooms are listed by a subject filter."""
     return f"{partition}.{room_key(room_id)}"
+
+
+def list_key(room_id: str) -> str:
+    """A room's key in ``room_list``: its shard, then its id."""
+    return f"{room_key(room_id)[:2]}.{room_id}"
 
 
 def worker_key(worker_id: str) -> str:

@@ -279,16 +279,14 @@ async def list_rooms(
     limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="rooms per page")] = 50,
     cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
 ) -> AdminRoomPage:
+    if cursor is not None and not ids.is_uuid(cursor):
+        raise ApiError(400, "cursor must be the next_cursor of a previous page", "invalid_body")
     try:
-        room_ids = sorted(await bus.room_ids())
+        page_ids, more = await bus.room_page(cursor, limit)
     except (NatsError, TimeoutError, NotReady):
         raise ApiError(503, "Room list unavailable, try again", ErrorCode.UNAVAILABLE) from None
-    if cursor is not None:
-        room_ids = [r for r in room_ids if r > cursor]
-    page_ids = room_ids[:limit]
     states = await asyncio.gather(*(bus.room_state(room_id) for room_id in page_ids))
     rooms = [_summary(state) for state in states if state is not None and not state.closed]
-    more = len(room_ids) > limit
     return AdminRoomPage(rooms=rooms, next_cursor=page_ids[-1] if more and page_ids else None)
 
 

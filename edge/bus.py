@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
@@ -22,9 +22,12 @@ from edge.settings import EdgeSettings
 from runtime.clock import iso_now
 from runtime.natsconn import connect
 from runtime.services import MicroService, version
-from runtime.streams import bucket_keys
+from runtime.streams import bucket_keys, bucket_size
 
 log = logging.getLogger(__name__)
+
+_LIST_AT_ONCE = 5000
+"""Up to this many rooms, the admin listing lists them all in one request."""
 
 
 class NotReady(Exception):
@@ -104,6 +107,17 @@ class EdgeBus:
         keys = await bucket_keys(self.nc, buckets.ROOM_STATE)
         return [key for key in keys if is_uuid(key)]
 
+    async def room_page(self, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """Room ids after ``after`` in id order, at most ``limit``, and whether
+        more follow (`room_page`)."""
+        try:
+            return await room_page(self.nc, after, limit)
+        except NotFoundError:
+            # No room_list yet (workers of a version without it): every key.
+            everything = sorted(await self.room_ids())
+            page = [r for r in everything if after is None or r > after]
+            return page[:limit], len(page) > limit
+
     async def calls_session(self, session_id: str) -> CallsSession | None:
         """Who created a Calls session through the proxy, if anyone."""
         kv = await self._bucket(buckets.CALLS_SESSIONS)
@@ -169,3 +183,25 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
         await bus.commands.stop()
         with contextlib.suppress(Exception):
             await nc.drain()
+
+
+async def room_page(
+    nc: Client, after: str | None, limit: int, *, at_once: int = _LIST_AT_ONCE
+) -> tuple[list[str], bool]:
+    """Room ids after ``after`` in id order, at most ``limit``, and whether
+    more follow, read from ``room_list`` shard by shard from the cursor's shard
+    on: a page reads the shards it spans, not every key. Up to ``at_once``
+    rooms in all, they are listed in one request."""
+    if await bucket_size(nc, buckets.ROOM_LIST) <= at_once:
+        shards: tuple[str, ...] = (">",)
+    else:
+        first = after[:2] if after else buckets.LIST_SHARDS[0]
+        shards = tuple(f"{s}.>" for s in buckets.LIST_SHARDS if s >= first)
+    page: list[str] = []
+    for shard in shards:
+        keys = await bucket_keys(nc, buckets.ROOM_LIST, keys=shard)
+        ids = sorted(key.split(".", 1)[1] for key in keys)
+        page.extend(r for r in ids if (after is None or r > after) and is_uuid(r))
+        if len(page) > limit:
+            break
+    return page[:limit], len(page) > limit

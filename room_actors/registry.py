@@ -123,6 +123,7 @@ class Registry:
                 for room_id in await self._store.room_ids()
                 if ids.is_uuid(room_id) and subjects.partition_of(room_id) in unindexed
             ]
+
         mine = sorted(indexed | set(scanned))
         metrics.child(metrics.TAKEOVER_ROOMS_READ, "index").inc(len(indexed))
         metrics.child(metrics.TAKEOVER_ROOMS_READ, "scan").inc(len(mine) - len(indexed))
@@ -135,8 +136,11 @@ class Registry:
         # The rooms are read many at a time (a takeover's time is mostly round
         # trips to KV), and an active room's actor starts from what was read.
         index_writes = []
+        unlisted = []
         for room_id, loaded in zip(mine, await asyncio.gather(*map(look, mine)), strict=True):
             state = loaded.state
+            if state is not None and room_id not in indexed:
+                unlisted.append(room_id)  # stored by a version without the indexes
             entry = activity(state) if state is not None else None
             if entry is None:
                 if room_id in indexed:
@@ -149,6 +153,7 @@ class Registry:
             elif state is not None and state.close_at is not None:
                 self._wake_at(room_id, state.close_at)
         await asyncio.gather(*index_writes)
+        await self._store.list_rooms(unlisted)
         for partition in unindexed:
             await self._store.index_complete(partition)
 

@@ -136,6 +136,7 @@ async def ensure_buckets(
         (buckets.ROOM_STATE, "room state, written only by the owning actor with CAS"),
         (buckets.CALLS_SESSIONS, "Calls session owners, projected by the owning actor"),
         (buckets.ACTIVE_ROOMS, "rooms a takeover loads, by partition (the owning actor)"),
+        (buckets.ROOM_LIST, "every stored room by shard, for the admin listing (the owning actor)"),
     ):
         try:
             await js.key_value(bucket)
@@ -190,11 +191,13 @@ class RoomStore:
         calls_kv: KeyValue,
         js: JetStreamContext | None = None,
         active_kv: KeyValue | None = None,
+        list_kv: KeyValue | None = None,
     ) -> None:
         self._state = state_kv
         self._rooms = rooms_kv
         self._calls = calls_kv
         self._active = active_kv
+        self._list = list_kv
         self._js = js
         self._nc: Client | None = None
         self._log_seq = 0
@@ -207,6 +210,7 @@ class RoomStore:
             await js.key_value(buckets.CALLS_SESSIONS),
             js,
             await js.key_value(buckets.ACTIVE_ROOMS),
+            await js.key_value(buckets.ROOM_LIST),
         )
         store._nc = nc
         with contextlib.suppress(NotFoundError):
@@ -221,6 +225,7 @@ class RoomStore:
         except KeyWrongLastSequenceError as e:
             raise Fenced(room_id) from e
         await self._rooms.delete(buckets.room_key(room_id))
+        await self._purge(buckets.ROOM_LIST, buckets.list_key(room_id))
         loaded = await self.load(room_id)
         return loaded.revision
 
@@ -340,8 +345,23 @@ class RoomStore:
             raise Fenced(state.room_id) from e
 
     async def publish_meta(self, meta: RoomMeta) -> None:
-        """Project the room's metadata into the ``rooms`` bucket (refreshing its age)."""
+        """Project the room's metadata into the ``rooms`` bucket, and list the
+        room in ``room_list`` (refreshing the age of both)."""
         await self._rooms.put(buckets.room_key(meta.id), codec.encode(meta))
+        if self._list is not None:
+            await self._list.put(buckets.list_key(meta.id), meta.id.encode())
+
+    async def list_rooms(self, room_ids: list[str]) -> None:
+        """List rooms in ``room_list`` (a takeover filling it for rooms stored
+        by a version without it)."""
+        if self._list is not None:
+            for room_id in room_ids:
+                await self._list.put(buckets.list_key(room_id), room_id.encode())
+
+    async def _purge(self, bucket: str, key: str) -> None:
+        """Remove a key with no marker left behind (a listing would show it)."""
+        if self._js is not None:
+            await self._js.purge_stream(kv_stream(bucket), subject=f"$KV.{bucket}.{key}")
 
     async def publish_calls_session(self, session: CallsSession) -> None:
         """Project a Calls session's owner into ``calls_sessions`` (refreshing its age)."""
@@ -365,8 +385,7 @@ class RoomStore:
         if activity is not None:
             await self._active.put(key, codec.encode(activity))
             return
-        subject = f"$KV.{buckets.ACTIVE_ROOMS}.{key}"
-        await self._js.purge_stream(kv_stream(buckets.ACTIVE_ROOMS), subject=subject)
+        await self._purge(buckets.ACTIVE_ROOMS, key)
 
     async def indexed_rooms(self, partition: int) -> list[str] | None:
         """The rooms of a partition in ``active_rooms``; ``None`` when the

@@ -69,6 +69,7 @@ def _same(current: object, wanted: object) -> bool:
 
 class _State(msgspec.Struct):
     subjects: dict[str, int] | None = None
+    num_subjects: int = 0
 
 
 class _StreamInfo(msgspec.Struct):
@@ -78,6 +79,17 @@ class _StreamInfo(msgspec.Struct):
 
 
 _stream_info = msgspec.json.Decoder(_StreamInfo)
+
+
+async def bucket_size(nc: Client, bucket: str, *, prefix: str = DEFAULT_PREFIX) -> int:
+    """How many keys ``bucket`` has (delete markers included), without listing them."""
+    reply = await nc.request(
+        f"{prefix}.STREAM.INFO.{kv_stream(bucket)}", b"", timeout=REQUEST_TIMEOUT
+    )
+    info = _stream_info.decode(reply.data)
+    if info.error is not None:
+        APIError.from_error(info.error)
+    return info.state.num_subjects if info.state else 0
 
 
 async def bucket_keys(

@@ -5,14 +5,18 @@ and no others."""
 
 import collections
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import msgspec
 import nats.js.errors
 import pytest
+from nats.aio.client import Client as NatsClient
 
-from bus_schema import buckets, subjects
+from bus_schema import buckets, ids, subjects
 from bus_schema.state import RoomActivity
+from edge.bus import room_page
+from room_actors.store import ensure_buckets
 from runtime.streams import bucket_keys
 from tests.harness import Api, System, enter
 from tests.waiting import eventually
@@ -188,3 +192,58 @@ async def test_a_partition_the_index_does_not_cover_is_scanned_once(
     await ann.client.close()
     await bus.close()
     await api.close()
+
+
+class CountingNats:
+    """A real connection that counts the requests made through it."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.requests = 0
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> object:
+        self.requests += 1
+        return await self.nc.request(subject, payload, timeout=timeout)
+
+
+async def test_a_page_of_the_room_list_reads_its_shards_only(tmp_path: Path) -> None:
+    """Past a few thousand rooms, a page of the admin listing reads the
+    ``room_list`` shards it spans (one listing each), not every key; the
+    pages, one after another, give every room once in id order. (Few
+    shards' worth here: ``at_once`` set low to take the sharded path.)"""
+    system = System(tmp_path)
+    try:
+        system.start_nats()
+        nc = await system.connect(role="actors")
+        js = nc.jetstream()
+        await ensure_buckets(js, ttl=3600, replicas=1, max_bytes=64 * 1024 * 1024)
+        room_list = await js.key_value(buckets.ROOM_LIST)
+        rooms = sorted(ids.new_id() for _ in range(600))
+        for room_id in rooms:
+            await room_list.put(buckets.list_key(room_id), room_id.encode())
+        edge = await system.connect(role="edge")
+        counting = CountingNats(edge)
+
+        listed: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            counting.requests = 0
+            page, more = await room_page(counting, cursor, 40, at_once=100)  # type: ignore[arg-type]
+            pages += 1
+            # The size, then the shards the page spans (and the one after
+            # it, to tell whether more follow): never the 256 of the list.
+            first = int(cursor[:2], 16) if cursor else 0
+            spanned = int(page[-1][:2], 16) - first + 1
+            assert counting.requests <= 2 + spanned, (counting.requests, spanned)
+            assert spanned < 40
+            listed.extend(page)
+            if not more:
+                break
+            cursor = page[-1]
+        assert listed == rooms
+        assert pages == 15
+        await edge.close()
+        await nc.close()
+    finally:
+        system.stop()

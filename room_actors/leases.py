@@ -311,23 +311,27 @@ class Leases:
         surplus = [p for p in self._owned if p not in desired]
         if surplus:
             await self._release(surplus)
-        acquired = []
-        for partition in sorted(desired - set(self._owned)):
-            # Look again at each claim: the view moves while we await.
-            seen = self._view.get(buckets.partition_key(partition))
-            revision = seen.revision if seen is not None else 0
-            if seen is not None and seen.value is not None:
-                owner = codec.partition_lease.decode(seen.value).worker_id
-                if owner != self.worker_id and (
-                    owner in self._live_workers() or await self._owner_is_alive(owner)
-                ):
-                    continue  # its owner is alive and will hand it over
-            if await self._claim(partition, revision):
-                acquired.append(partition)
+        wanted = sorted(desired - set(self._owned))
+        # Claimed all at once (each a compare-and-set of its own): a start-up
+        # or a takeover of many partitions is one round trip, not one each.
+        claimed = await asyncio.gather(*map(self._try_claim, wanted))
+        acquired = [p for p, ok in zip(wanted, claimed, strict=True) if ok]
         if acquired:
             self._count("acquired", len(acquired))
             log.info("worker %s acquired partitions %s", self.worker_id, acquired)
             await self._on_acquire(acquired)
+
+    async def _try_claim(self, partition: int) -> bool:
+        """Claim a partition unless its owner is alive (it will hand it over)."""
+        seen = self._view.get(buckets.partition_key(partition))
+        revision = seen.revision if seen is not None else 0
+        if seen is not None and seen.value is not None:
+            owner = codec.partition_lease.decode(seen.value).worker_id
+            if owner != self.worker_id and (
+                owner in self._live_workers() or await self._owner_is_alive(owner)
+            ):
+                return False
+        return await self._claim(partition, revision)
 
     async def _drop_taken(self) -> None:
         """Partitions whose key changed after we wrote it are no longer ours."""

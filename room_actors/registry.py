@@ -113,9 +113,9 @@ class Registry:
         # The rooms to look at: those the index lists for each partition, or,
         # for a partition the index does not cover yet, every stored room of
         # it (one scan of room_state, after which the index covers it).
-        listed = await asyncio.gather(*map(self._store.indexed_rooms, partitions))
-        indexed = {room for rooms in listed if rooms is not None for room in rooms}
-        unindexed = {p for p, rooms in zip(partitions, listed, strict=True) if rooms is None}
+        listed = await self._store.indexed_rooms(partitions)
+        indexed = {room for rooms in listed.values() if rooms is not None for room in rooms}
+        unindexed = {p for p, rooms in listed.items() if rooms is None}
         scanned: list[str] = []
         if unindexed:
             scanned = [
@@ -154,8 +154,7 @@ class Registry:
                 self._wake_at(room_id, state.close_at)
         await asyncio.gather(*index_writes)
         await self._store.list_rooms(unlisted)
-        for partition in unindexed:
-            await self._store.index_complete(partition)
+        await asyncio.gather(*map(self._store.index_complete, sorted(unindexed)))
 
     async def release(self, partitions: list[int]) -> None:
         """Stop serving partitions: no new commands, finish the turns in flight,

@@ -104,6 +104,8 @@ class LogBatch:
     acks: "list[asyncio.Future[PubAck] | None]"
 
 
+_LIST_WHOLE_INDEX = 16
+"""A takeover of more partitions than this lists the whole index at once."""
 LOG_ACK_TIMEOUT = 1.0
 """Seconds to wait for the stream to acknowledge a log entry before sending it again."""
 TRACK_CHANGES_READ = 1024
@@ -387,17 +389,29 @@ class RoomStore:
             return
         await self._purge(buckets.ACTIVE_ROOMS, key)
 
-    async def indexed_rooms(self, partition: int) -> list[str] | None:
-        """The rooms of a partition in ``active_rooms``; ``None`` when the
-        index does not cover the partition yet (`index_complete`)."""
-        assert self._nc is not None, "bind() the store first"
-        assert self._active is not None, "bind() the store first"
-        try:
-            await self._active.get(f"{buckets.INDEX_COMPLETE}.{partition}")
-        except KeyNotFoundError:
-            return None
-        keys = await bucket_keys(self._nc, buckets.ACTIVE_ROOMS, keys=f"{partition}.>")
-        return [key.split(".", 1)[1] for key in keys]
+    async def indexed_rooms(self, partitions: list[int]) -> dict[int, list[str] | None]:
+        """The rooms of each partition in ``active_rooms``; ``None`` for a
+        partition the index does not cover yet (`index_complete`). One listing
+        per partition, or one of the whole index for a takeover of many."""
+        nc = self._nc
+        assert nc is not None, "bind() the store first"
+        markers = await bucket_keys(nc, buckets.ACTIVE_ROOMS, keys=f"{buckets.INDEX_COMPLETE}.>")
+        covered = {int(key.rsplit(".", 1)[1]) for key in markers}
+        found: dict[int, list[str] | None] = {p: ([] if p in covered else None) for p in partitions}
+        wanted = [p for p in partitions if p in covered]
+        if len(wanted) > _LIST_WHOLE_INDEX:
+            listings = [await bucket_keys(nc, buckets.ACTIVE_ROOMS)]
+        else:
+            listings = await asyncio.gather(
+                *(bucket_keys(nc, buckets.ACTIVE_ROOMS, keys=f"{p}.>") for p in wanted)
+            )
+        for keys in listings:
+            for key in keys:
+                partition, _, room_id = key.partition(".")
+                rooms = found.get(int(partition)) if partition.isdigit() else None
+                if rooms is not None:
+                    rooms.append(room_id)
+        return found
 
     async def index_complete(self, partition: int) -> None:
         """Mark the index as covering every room of the partition."""

@@ -19,8 +19,7 @@ import websockets
 from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import ClientConnection
 
-from bus_schema import buckets, codec, ids, subjects
-from bus_schema.commands import GetSnapshot
+from bus_schema import buckets, codec, subjects
 from bus_schema.state import RoomState
 from bus_schema.status import WorkerStatus
 from runtime.natsconn import Role, inbox_prefix
@@ -219,17 +218,35 @@ class System(LocalCluster):
         return super().start_webhooks(**{"METRICS_PORT": str(free_port()), **env})
 
     async def wait_actors_ready(self, timeout: float = 30.0) -> None:
-        """Until every partition answers a command (an unknown room is fine)."""
+        """Until every partition is served: the live workers' service endpoints
+        (``nats micro info signaling-actors``) cover them all."""
         pending = set(range(subjects.PARTITIONS))
 
-        async def every_partition_answers() -> bool:
-            for room_id in _rooms_covering(pending):
-                command = GetSnapshot(cmd_id=ids.new_token_id(), room_id=room_id)
-                with contextlib.suppress(nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                    await nc.request(
-                        subjects.room_command(room_id), codec.encode(command), timeout=0.5
-                    )
-                    pending.discard(subjects.partition_of(room_id))
+        async def every_partition_served() -> bool:
+            alive = sum(1 for a in self.actors if a.alive())
+            replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def collect(msg: nats.aio.msg.Msg) -> None:
+                await replies.put(msg.data)
+
+            inbox = nc.new_inbox()
+            subscription = await nc.subscribe(inbox, cb=collect)
+            try:
+                await nc.publish("$SRV.INFO.signaling-actors", b"", reply=inbox)
+                served: set[int] = set()
+                with contextlib.suppress(TimeoutError):
+                    for _ in range(alive):
+                        data = await asyncio.wait_for(replies.get(), 1.0)
+                        if not data:
+                            break  # no responders: no worker yet
+                        info = json.loads(data)
+                        for endpoint in info.get("endpoints") or []:
+                            partition = (endpoint.get("metadata") or {}).get("partition")
+                            if partition is not None:
+                                served.add(int(partition))
+            finally:
+                await subscription.unsubscribe()
+            pending.difference_update(served)
             return not pending
 
         def unowned() -> str:
@@ -238,7 +255,7 @@ class System(LocalCluster):
 
         nc = await self.connect()
         try:
-            await eventually(every_partition_answers, timeout=timeout, message=unowned)
+            await eventually(every_partition_served, timeout=timeout, message=unowned)
         finally:
             await nc.close()
 
@@ -353,17 +370,6 @@ class Bus:
             interval=0.1,
             message=lambda: f"partitions not balanced: {owned}",
         )
-
-
-def _rooms_covering(partitions: set[int]) -> list[str]:
-    """One random room id per wanted partition."""
-    found: dict[int, str] = {}
-    while len(found) < len(partitions):
-        room_id = ids.new_id()
-        partition = subjects.partition_of(room_id)
-        if partition in partitions:
-            found.setdefault(partition, room_id)
-    return list(found.values())
 
 
 # --- clients ------------------------------------------------------------------

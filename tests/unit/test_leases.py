@@ -333,7 +333,8 @@ async def test_a_worker_whose_lease_was_lost_drops_everything_and_comes_back(
     await eventually(lambda: sorted(a.lost) == sorted(EVERY), timeout=5, message=lambda: a.lost)
     await eventually(lambda: a.serving() == EVERY, timeout=5)
     assert workers.bucket.value(buckets.worker_key("a")) is not None
-    assert a.acquired.count(0) == 2
+    # Told once the claims are written (owned from the claim's write on).
+    await eventually(lambda: a.acquired.count(0) == 2, timeout=5, message=lambda: a.acquired)
 
 
 async def test_a_stale_view_does_not_steal_a_live_owners_partitions(workers: Workers) -> None:

@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.failover --kills 5 --seconds 5
 	$(BIN)/python -m bench.liveness --rounds 5
+	$(BIN)/python -m bench.commands
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-bench.lock

@@ -100,6 +100,7 @@ class Registry:
         """Start serving partitions this worker now owns, and load their rooms
         that have participants or a closing deadline (so they stay alive, are
         watched, and close on time)."""
+        started = time.monotonic()
         for partition in partitions:
             if partition not in self._partitions:
                 await self._service.add(
@@ -113,6 +114,7 @@ class Registry:
         # The rooms to look at: those the index lists for each partition, or,
         # for a partition the index does not cover yet, every stored room of
         # it (one scan of room_state, after which the index covers it).
+        subscribed = time.monotonic()
         listed = await self._store.indexed_rooms(partitions)
         indexed = {room for rooms in listed.values() if rooms is not None for room in rooms}
         unindexed = {p for p, rooms in listed.items() if rooms is None}
@@ -155,6 +157,15 @@ class Registry:
         await asyncio.gather(*index_writes)
         await self._store.list_rooms(unlisted)
         await asyncio.gather(*map(self._store.index_complete, sorted(unindexed)))
+        log.info(
+            "serving %d partitions: subscribed in %.3f s, %d rooms read (%d from a scan) "
+            "and activated in %.3f s",
+            len(partitions),
+            subscribed - started,
+            len(mine),
+            len(mine) - len(indexed),
+            time.monotonic() - subscribed,
+        )
 
     async def release(self, partitions: list[int]) -> None:
         """Stop serving partitions: no new commands, finish the turns in flight,

@@ -49,6 +49,8 @@ class ConnectionLimits:
     the largest frames; the byte budget bounds what one socket can make an edge
     relay (and fan out) however it sizes its frames."""
 
+    __slots__ = ("bytes", "messages", "strikes")
+
     def __init__(self, settings: EdgeSettings) -> None:
         self.messages = TokenBucket(settings.messages_per_second, settings.messages_burst)
         self.bytes = TokenBucket(settings.bytes_per_second, settings.bytes_burst)

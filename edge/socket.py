@@ -10,7 +10,9 @@ from urllib.parse import parse_qs
 
 import msgspec
 from litestar import WebSocket
+from litestar.types import Empty
 from litestar.types.asgi_types import WebSocketSendEvent
+from litestar.utils.scope.state import ScopeState
 
 from bus_schema import ids, subjects
 from bus_schema.access import FULL, Grants
@@ -117,13 +119,46 @@ async def serve(
     del token  # verified; do not keep it for the session
     try:
         await socket.accept(subprotocols=subprotocol)
+        _forget_handshake(socket)
         await ClientSession(socket, bus, claims, settings).run()
     finally:
         addresses.close_connection(address)
 
 
+def _forget_handshake(socket: WebSocket[Any, Any, Any]) -> None:
+    """The upgrade is done: the request's headers and query string (which carry
+    the token), their parsed copy and the server's copy of the handshake are
+    not needed for the connection's life. Dropped, so that an idle socket
+    weighs less (about 5 KiB) and no token stays in memory. (uvicorn's
+    websockets-sansio protocol keeps its handshake request and response
+    otherwise; it reads neither after the upgrade.)"""
+    scope = socket.scope
+    scope["headers"] = []
+    scope["query_string"] = b""
+    ScopeState.from_scope(scope).headers = Empty
+    server = _server_protocol(socket)
+    if server is not None and getattr(server, "handshake_complete", False):
+        for name in ("request", "response"):
+            if getattr(server, name, None) is not None:
+                setattr(server, name, None)
+
+
+def _server_protocol(socket: WebSocket[Any, Any, Any]) -> object | None:
+    """uvicorn's protocol object behind the socket: the owner of the ASGI
+    ``receive`` that Litestar wraps (``None`` if it cannot be found: then
+    nothing is dropped)."""
+    for cell in getattr(socket.receive, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            owner: object | None = getattr(cell.cell_contents, "__self__", None)
+            if owner is not None and hasattr(owner, "handshake_complete"):
+                return owner
+    return None
+
+
 class ClientSession:
     """One accepted WebSocket for its whole life."""
+
+    __slots__ = ("_bus", "_claims", "_conn", "_identity", "_limits", "_settings", "_socket")
 
     def __init__(
         self, socket: WebSocket[Any, Any, Any], bus: EdgeBus, claims: Claims, settings: EdgeSettings

@@ -101,8 +101,10 @@ class RoomCommands:
         answer. Refusals come back as a reply; anything else (a timeout, no
         worker, the room moving) goes the ordinary way, retried until the
         deadline."""
-        if self._refusals is None or not command.quiet:
+        if not command.quiet:
             return await self.send(command)
+        if self._refusals is None:  # not started, or stopping: answered in full
+            return await self.send(msgspec.structs.replace(command, quiet=False))
         waiter: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
         cmd_id = command.cmd_id
         self._echoes[cmd_id] = waiter

@@ -11,6 +11,7 @@ import pytest
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Ack, Broadcast, CreateRoom, Join, Rejected, Snapshot
 from bus_schema.events import Broadcasted, ParticipantJoined
+from edge.commands import RoomCommands
 from room_actors.settings import ActorSettings
 from room_actors.state import Clock, Limits, decide
 from room_actors.store import Fenced, RoomStore, ensure_buckets
@@ -144,6 +145,46 @@ async def test_a_quiet_relay_is_answered_only_when_refused(system: System) -> No
     assert to == f"{inbox}.q-3"
     assert isinstance(refusal, Rejected)
     assert refusal.code == "not_in_room"
+    await nc.close()
+
+
+async def test_a_quiet_relay_from_a_client_not_listening_for_refusals_is_answered(
+    system: System,
+) -> None:
+    """An edge's command client that is not (or no longer) subscribed to the
+    answers of quiet commands (starting, stopping) sends them in full: the
+    relay is acknowledged, not left waiting for an echo it cannot see."""
+    nc = await system.connect(role="edge")
+    room_id = ids.new_id()
+    create = CreateRoom(
+        cmd_id="create-u",
+        room_id=room_id,
+        name="unsubscribed",
+        created_by="test",
+        created_at="2026-01-01T00:00:00.000Z",
+        max_participants=5,
+    )
+    commands = RoomCommands(nc, attempt_timeout=1.0, deadline=3.0)  # never started
+    assert await commands.send(create) == Ack(seq=0)
+    participant = ids.new_id()
+    join = Join(
+        cmd_id="join-u",
+        room_id=room_id,
+        participant_id=participant,
+        name="U",
+        edge_id="test-edge",
+        conn_id="c1",
+    )
+    assert isinstance(await commands.send(join), Snapshot)
+    say = Broadcast(
+        cmd_id="u-1",
+        room_id=room_id,
+        participant_id=participant,
+        conn_id="c1",
+        frame=msgspec.Raw(b'{"type":"x"}'),
+        quiet=True,
+    )
+    assert await commands.relay(say) == Ack(seq=2)
     await nc.close()
 
 

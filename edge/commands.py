@@ -38,6 +38,7 @@ from bus_schema.commands import (
     SetTrackState,
 )
 from bus_schema.errors import ErrorCode
+from edge import metrics
 from runtime.retry import Attempt, Backoff, Retry
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class RoomCommands:
         )
         self._echoes: dict[str, asyncio.Future[Reply | None]] = {}
         """Quiet commands in flight by id: resolved by their event or a refusal."""
+        self._deadline = deadline
+        self._progress: dict[str, list[int]] = {}
+        """Rooms with quiet commands in flight: [waiting commands, events seen]."""
         self._refusals: Subscription | None = None
         self._refusal_prefix = ""
 
@@ -79,9 +83,12 @@ class RoomCommands:
                 await self._refusals.unsubscribe()
             self._refusals = None
 
-    def echoed(self, cmd_id: str, seq: int) -> None:
+    def echoed(self, room_id: str, cmd_id: str, seq: int) -> None:
         """An event of the command ``cmd_id`` came on a room's stream: if it is
-        a quiet command of ours, it succeeded."""
+        a quiet command of ours, it succeeded (and the room is moving on)."""
+        progress = self._progress.get(room_id)
+        if progress is not None:
+            progress[1] += 1
         waiter = self._echoes.pop(cmd_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(Ack(seq=seq))
@@ -105,21 +112,40 @@ class RoomCommands:
             return await self.send(command)
         if self._refusals is None:  # not started, or stopping: answered in full
             return await self.send(msgspec.structs.replace(command, quiet=False))
-        waiter: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
-        cmd_id = command.cmd_id
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply | None] = loop.create_future()
+        cmd_id, room_id = command.cmd_id, command.room_id
         self._echoes[cmd_id] = waiter
+        progress = self._progress.setdefault(room_id, [0, 0])
+        progress[0] += 1
+        give_up = loop.time() + self._deadline
+        reply: Reply | None = None
         try:
             await self._nc.publish(
-                subjects.room_command(command.room_id),
+                subjects.room_command(room_id),
                 codec.encode(command),
                 reply=self._refusal_prefix + cmd_id,
             )
-            reply = await asyncio.wait_for(waiter, self._attempt_timeout)
-        except (NatsError, TimeoutError):
-            reply = None
+            while True:
+                seen = progress[1]
+                try:
+                    reply = await asyncio.wait_for(asyncio.shield(waiter), self._attempt_timeout)
+                    break
+                except TimeoutError:
+                    # The room's events still come (a busy room: ours is
+                    # queued behind them): keep waiting rather than add a
+                    # retry to the load. Nothing came: the ordinary way.
+                    if progress[1] == seen or loop.time() >= give_up:
+                        break
+        except NatsError:
+            pass
         finally:
             self._echoes.pop(cmd_id, None)
+            progress[0] -= 1
+            if not progress[0]:
+                del self._progress[room_id]
         if reply is None or _moving(reply):
+            metrics.RELAY_FALLBACKS.inc()
             return await self.send(msgspec.structs.replace(command, quiet=False))
         return reply
 

@@ -446,7 +446,7 @@ class Fanout:
             log.warning("dropped an undecodable event on %s", msg.subject)
             return
         if event.cmd_id:
-            self._commands.echoed(event.cmd_id, event.seq)
+            self._commands.echoed(event.room_id, event.cmd_id, event.seq)
         feed = self._feeds.get(event.room_id)
         if feed is not None:
             feed.on_event(event)

@@ -43,6 +43,11 @@ BACKPRESSURE_SECONDS = Counter(
     "signaling_edge_backpressure_seconds_total",
     "Seconds sockets' reading was held back by congested rooms",
 )
+RELAY_FALLBACKS = Counter(
+    "signaling_edge_relay_fallbacks_total",
+    "Relayed messages whose event did not come back while their room was silent "
+    "(or was refused as moving): sent again as ordinary commands",
+)
 CALLS_REQUESTS = Counter(
     "signaling_edge_calls_requests_total",
     "Calls proxy requests, by route and answered status",

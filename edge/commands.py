@@ -64,7 +64,7 @@ class RoomCommands:
         self._policy = Retry(
             on=(NatsError,), result=_moving, deadline=deadline, backoff=Backoff(0.02, cap=0.25)
         )
-        self._echoes: dict[str, asyncio.Future[Reply | None]] = {}
+        self._echoes: dict[str, asyncio.Future[Reply | _TimedOut | None]] = {}
         """Quiet commands in flight by id: resolved by their event or a refusal."""
         self._deadline = deadline
         self._progress: dict[str, list[int]] = {}
@@ -113,14 +113,13 @@ class RoomCommands:
         if self._refusals is None:  # not started, or stopping: answered in full
             return await self.send(msgspec.structs.replace(command, quiet=False))
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Reply | None] = loop.create_future()
         cmd_id, room_id = command.cmd_id, command.room_id
-        self._echoes[cmd_id] = waiter
         progress = self._progress.setdefault(room_id, [0, 0])
         progress[0] += 1
         give_up = loop.time() + self._deadline
         reply: Reply | None = None
         try:
+            waiter = self._expect(cmd_id)
             await self._nc.publish(
                 subjects.room_command(room_id),
                 codec.encode(command),
@@ -128,15 +127,22 @@ class RoomCommands:
             )
             while True:
                 seen = progress[1]
+                # A timer, not `wait_for`: under load every extra hop through
+                # the event loop is a full turn of a long ready queue.
+                timer = loop.call_later(self._attempt_timeout, _time_out, waiter)
                 try:
-                    reply = await asyncio.wait_for(asyncio.shield(waiter), self._attempt_timeout)
+                    answer = await waiter
+                finally:
+                    timer.cancel()
+                if not isinstance(answer, _TimedOut):
+                    reply = answer
                     break
-                except TimeoutError:
-                    # The room's events still come (a busy room: ours is
-                    # queued behind them): keep waiting rather than add a
-                    # retry to the load. Nothing came: the ordinary way.
-                    if progress[1] == seen or loop.time() >= give_up:
-                        break
+                # The room's events still come (a busy room: ours is queued
+                # behind them): keep waiting rather than add a retry to the
+                # load. Nothing came: the ordinary way.
+                if progress[1] == seen or loop.time() >= give_up:
+                    break
+                waiter = self._expect(cmd_id)
         except NatsError:
             pass
         finally:
@@ -148,6 +154,13 @@ class RoomCommands:
             metrics.RELAY_FALLBACKS.inc()
             return await self.send(msgspec.structs.replace(command, quiet=False))
         return reply
+
+    def _expect(self, cmd_id: str) -> "asyncio.Future[Reply | _TimedOut | None]":
+        waiter: asyncio.Future[Reply | _TimedOut | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._echoes[cmd_id] = waiter
+        return waiter
 
     async def send(self, command: Command) -> Reply:
         """Send until a reply arrives. A `Rejected` reply that is not retryable is
@@ -175,6 +188,18 @@ class RoomCommands:
     def _unavailable(command: Command, reason: str) -> CommandFailed:
         log.warning("%s for room %s failed: %s", type(command).__name__, command.room_id, reason)
         return CommandFailed(ErrorCode.UNAVAILABLE, "Room service unavailable, try again")
+
+
+class _TimedOut:
+    """An attempt's time ran out before the echo or a refusal came."""
+
+
+_TIMED_OUT = _TimedOut()
+
+
+def _time_out(waiter: "asyncio.Future[Reply | _TimedOut | None]") -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
 
 
 def _moving(reply: Reply) -> TypeGuard[Rejected]:

@@ -119,7 +119,11 @@ class Connection:
             return
         self._queued += size
         self._push(text)
-        if not self.congested_since and self._pending > self._high + self._grace_left():
+        if (
+            not self.congested_since
+            and self._pending > self._high
+            and self._pending > self._high + self._grace_left()
+        ):
             self.congested_since = time.monotonic()
             if self.on_congestion is not None:
                 self.on_congestion(self, True)

@@ -299,15 +299,16 @@ class RoomActor:
 
     def _saved(self) -> None:
         self._unsaved = 0
+        self._cancel_flush()
+
+    def _cancel_flush(self) -> None:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
 
     def cancel_timers(self) -> None:
         self._schedule_expiry(None)
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
+        self._cancel_flush()
 
     def _forget(self) -> None:
         self.cancel_timers()
@@ -448,6 +449,8 @@ class RoomActor:
         for cleanup in turn.cleanup:
             for session_id in cleanup.session_ids:
                 await self._store.forget_calls_session(session_id)
+        if not (turn.write or turn.meta or turn.closed is not None):
+            return  # reads and changes numbered from the reservation: same occupancy
         now = activity(state) if state is not None and turn.closed is None else None
         if now != self._indexed or (turn.meta and now is not None):
             # Written when the room starts or stops needing a takeover's

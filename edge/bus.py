@@ -100,23 +100,13 @@ class EdgeBus:
         value = await self._get(buckets.ROOM_STATE, room_id)
         return None if value is None else codec.room_state.decode(value)
 
-    async def room_ids(self) -> list[str]:
-        """Every room with stored state, and rooms closed lately (their delete
-        markers): read a room's state to tell. Never misses a room that exists
-        (`runtime.streams.bucket_keys` says why not ``KeyValue.keys()``)."""
-        keys = await bucket_keys(self.nc, buckets.ROOM_STATE)
-        return [key for key in keys if is_uuid(key)]
-
     async def room_page(self, after: str | None, limit: int) -> tuple[list[str], bool]:
         """Room ids after ``after`` in id order, at most ``limit``, and whether
         more follow (`room_page`)."""
         try:
             return await room_page(self.nc, after, limit)
-        except NotFoundError:
-            # No room_list yet (workers of a version without it): every key.
-            everything = sorted(await self.room_ids())
-            page = [r for r in everything if after is None or r > after]
-            return page[:limit], len(page) > limit
+        except NotFoundError as e:  # no worker has made room_list yet
+            raise NotReady("bucket room_list unavailable") from e
 
     async def calls_session(self, session_id: str) -> CallsSession | None:
         """Who created a Calls session through the proxy, if anyone."""

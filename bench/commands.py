@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS
-from bench.failover import beat
+from bench.failover import beat, create_room, join
 from bus_schema import ids
 from bus_schema.commands import Ack, CreateRoom, Join, Snapshot
 from edge.commands import RoomCommands
@@ -39,39 +39,14 @@ async def run(rooms: int, joins: int, in_flight: int) -> dict[str, float]:
     try:
         made = [ids.new_id() for _ in range(rooms)]
         started = time.perf_counter()
+        size = joins // rooms + 1
         await asyncio.gather(
-            *(
-                send(
-                    CreateRoom(
-                        cmd_id=ids.new_token_id(),
-                        room_id=room_id,
-                        name="bench",
-                        created_by="bench",
-                        created_at="2026-01-01T00:00:00.000Z",
-                        max_participants=joins // rooms + 1,
-                    ),
-                    Ack,
-                )
-                for room_id in made
-            )
+            *(send(create_room(room_id, max_participants=size), Ack) for room_id in made)
         )
         created = rooms / (time.perf_counter() - started)
         started = time.perf_counter()
         await asyncio.gather(
-            *(
-                send(
-                    Join(
-                        cmd_id=ids.new_token_id(),
-                        room_id=made[n % rooms],
-                        participant_id=ids.new_id(),
-                        name="bench",
-                        edge_id="bench",
-                        conn_id=f"c{n}",
-                    ),
-                    Snapshot,
-                )
-                for n in range(joins)
-            )
+            *(send(join(made[n % rooms], ids.new_id(), f"c{n}"), Snapshot) for n in range(joins))
         )
         joined = joins / (time.perf_counter() - started)
         return {"creations_per_s": created, "joins_per_s": joined, "errors": errors}

@@ -41,6 +41,39 @@ async def beat(nc: Any) -> None:
         await asyncio.sleep(0.5)
 
 
+def create_room(
+    room_id: str,
+    *,
+    max_participants: int = 10,
+    empty_timeout: float | None = None,
+    departure_timeout: float | None = None,
+) -> CreateRoom:
+    """The command that creates a benchmark's room (the worker's default
+    timeouts unless given)."""
+    return CreateRoom(
+        cmd_id=ids.new_token_id(),
+        room_id=room_id,
+        name="bench",
+        created_by="bench",
+        created_at="2026-01-01T00:00:00.000Z",
+        max_participants=max_participants,
+        empty_timeout=empty_timeout,
+        departure_timeout=departure_timeout,
+    )
+
+
+def join(room_id: str, participant: str, conn_id: str = "bench") -> Join:
+    """A participant of the pretend edge "bench" joins."""
+    return Join(
+        cmd_id=ids.new_token_id(),
+        room_id=room_id,
+        participant_id=participant,
+        name="bench",
+        edge_id="bench",
+        conn_id=conn_id,
+    )
+
+
 async def make_rooms(commands: RoomCommands, count: int) -> dict[str, str]:
     """room id -> participant id: rooms spread over every partition, one member each."""
     rooms: dict[str, str] = {}
@@ -50,27 +83,9 @@ async def make_rooms(commands: RoomCommands, count: int) -> dict[str, str]:
             subjects.partition_of(r) == subjects.partition_of(room_id) for r in rooms
         ):
             continue
-        await commands.send(
-            CreateRoom(
-                cmd_id=ids.new_token_id(),
-                room_id=room_id,
-                name="bench",
-                created_by="bench",
-                created_at="2026-01-01T00:00:00.000Z",
-                max_participants=10,
-            )
-        )
+        await commands.send(create_room(room_id))
         participant = ids.new_id()
-        await commands.send(
-            Join(
-                cmd_id=ids.new_token_id(),
-                room_id=room_id,
-                participant_id=participant,
-                name="bench",
-                edge_id="bench",
-                conn_id="bench",
-            )
-        )
+        await commands.send(join(room_id, participant))
         rooms[room_id] = participant
     return rooms
 

@@ -14,40 +14,19 @@ import time
 from pathlib import Path
 
 from bench.common import summary
-from bench.failover import acknowledged, beat
+from bench.failover import acknowledged, beat, create_room, join
 from bus_schema import ids, subjects
-from bus_schema.commands import CreateRoom, Join
 from edge.commands import RoomCommands
 from tests.harness import System
 
 
 async def create(commands: RoomCommands, active: bool) -> tuple[str, str | None]:
     room_id = ids.new_id()
-    await commands.send(
-        CreateRoom(
-            cmd_id=ids.new_token_id(),
-            room_id=room_id,
-            name="bench",
-            created_by="bench",
-            created_at="2026-01-01T00:00:00.000Z",
-            max_participants=10,
-            empty_timeout=0,
-            departure_timeout=0,
-        )
-    )
+    await commands.send(create_room(room_id, empty_timeout=0, departure_timeout=0))
     if not active:
         return room_id, None
     participant = ids.new_id()
-    await commands.send(
-        Join(
-            cmd_id=ids.new_token_id(),
-            room_id=room_id,
-            participant_id=participant,
-            name="bench",
-            edge_id="bench",
-            conn_id="bench",
-        )
-    )
+    await commands.send(join(room_id, participant))
     return room_id, participant
 
 

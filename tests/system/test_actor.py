@@ -27,6 +27,33 @@ async def request(nc: nats.aio.client.Client, command: object) -> object:
     return codec.replies.decode(msg.data)
 
 
+async def room_with_member(
+    nc: nats.aio.client.Client, name: str, room_id: str | None = None
+) -> tuple[str, str]:
+    """A new room (``room_id`` or a fresh one) and a participant in it
+    (connection ``c1``): their ids."""
+    room_id, participant = room_id or ids.new_id(), ids.new_id()
+    create = CreateRoom(
+        cmd_id=f"create-{name}",
+        room_id=room_id,
+        name=name,
+        created_by="test",
+        created_at="2026-01-01T00:00:00.000Z",
+        max_participants=5,
+    )
+    assert await request(nc, create) == Ack(seq=0)
+    join = Join(
+        cmd_id=f"join-{name}",
+        room_id=room_id,
+        participant_id=participant,
+        name=name,
+        edge_id="test-edge",
+        conn_id="c1",
+    )
+    assert isinstance(await request(nc, join), Snapshot)
+    return room_id, participant
+
+
 async def test_a_retried_command_is_applied_once(system: System) -> None:
     nc = await system.connect()
     room_id = ids.new_id()
@@ -90,7 +117,6 @@ async def test_a_quiet_relay_is_answered_only_when_refused(system: System) -> No
     its event on the room's stream, with no reply message; a refusal still
     comes back as one."""
     nc = await system.connect()
-    room_id = ids.new_id()
     events: asyncio.Queue[object] = asyncio.Queue()
     answers: asyncio.Queue[object] = asyncio.Queue()
 
@@ -100,28 +126,11 @@ async def test_a_quiet_relay_is_answered_only_when_refused(system: System) -> No
     async def on_answer(msg: nats.aio.msg.Msg) -> None:
         await answers.put((msg.subject, codec.replies.decode(msg.data)))
 
-    await nc.subscribe(subjects.room_events(room_id), cb=on_event)
     inbox = nc.new_inbox()
     await nc.subscribe(inbox + ".*", cb=on_answer)
-    create = CreateRoom(
-        cmd_id="create-q",
-        room_id=room_id,
-        name="quiet",
-        created_by="test",
-        created_at="2026-01-01T00:00:00.000Z",
-        max_participants=5,
-    )
-    assert await request(nc, create) == Ack(seq=0)
-    participant = ids.new_id()
-    join = Join(
-        cmd_id="join-q",
-        room_id=room_id,
-        participant_id=participant,
-        name="Q",
-        edge_id="test-edge",
-        conn_id="c1",
-    )
-    assert isinstance(await request(nc, join), Snapshot)
+    room_id = ids.new_id()
+    await nc.subscribe(subjects.room_events(room_id), cb=on_event)
+    room_id, participant = await room_with_member(nc, "quiet", room_id)
     assert isinstance(await asyncio.wait_for(events.get(), 5), ParticipantJoined)
 
     subject = subjects.room_command(room_id)
@@ -155,27 +164,8 @@ async def test_a_quiet_relay_from_a_client_not_listening_for_refusals_is_answere
     answers of quiet commands (starting, stopping) sends them in full: the
     relay is acknowledged, not left waiting for an echo it cannot see."""
     nc = await system.connect(role="edge")
-    room_id = ids.new_id()
-    create = CreateRoom(
-        cmd_id="create-u",
-        room_id=room_id,
-        name="unsubscribed",
-        created_by="test",
-        created_at="2026-01-01T00:00:00.000Z",
-        max_participants=5,
-    )
+    room_id, participant = await room_with_member(nc, "unsubscribed")
     commands = RoomCommands(nc, attempt_timeout=1.0, deadline=3.0)  # never started
-    assert await commands.send(create) == Ack(seq=0)
-    participant = ids.new_id()
-    join = Join(
-        cmd_id="join-u",
-        room_id=room_id,
-        participant_id=participant,
-        name="U",
-        edge_id="test-edge",
-        conn_id="c1",
-    )
-    assert isinstance(await commands.send(join), Snapshot)
     say = Broadcast(
         cmd_id="u-1",
         room_id=room_id,

@@ -8,6 +8,7 @@ the ordinary way."""
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.aio.msg
@@ -90,14 +91,21 @@ def quiet(room_id: str) -> Broadcast:
     )
 
 
-async def test_a_busy_rooms_relay_is_waited_for_not_sent_again(
-    world: tuple[RoomCommands, Actor],
-) -> None:
-    commands, actor = world
+async def relayed(commands: RoomCommands, actor: Actor) -> tuple[Broadcast, "asyncio.Task[Any]"]:
+    """A quiet relay on its way, once the actor has it: the command and the
+    task waiting for its answer."""
     command = quiet(actor.room_id)
     relaying = asyncio.create_task(commands.relay(command))
     received, _ = await asyncio.wait_for(actor.commands.get(), 5)
     assert received == command
+    return command, relaying
+
+
+async def test_a_busy_rooms_relay_is_waited_for_not_sent_again(
+    world: tuple[RoomCommands, Actor],
+) -> None:
+    commands, actor = world
+    command, relaying = await relayed(commands, actor)
     # Other events of the room for 3 attempt timeouts, then ours.
     for seq in range(1, 7):
         await actor.event(seq, ids.new_command_id())
@@ -111,10 +119,7 @@ async def test_a_silent_rooms_relay_is_sent_again_in_full(
     world: tuple[RoomCommands, Actor],
 ) -> None:
     commands, actor = world
-    command = quiet(actor.room_id)
-    relaying = asyncio.create_task(commands.relay(command))
-    first, _ = await asyncio.wait_for(actor.commands.get(), 5)
-    assert first == command
+    command, relaying = await relayed(commands, actor)
     # Nothing from the room: after the attempt timeout, the ordinary way.
     again, reply_to = await asyncio.wait_for(actor.commands.get(), 5)
     assert again == msgspec.structs.replace(command, quiet=False)

@@ -187,7 +187,12 @@ async def test_a_partition_the_index_does_not_cover_is_scanned_once(
     await eventually(scanned, timeout=30, retry_on=(httpx.HTTPError,))
     entry = await eventually(lambda: index_entry(system, room_id), timeout=10)
     assert entry.occupied
-    marker = await kv.get(f"{buckets.INDEX_COMPLETE}.{partition}")
+    # The partition is marked covered once its rooms are indexed (after them).
+    marker = await eventually(
+        lambda: kv.get(f"{buckets.INDEX_COMPLETE}.{partition}"),
+        timeout=10,
+        retry_on=(nats.js.errors.KeyNotFoundError,),
+    )
     assert marker.value == b"true"
     await ann.client.close()
     await bus.close()

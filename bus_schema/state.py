@@ -101,7 +101,12 @@ class RoomState(msgspec.Struct, frozen=True, kw_only=True):
     event-log entries were not yet confirmed. The next owner publishes them
     again when it loads the room, in case the previous one died before it
     could, and appends their log entries (each is stored once); receivers drop
-    events whose sequence number they have already seen."""
+    events whose sequence number they have already seen. Only while the save is
+    recent (`saved_at`): later, the previous owner had long confirmed them, and
+    the log would no longer recognise a repeat."""
+    saved_at: float = 0.0
+    """When the owner wrote this state (Unix seconds; 0: by a version that did
+    not say)."""
     log_seq: int = 0
     """A sequence number of the event log (``SIGNALING_LOG``) at or before the
     first entry of a change made after this save: mute changes are numbered

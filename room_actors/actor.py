@@ -50,7 +50,7 @@ from room_actors.state import (
     resumed,
     with_track_changes,
 )
-from room_actors.store import ActorStore, Fenced, Loaded, LogBatch
+from room_actors.store import LOG_DUPLICATE_WINDOW, ActorStore, Fenced, Loaded, LogBatch
 from runtime import clock
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,13 @@ bounds what a new owner reads back from the log."""
 UNLOGGED_MAX = 1024
 """Log entries of a room sent but not yet confirmed, beyond which its next
 turn waits for the log (their events ride in every save's outbox meanwhile)."""
+
+OUTBOX_REPLAY_SECONDS = LOG_DUPLICATE_WINDOW / 2
+"""How long after a save a new owner replays its outbox. An owner that lives
+on after a save publishes its events at once and has the log confirm their
+entries within seconds (it resends until then), so an older outbox went out
+long ago; replaying it would only store its log entries a second time once the
+log no longer recognises them as repeats."""
 
 RETRY = Rejected(code=ErrorCode.NOT_OWNER, message="Room is moving, retry", retryable=True)
 """The answer when this worker does not (or no longer) own the room."""
@@ -413,7 +420,8 @@ class RoomActor:
             # First the close with its events (an outbox), then the events go
             # out, then the keys are deleted: a death in between is finished
             # by the next owner (`_load`).
-            saving = replace(turn.closed, outbox=[*self._unconfirmed(), *turn.events], closed=True)
+            outbox = [*self._unconfirmed(), *turn.events]
+            saving = replace(turn.closed, outbox=outbox, closed=True, saved_at=time.time())
         elif state is not None and (turn.write or (turn.log and self._unsaved + 1 >= UNSAVED_MAX)):
             # The transactional outbox: a worker that saves and dies before
             # publishing (or before the log confirmed) leaves the events in
@@ -421,7 +429,7 @@ class RoomActor:
             outbox = [*self._unconfirmed(), *turn.events]
             if outbox or state.outbox:
                 state = replace(state, outbox=outbox)
-            state = saving = replace(state, log_seq=self._store.log_seq)
+            state = saving = replace(state, log_seq=self._store.log_seq, saved_at=time.time())
         else:
             if state is not None and turn.log:
                 # A mute change numbered from the reservation: saved later.
@@ -480,7 +488,7 @@ class RoomActor:
             # an edge that has every saved event may skip them.
             self._skipped = (stored.seq, state.seq)
         self._state, self._revision, self._loaded = state, loaded.revision, True
-        if loaded.state is not None and loaded.state.outbox:
+        if loaded.state is not None and loaded.state.outbox and _replayable(loaded.state):
             # The last turn's events may never have gone out (the previous
             # owner died between its save and its publish). Edges drop the
             # ones they already have: they apply events by sequence number.
@@ -544,6 +552,12 @@ def activity(state: RoomState) -> RoomActivity | None:
     if not occupied and state.close_at is None and not state.closed:
         return None
     return RoomActivity(room_id=state.room_id, occupied=occupied, close_at=state.close_at)
+
+
+def _replayable(state: RoomState) -> bool:
+    """The state was saved recently enough for its outbox to be replayed (or
+    by a version that did not date its saves)."""
+    return not state.saved_at or time.time() - state.saved_at < OUTBOX_REPLAY_SECONDS
 
 
 def _frame_size(message: Command | Internal) -> int:

@@ -106,6 +106,8 @@ class LogBatch:
 
 _LIST_WHOLE_INDEX = 16
 """A takeover of more partitions than this lists the whole index at once."""
+LOG_DUPLICATE_WINDOW = 120.0
+"""Seconds the event log recognises a repeated entry (by its ``Nats-Msg-Id``)."""
 LOG_ACK_TIMEOUT = 1.0
 """Seconds to wait for the stream to acknowledge a log entry before sending it again."""
 TRACK_CHANGES_READ = 1024
@@ -180,7 +182,7 @@ async def ensure_log_stream(
             max_bytes=max_bytes,
             discard=DiscardPolicy.OLD,
             num_replicas=replicas,
-            duplicate_window=120.0,
+            duplicate_window=LOG_DUPLICATE_WINDOW,
         ),
     )
 

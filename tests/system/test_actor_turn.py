@@ -11,6 +11,7 @@ as the order in which it happened."""
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -301,6 +302,7 @@ async def test_a_batch_is_saved_once_before_anything_goes_out(room: Room) -> Non
     [saved] = room.saved()
     assert sorted(saved.participants) == sorted([ANN, BEN])
     assert seqs(saved.outbox) == [1, 2]
+    assert abs(saved.saved_at - time.time()) < 60  # dated: the outbox is replayed while recent
     assert [type(e) for e in saved.outbox] == [ParticipantJoined, ParticipantJoined]
     assert room.store.loads == 1
     # Then, and only then, the projections, the log entries on their way, the
@@ -396,8 +398,9 @@ async def test_a_failed_save_drops_the_state_and_answers_retry(room: Room) -> No
     assert room.store.loads == 2
 
 
+@pytest.mark.parametrize("saved_ago", [None, 1.0], ids=["undated", "just-saved"])
 async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load(
-    nats: tuple[NatsClient, RoomStore, KeyValue],
+    nats: tuple[NatsClient, RoomStore, KeyValue], saved_ago: float | None
 ) -> None:
     """The previous owner saved a turn and died before publishing it: the
     new owner publishes those events (and logs them) before its first turn."""
@@ -406,7 +409,10 @@ async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load(
     second = decide(first.state, joining(BEN, "j2"), NOW, LIMITS)
     assert second.state is not None
     stored = msgspec.structs.replace(
-        second.state, outbox=[*first.events, *second.events], seq_reserved=second.state.seq + 40
+        second.state,
+        outbox=[*first.events, *second.events],
+        seq_reserved=second.state.seq + 40,
+        saved_at=0.0 if saved_ago is None else time.time() - saved_ago,
     )
     room = await make_room(nats, stored)
     try:
@@ -417,6 +423,27 @@ async def test_an_outbox_left_by_a_dead_owner_goes_out_on_load(
         assert isinstance(snapshot, Snapshot)
         # Numbering goes on after the reservation the dead owner may have used.
         assert snapshot.seq == stored.seq_reserved
+    finally:
+        room.actor.cancel_timers()
+
+
+async def test_an_outbox_saved_long_ago_is_not_replayed(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    """An owner that lived on after its save published those events and had
+    the log confirm them long ago. Replayed, their entries would be stored in
+    the log a second time once it no longer recognises repeats."""
+    first = decide(created(), joining(ANN, "j1"), NOW, LIMITS)
+    assert first.state is not None
+    saved_at = time.time() - actor_module.OUTBOX_REPLAY_SECONDS - 1
+    stored = msgspec.structs.replace(first.state, outbox=first.events, saved_at=saved_at)
+    room = await make_room(nats, stored)
+    try:
+        [snapshot] = await room.turn(GetSnapshot(cmd_id="g1", room_id=ROOM))
+        assert room.published() == []
+        assert room.timeline.of("log") == []
+        assert isinstance(snapshot, Snapshot)
+        assert [p.id for p in snapshot.participants] == [ANN]
     finally:
         room.actor.cancel_timers()
 

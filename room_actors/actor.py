@@ -22,15 +22,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus_schema import codec, ids, subjects
-from bus_schema.commands import Catchup, Command, GetSnapshot, Rejected, Reply
+from bus_schema import codec, subjects
+from bus_schema.commands import Catchup, Command, Rejected, Reply
 from bus_schema.control import CloseCallsTracks, CloseConnection
 from bus_schema.errors import ErrorCode
 from bus_schema.events import Broadcasted, Event
@@ -39,6 +39,7 @@ from bus_schema.state import CallsSession, RoomActivity, RoomState
 from room_actors import metrics
 from room_actors.log import entries
 from room_actors.state import (
+    Activate,
     Decision,
     ExpireDisconnected,
     Flush,
@@ -170,8 +171,10 @@ class RoomActor:
         owns: Callable[[], bool],
         on_fenced: Callable[[str], None],
         on_cleanup: Callable[[CloseCallsTracks], None],
+        load: Callable[[str], Awaitable[Loaded]] | None = None,
     ) -> None:
         self.room_id = room_id
+        self._read = load or store.load
         self._nc = nc
         self._store = store
         self._limits = limits
@@ -224,11 +227,13 @@ class RoomActor:
         from ``loaded`` when the caller read it already (a stale read is
         harmless: the first save names its revision and is fenced if another
         write came between)."""
-        if loaded is not None and not self._loaded and not self._mailbox:
+        if loaded is not None and loaded.state is not None and self._indexed is UNKNOWN:
+            self._indexed = activity(loaded.state)  # listed there: no need to write it
+        if self._loaded or self._mailbox:
+            return  # loaded already, or about to be for the command waiting
+        if loaded is not None:
             self._preloaded = loaded
-            if loaded.state is not None:
-                self._indexed = activity(loaded.state)  # listed there: no need to write it
-        self.submit(GetSnapshot(cmd_id=ids.new_command_id(), room_id=self.room_id), None)
+        self.submit(Activate())
 
     def touch(self) -> None:
         """Save the state unchanged, refreshing its age in KV (a room in use never expires)."""
@@ -470,7 +475,7 @@ class RoomActor:
     async def _load(self) -> None:
         loaded, self._preloaded = self._preloaded, None
         if loaded is None:
-            loaded = await self._store.load(self.room_id)
+            loaded = await self._read(self.room_id)
         stored = loaded.state
         changes = []
         if stored is not None and stored.seq < stored.seq_reserved and stored.participants:

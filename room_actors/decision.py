@@ -155,7 +155,13 @@ class Flush:
     the reservation): save the state now."""
 
 
-Internal = ExpireDisconnected | EdgesLost | KeepAlive | Republish | Flush
+@dataclass(frozen=True, slots=True)
+class Activate:
+    """Internal: the room was taken over: load it (its deadlines are set and
+    its outbox replayed) and change nothing."""
+
+
+Internal = ExpireDisconnected | EdgesLost | KeepAlive | Republish | Flush | Activate
 
 
 ROOM_NOT_FOUND = Rejected(code=ErrorCode.ROOM_NOT_FOUND, message="Room not found")

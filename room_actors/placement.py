@@ -7,8 +7,10 @@ workers as the remainder): loads differ by at most one, and a worker joining or
 leaving moves few partitions.
 """
 
+import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 
 def _score(partition: int, worker_id: str) -> int:
@@ -16,11 +18,17 @@ def _score(partition: int, worker_id: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def assign(partitions: int, workers: Iterable[str]) -> dict[int, str]:
-    """partition -> worker id, for ``partitions`` partitions over ``workers``."""
-    live = sorted(set(workers))
+def assign(partitions: int, workers: Iterable[str]) -> Mapping[int, str]:
+    """partition -> worker id, for ``partitions`` partitions over ``workers``.
+    Remembered for the last few sets of workers: every worker asks again on
+    each change it sees, and a takeover brings many changes for the same set."""
+    return _assign(partitions, tuple(sorted(set(workers))))
+
+
+@functools.lru_cache(maxsize=8)
+def _assign(partitions: int, live: tuple[str, ...]) -> Mapping[int, str]:
     if not live:
-        return {}
+        return MappingProxyType({})
     floor, extra = divmod(partitions, len(live))
     load = dict.fromkeys(live, 0)
     at_ceiling = 0
@@ -33,4 +41,4 @@ def assign(partitions: int, workers: Iterable[str]) -> dict[int, str]:
                 owners[partition] = worker
                 load[worker] += 1
                 break
-    return owners
+    return MappingProxyType(owners)

@@ -14,6 +14,7 @@ from bus_schema import codec, ids, subjects
 from bus_schema.commands import Rejected
 from bus_schema.control import CloseCallsTracks
 from bus_schema.errors import ErrorCode
+from bus_schema.state import RoomActivity
 from room_actors import metrics
 from room_actors.actor import RETRY, RoomActor, activity
 from room_actors.state import ExpireDisconnected, Limits, Republish
@@ -25,6 +26,17 @@ log = logging.getLogger(__name__)
 
 _TAKEOVER_LOADS = 32
 """Rooms a takeover reads from KV at once."""
+_TAKE_RETRY = Backoff(0.2, cap=2.0)
+
+
+class _Read:
+    """One room's read for a takeover, shared with a command that comes first."""
+
+    __slots__ = ("done", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.done: asyncio.Future[Loaded | None] = loop.create_future()
+        self.started = False
 
 
 class Registry:
@@ -49,6 +61,11 @@ class Registry:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
         """Passivated rooms due to close at some time: a timer each, no actor."""
+        self._taking: dict[asyncio.Task[None], frozenset[int]] = {}
+        """Rooms of partitions taken over being loaded, by the partitions."""
+        self._reads: dict[str, _Read] = {}
+        """A takeover's reads to come or in flight, by room: shared with an
+        actor that a command activates meanwhile (`_read`)."""
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -73,9 +90,29 @@ class Registry:
                 owns=lambda: self._owns(partition),
                 on_fenced=self._forget_fenced,
                 on_cleanup=self._cleanup,
+                load=self._read,
             )
             self._actors[room_id] = actor
         return actor
+
+    async def _read(self, room_id: str) -> Loaded:
+        """The room as stored. During a takeover each room is read once: by the
+        takeover, or, when a command for it comes first, at once for the
+        command (and the takeover takes that read)."""
+        read = self._reads.get(room_id)
+        if read is None:
+            return await self._store.load(room_id)
+        if read.started:
+            loaded = await asyncio.shield(read.done)
+            return loaded if loaded is not None else await self._store.load(room_id)
+        read.started = True
+        try:
+            loaded = await self._store.load(room_id)
+        except BaseException:
+            read.done.set_result(None)  # whoever waits reads it again
+            raise
+        read.done.set_result(loaded)
+        return loaded
 
     async def dispatch(self, msg: Msg) -> None:
         """Route one command message to its room's mailbox (never blocks on I/O)."""
@@ -97,9 +134,12 @@ class Registry:
     # --- partitions ---------------------------------------------------------
 
     async def serve(self, partitions: list[int]) -> None:
-        """Start serving partitions this worker now owns, and load their rooms
-        that have participants or a closing deadline (so they stay alive, are
-        watched, and close on time)."""
+        """Start serving partitions this worker now owns: their commands at
+        once, and in the background their rooms that have participants or a
+        closing deadline are loaded (so they stay alive, are watched, and close
+        on time). The leases go on meanwhile: when a death moves partitions
+        between the survivors too, those are claimed without waiting for the
+        reads."""
         started = time.monotonic()
         for partition in partitions:
             if partition not in self._partitions:
@@ -111,6 +151,33 @@ class Registry:
                     metadata={"partition": str(partition)},
                 )
                 self._partitions.add(partition)
+        task = asyncio.create_task(self._take(partitions, started), name="take-rooms")
+        self._taking[task] = frozenset(partitions)
+        task.add_done_callback(self._taking_done)
+
+    def _taking_done(self, task: "asyncio.Task[None]") -> None:
+        del self._taking[task]
+
+    async def _take(self, partitions: list[int], started: float) -> None:
+        """Load the rooms of newly served partitions, again until it succeeds
+        or the partitions are no longer served."""
+        delays = _TAKE_RETRY.delays()
+        while served := [p for p in partitions if p in self._partitions]:
+            try:
+                await self._load_rooms(served, started)
+                return
+            except Exception:
+                log.exception("reading the rooms of partitions taken over failed; retrying")
+                await asyncio.sleep(next(delays))
+
+    async def _taken(self, partitions: list[int]) -> None:
+        """Wait until the rooms of these partitions are no longer being loaded."""
+        wanted = set(partitions)
+        pending = [task for task, taking in self._taking.items() if taking & wanted]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _load_rooms(self, partitions: list[int], started: float) -> None:
         # The rooms to look at: those the index lists for each partition, or,
         # for a partition the index does not cover yet, every stored room of
         # it (one scan of room_state, after which the index covers it).
@@ -130,31 +197,40 @@ class Registry:
         metrics.child(metrics.TAKEOVER_ROOMS_READ, "index").inc(len(indexed))
         metrics.child(metrics.TAKEOVER_ROOMS_READ, "scan").inc(len(mine) - len(indexed))
         gate = asyncio.Semaphore(_TAKEOVER_LOADS)
+        loop = asyncio.get_running_loop()
+        reads = {room_id: _Read(loop) for room_id in mine}
+        self._reads.update(reads)
+        index_writes: list[tuple[str, RoomActivity | None]] = []
+        unlisted: list[str] = []
 
-        async def look(room_id: str) -> Loaded:
-            async with gate:
-                return await self._store.load(room_id)
-
-        # The rooms are read many at a time (a takeover's time is mostly round
-        # trips to KV), and an active room's actor starts from what was read.
-        index_writes = []
-        unlisted = []
-        for room_id, loaded in zip(mine, await asyncio.gather(*map(look, mine)), strict=True):
+        async def take(room_id: str) -> None:
+            # The rooms are read many at a time (a takeover's time is mostly
+            # round trips to KV), and each is served as soon as it is read.
+            try:
+                async with gate:
+                    loaded = await self._read(room_id)
+            finally:
+                if self._reads.get(room_id) is reads[room_id]:
+                    del self._reads[room_id]
+            if subjects.partition_of(room_id) not in self._partitions:
+                return  # released or lost meanwhile
             state = loaded.state
             if state is not None and room_id not in indexed:
                 unlisted.append(room_id)  # stored by a version without the indexes
             entry = activity(state) if state is not None else None
             if entry is None:
                 if room_id in indexed:
-                    index_writes.append(self._store.index_room(room_id, None))  # stale
-                continue
+                    index_writes.append((room_id, None))  # stale
+                return
             if room_id not in indexed:
-                index_writes.append(self._store.index_room(room_id, entry))
+                index_writes.append((room_id, entry))
             if state is not None and (state.participants or state.closed):
                 self.actor(room_id).activate(loaded)
             elif state is not None and state.close_at is not None:
                 self._wake_at(room_id, state.close_at)
-        await asyncio.gather(*index_writes)
+
+        await asyncio.gather(*map(take, mine))
+        await asyncio.gather(*(self._store.index_room(r, entry) for r, entry in index_writes))
         await self._store.list_rooms(unlisted)
         await asyncio.gather(*map(self._store.index_complete, sorted(unindexed)))
         log.info(
@@ -172,6 +248,7 @@ class Registry:
         save what was changed without a write and let the log confirm what was
         sent, then forget their rooms."""
         await self._unsubscribe(partitions)
+        await self._taken(partitions)
         leaving = self._actors_in(partitions)
         await asyncio.gather(*(actor.settle() for actor in leaving.values()))
         for room_id, actor in leaving.items():
@@ -301,6 +378,9 @@ class Registry:
     async def close(self) -> None:
         """Stop serving everything; let running turns and cleanups finish."""
         await self.release(list(self._partitions))
+        for task in list(self._taking):
+            task.cancel()
+        await self._taken(list(range(subjects.PARTITIONS)))
         if self._cleanups:
             await asyncio.wait(self._cleanups, timeout=5)
 

@@ -65,6 +65,7 @@ from room_actors.decision import (
     ROOM_NOT_FOUND,
     SEQ_BLOCK,
     STATE_FULL,
+    Activate,
     Decision,
     EdgesLost,
     ExpireDisconnected,
@@ -94,6 +95,7 @@ __all__ = [
     "DEPARTED_KEPT",
     "KICKED_KEPT",
     "SEQ_BLOCK",
+    "Activate",
     "Decision",
     "EdgesLost",
     "ExpireDisconnected",
@@ -164,6 +166,8 @@ def _decide(
         case Republish():
             # Also for a room just closed: its last events may be the ones lost.
             return Decision(state, Ack(seq=state.seq if state else 0), republish=True)
+        case Activate():
+            return Decision(state, Ack(seq=state.seq if state else 0))
     if state is None:
         return Decision(state, ROOM_NOT_FOUND)
     match message:

@@ -26,6 +26,7 @@ async def run(rooms: int, joins: int, in_flight: int) -> dict[str, float]:
     bus = await system.bus()
     beating = asyncio.create_task(beat(bus.nc))
     commands = RoomCommands(bus.nc, attempt_timeout=5.0, deadline=60.0)
+    await commands.start()  # as an edge: hears of partitions taken over
     gate = asyncio.Semaphore(in_flight)
     errors = 0
 

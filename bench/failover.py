@@ -111,6 +111,7 @@ async def failover(root: Path, kills: int, results: Results) -> None:
     await system.start(actors=3, edges=0)
     bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=2.0, deadline=60.0)
+    await commands.start()  # as an edge: hears of partitions taken over
     beating = asyncio.create_task(beat(bus.nc))
     try:
         rooms = await make_rooms(commands, subjects.PARTITIONS)
@@ -152,6 +153,7 @@ async def throughput(root: Path, workers: int, seconds: float, inflight: int) ->
     await system.start(actors=workers, edges=0)
     bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=5.0, deadline=30.0)
+    await commands.start()  # as an edge: hears of partitions taken over
     beating = asyncio.create_task(beat(bus.nc))
     try:
         await bus.balanced([a.env["WORKER_ID"] for a in system.actors])

@@ -35,6 +35,7 @@ async def run(active: int, idle: int, kills: int) -> list[float]:
     await system.start(actors=3, edges=0)
     bus = await system.bus()
     commands = RoomCommands(bus.nc, attempt_timeout=5.0, deadline=60.0)
+    await commands.start()  # as an edge: hears of partitions taken over
     beating = asyncio.create_task(beat(bus.nc))
     gate = asyncio.Semaphore(64)
 

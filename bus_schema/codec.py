@@ -8,7 +8,7 @@ from bus_schema.commands import Command, Reply
 from bus_schema.control import CloseCallsTracks, EdgeControl
 from bus_schema.events import Event
 from bus_schema.state import CallsSession, PartitionLease, RoomMeta, RoomState, WorkerLease
-from bus_schema.status import EdgeHeartbeat
+from bus_schema.status import EdgeHeartbeat, PartitionsServed
 
 DecodeError = msgspec.DecodeError
 """Raised by every decoder here for malformed or wrongly shaped input."""
@@ -33,3 +33,4 @@ def encode(value: Any) -> bytes:
 edge_heartbeat = msgspec.json.Decoder(EdgeHeartbeat)
 calls_session = msgspec.json.Decoder(CallsSession)
 close_calls_tracks = msgspec.json.Decoder(CloseCallsTracks)
+partitions_served = msgspec.json.Decoder(PartitionsServed)

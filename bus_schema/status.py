@@ -13,6 +13,14 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Partitions acquired, released or lost since start."""
 
 
+class PartitionsServed(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker now answers the commands of these partitions (it took them
+    over): edges waiting to retry a command for one of them send it at once."""
+
+    worker_id: str
+    partitions: list[int]
+
+
 class EdgeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     edge_id: str
     started_at: str

@@ -19,6 +19,10 @@ Delivery guarantees, by subject:
   (`bus_schema.status.EdgeStatus`).
 - ``signal.actors.<worker>.status``: request/reply, anyone -> one worker: its view
   (`bus_schema.status.WorkerStatus`).
+- ``signal.actors.served``: core pub/sub, at most once, actor -> every edge: a
+  worker answers these partitions' commands now
+  (`bus_schema.status.PartitionsServed`); a command waiting to be retried for
+  one of them goes at once (without it, at the next retry).
 
 ``nats sub 'signal.room.<room>.>'`` shows everything that happens in one room.
 """
@@ -106,6 +110,8 @@ def worker_status(worker_id: str) -> str:
     """A worker's status endpoint (request/reply)."""
     return f"{PREFIX}.actors.{_token(worker_id)}.status"
 
+
+PARTITIONS_SERVED = f"{PREFIX}.actors.served"
 
 EDGE_HEARTBEATS = f"{PREFIX}.edge.*.hb"
 

@@ -12,6 +12,12 @@ the room's stream it is subscribed to anyway, as the success (`echoed`). No
 reply message, no request machinery per message; a command whose event does
 not come back within the attempt timeout goes the ordinary way (`send`, which
 the actor answers in full and applies once).
+
+During a failover a command finds no worker ("no responders") until a
+survivor serves the room's partition. The survivor announces it
+(`bus_schema.subjects.PARTITIONS_SERVED`), and a command waiting to be tried
+again goes at once; without the announcement (lost, or not subscribed) it
+goes at its next retry, at most `FAILOVER_POLL` later.
 """
 
 import asyncio
@@ -43,6 +49,10 @@ from runtime.retry import Attempt, Backoff, Retry
 
 log = logging.getLogger(__name__)
 
+FAILOVER_POLL = 1.0
+"""Seconds between tries of a command whose partition no worker serves, when
+the announcement of the survivor that takes it over would wake it earlier."""
+
 
 class CommandFailed(Exception):
     """No actor acknowledged the command before the deadline."""
@@ -71,17 +81,44 @@ class RoomCommands:
         """Rooms with quiet commands in flight: [waiting commands, events seen]."""
         self._refusals: Subscription | None = None
         self._refusal_prefix = ""
+        self._announcements: Subscription | None = None
+        self._served: dict[int, int] = {}
+        """Partitions by how many times a worker announced it serves them."""
+        self._waiting: dict[int, asyncio.Event] = {}
+        """Partitions commands wait for a worker to serve, each with the event
+        its announcement sets."""
 
     async def start(self) -> None:
-        """Subscribe to the answers to quiet commands (refusals only)."""
+        """Subscribe to the answers to quiet commands (refusals only) and to
+        the announcements of partitions taken over."""
         self._refusal_prefix = self._nc.new_inbox() + "."
         self._refusals = await self._nc.subscribe(self._refusal_prefix + "*", cb=self._on_refusal)
+        self._announcements = await self._nc.subscribe(
+            subjects.PARTITIONS_SERVED, cb=self._on_served
+        )
 
     async def stop(self) -> None:
-        if self._refusals is not None:
-            with contextlib.suppress(NatsError):
-                await self._refusals.unsubscribe()
-            self._refusals = None
+        for subscription in (self._refusals, self._announcements):
+            if subscription is not None:
+                with contextlib.suppress(NatsError):
+                    await subscription.unsubscribe()
+        self._refusals = self._announcements = None
+
+    def waiting_for(self, partition: int) -> bool:
+        """Commands wait for a worker to serve ``partition``."""
+        return partition in self._waiting
+
+    async def _on_served(self, msg: Msg) -> None:
+        try:
+            served = codec.partitions_served.decode(msg.data)
+        except codec.DecodeError:
+            log.warning("ignored an unreadable announcement of partitions served")
+            return
+        for partition in served.partitions:
+            self._served[partition] = self._served.get(partition, 0) + 1
+            waiting = self._waiting.pop(partition, None)
+            if waiting is not None:
+                waiting.set()
 
     def echoed(self, room_id: str, cmd_id: str, seq: int) -> None:
         """An event of the command ``cmd_id`` came on a room's stream: if it is
@@ -167,14 +204,33 @@ class RoomCommands:
         returned to the caller, who maps it to a client error."""
         subject = subjects.room_command(command.room_id)
         data = codec.encode(command)
+        partition = subjects.partition_of(command.room_id)
+        last: list[object] = [None, 0]  # the last attempt's failure, announcements before it
 
         async def request(attempt: Attempt) -> Reply:
+            last[1] = self._served.get(partition, 0)
             timeout = attempt.timeout(self._attempt_timeout)
-            msg = await self._nc.request(subject, data, timeout=timeout)
-            return codec.replies.decode(msg.data)
+            try:
+                msg = await self._nc.request(subject, data, timeout=timeout)
+            except NatsError as e:
+                last[0] = e
+                raise
+            reply = last[0] = codec.replies.decode(msg.data)
+            return reply
+
+        async def pause(delay: float) -> None:
+            failover = isinstance(last[0], NoRespondersError) or (
+                isinstance(last[0], Rejected) and _moving(last[0])
+            )
+            if not failover or self._announcements is None:
+                await asyncio.sleep(delay)
+            elif self._served.get(partition, 0) == last[1]:  # not served since the try
+                waiting = self._waiting.setdefault(partition, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiting.wait(), max(delay, FAILOVER_POLL))
 
         try:
-            reply = await self._policy.run(request)
+            reply = await self._policy.run(request, sleep=pause)
         except NatsError as e:
             raise self._unavailable(command, _reason(e)) from None
         except codec.DecodeError:

@@ -15,6 +15,7 @@ from bus_schema.commands import Rejected
 from bus_schema.control import CloseCallsTracks
 from bus_schema.errors import ErrorCode
 from bus_schema.state import RoomActivity
+from bus_schema.status import PartitionsServed
 from room_actors import metrics
 from room_actors.actor import RETRY, RoomActor, activity
 from room_actors.state import ExpireDisconnected, Limits, Republish
@@ -51,6 +52,7 @@ class Registry:
     ) -> None:
         self._nc = nc
         self._service = service
+        self._worker_id = worker_id
         self._queue = f"worker-{worker_id}"
         """A queue group of one: only this worker, as a plain subscription."""
         self._store = store
@@ -141,6 +143,7 @@ class Registry:
         between the survivors too, those are claimed without waiting for the
         reads."""
         started = time.monotonic()
+        added = []
         for partition in partitions:
             if partition not in self._partitions:
                 await self._service.add(
@@ -151,6 +154,13 @@ class Registry:
                     metadata={"partition": str(partition)},
                 )
                 self._partitions.add(partition)
+                added.append(partition)
+        if added:
+            # Once the server has the subscriptions, the edges hear of them:
+            # commands waiting out a failover go now, not at their next retry.
+            await self._nc.flush()
+            served = PartitionsServed(worker_id=self._worker_id, partitions=added)
+            await self._nc.publish(subjects.PARTITIONS_SERVED, codec.encode(served))
         task = asyncio.create_task(self._take(partitions, started), name="take-rooms")
         self._taking[task] = frozenset(partitions)
         task.add_done_callback(self._taking_done)

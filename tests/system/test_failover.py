@@ -8,7 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from bus_schema import buckets, codec, subjects
+import edge.commands
+from bench.failover import create_room
+from bus_schema import buckets, codec, ids, subjects
+from bus_schema.commands import Ack
+from edge.commands import RoomCommands
 from runtime.streams import bucket_keys
 from tests.harness import Api, System, WsClient, background, enter
 from tests.system.traffic import (
@@ -248,3 +252,30 @@ async def test_mute_changes_a_killed_worker_never_saved_reach_a_newcomer(
         await client.close()
     await bus.close()
     await api.close()
+
+
+async def test_a_command_waiting_out_a_failover_goes_when_a_survivor_serves_its_partition(
+    make_system: Callable[..., System], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that found no worker is sent again when a worker announces
+    it serves the room's partition, not at its next retry (made far later here)."""
+    monkeypatch.setattr(edge.commands, "FAILOVER_POLL", 600.0)
+    system = make_system(LEASE_TTL="1")
+    await system.start(actors=1, edges=0)
+    bus = await system.bus()
+    commands = RoomCommands(bus.nc, attempt_timeout=2.0, deadline=300.0)
+    await commands.start()
+    room_id = ids.new_id()
+    system.actors[0].kill()
+    waiting = asyncio.create_task(commands.send(create_room(room_id)))
+    await eventually(
+        lambda: commands.waiting_for(subjects.partition_of(room_id)),
+        timeout=10,
+        message="the command never waited for its partition",
+    )
+    system.start_actor()
+    reply = await asyncio.wait_for(waiting, 30)
+    assert isinstance(reply, Ack), reply
+    assert not commands.waiting_for(subjects.partition_of(room_id))
+    await commands.stop()
+    await bus.close()

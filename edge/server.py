@@ -17,6 +17,7 @@ from litestar import Litestar
 
 from edge.app import create_app, start_draining
 from edge.settings import EdgeSettings
+from edge.wsproto import LeanWebSocketProtocol
 
 
 class DrainingServer(uvicorn.Server):
@@ -45,7 +46,7 @@ def build_server(settings: EdgeSettings) -> DrainingServer:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,  # uvicorn's websockets-sansio, lighter when idle
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=20.0,

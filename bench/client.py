@@ -45,6 +45,9 @@ class Stats:
 
     latencies: list[float] = field(default_factory=list)
     """One-way latencies in seconds of timestamped messages received."""
+    offers: list[float] = field(default_factory=list)
+    """Those of ``offer`` frames only: the first of each call set-up burst, so
+    not queued behind the rest of its burst."""
     received: int = 0
     errors: int = 0
     recording: bool = False
@@ -59,6 +62,7 @@ class Stats:
 
     def reset(self) -> None:
         self.latencies = []
+        self.offers = []
         self.received = 0
         self.errors = 0
         self.since_ns = time.time_ns()
@@ -108,7 +112,10 @@ class BenchClient(WSListener):  # type: ignore[misc]
         stats = self.stats
         if message.ts:
             if stats.recording and message.ts >= stats.since_ns:
-                stats.latencies.append(time.time_ns() / 1e9 - message.ts / 1e9)
+                latency = time.time_ns() / 1e9 - message.ts / 1e9
+                stats.latencies.append(latency)
+                if message.type == "offer":
+                    stats.offers.append(latency)
                 stats.count()
         elif message.type == "welcome":
             self.participant_id = message.participant_id

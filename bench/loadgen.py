@@ -212,9 +212,14 @@ async def relay(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         "received": stats.received,
         "errors": stats.errors,
         "clients_cut": cut,
-        "latency_ms": {k: v * 1000 if k != "n" else v for k, v in summary(stats.latencies).items()},
+        "latency_ms": _ms(stats.latencies),
+        **({"offer_latency_ms": _ms(stats.offers)} if stats.offers else {}),
         **cpu,
     }
+
+
+def _ms(latencies: list[float]) -> dict[str, float]:
+    return {k: v * 1000 if k != "n" else v for k, v in summary(latencies).items()}
 
 
 async def fanout(args: argparse.Namespace, target: Target) -> dict[str, Any]:

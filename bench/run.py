@@ -136,6 +136,12 @@ def messages_section(
             f"| {fl['p50']:.2f} / {fl['p99']:.2f} | {o['received']} / {o['expected']} "
             f"| {f['received']} / {f['expected']} | {o['errors']} / {f['errors']} |"
         )
+        if "offer_latency_ms" in o and "offer_latency_ms" in f:
+            oo, fo = o["offer_latency_ms"], f["offer_latency_ms"]
+            results.say(
+                f"| {message}: the `offer` frames only | | {oo['p50']:.2f} / {oo['p99']:.2f} "
+                f"| {fo['p50']:.2f} / {fo['p99']:.2f} | | | |"
+            )
     results.say("")
     results.say(
         "CPU per message sent, µs (user + system time of each process over the "

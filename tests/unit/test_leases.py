@@ -256,9 +256,13 @@ def balanced(bucket: Bucket, *group: Worker) -> bool:
 
 async def test_a_lone_worker_claims_every_partition(workers: Workers) -> None:
     a = await workers.start("a")
-    await eventually(lambda: a.serving() == EVERY, timeout=5, message=lambda: a.serving())
+    # Its claims are written first, then it is told what it acquired: wait
+    # for the telling (owning every partition comes a moment before it).
+    await eventually(
+        lambda: sorted(a.acquired) == sorted(EVERY), timeout=5, message=lambda: a.acquired
+    )
+    assert a.serving() == EVERY
     assert workers.bucket.owners() == dict.fromkeys(sorted(EVERY), "a")
-    assert sorted(a.acquired) == sorted(EVERY)
     lease = codec.worker_lease.decode(workers.bucket.entries[buckets.worker_key("a")].value)
     assert (lease.worker_id, lease.leaving) == ("a", False)
 

@@ -43,6 +43,11 @@ class Join(_Command, frozen=True, tag="join"):
     """The token's grants (``None``: every grant)."""
     issued_at: int = 0
     """The token's ``iat``: refused when the room's tokens were revoked since."""
+    connected_at: int = 0
+    """When the socket was opened at its edge (Unix ms; 0: not said). A join
+    older than the connection its participant (or another token of its
+    identity) has in the room is refused, so a late retry for a socket that
+    was given up never replaces the connection the client moved to."""
 
 
 class Leave(_Command, frozen=True, tag="leave"):

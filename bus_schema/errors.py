@@ -20,6 +20,9 @@ class ErrorCode(StrEnum):
     """A ``token`` room's join endpoint: only minted tokens get in."""
     GRANT_DENIED = "grant_denied"
     """The token does not grant what the message or call needs."""
+    SUPERSEDED = "superseded"
+    """A connection attempt older than the participant's connection in the
+    room (a late retry of a socket that was given up): refused, the newer one stays."""
     NOT_OWNER = "not_owner"
     """The worker does not (or no longer) own the room: retry, another worker will."""
     BAD_COMMAND = "bad_command"

@@ -49,6 +49,9 @@ class Participant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     """The edge holding the participant's current connection."""
     conn_id: str
     """The current connection; commands from an older connection are refused."""
+    connected_at: int = 0
+    """When the current connection was opened at its edge (Unix ms; 0: not
+    known): an older connection attempt may not replace it."""
     session_id: str | None = None
     """The Calls session the participant published, if any."""
     tracks: list[Track] = msgspec.field(default_factory=list)

@@ -48,6 +48,10 @@ RELAY_FALLBACKS = Counter(
     "Relayed messages whose event did not come back while their room was silent "
     "(or was refused as moving): sent again as ordinary commands",
 )
+JOINS_ABANDONED = Counter(
+    "signaling_edge_joins_abandoned_total",
+    "Joins given up because their socket closed before the welcome (no retry for a gone socket)",
+)
 CALLS_REQUESTS = Counter(
     "signaling_edge_calls_requests_total",
     "Calls proxy requests, by route and answered status",

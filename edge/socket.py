@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import msgspec
 from litestar import WebSocket
 from litestar.types import Empty
-from litestar.types.asgi_types import WebSocketSendEvent
+from litestar.types.asgi_types import ReceiveMessage, WebSocketSendEvent
 from litestar.utils.scope.state import ScopeState
 
 from bus_schema import ids, subjects
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 _SETTLE_SECONDS = 2.0
 _ABNORMAL_CLOSURE = 1006
 
+_EARLY_FRAMES = 16
+"""Frames a client may send before its welcome that are read (and kept for
+after it) while its join is on its way; more wait in the socket."""
+
 _REJECTION_CLOSE = {
     ErrorCode.ROOM_NOT_FOUND: CloseCode.ROOM_NOT_FOUND,
     ErrorCode.ROOM_FULL: CloseCode.ROOM_FULL,
@@ -52,6 +56,7 @@ _REJECTION_CLOSE = {
     ErrorCode.KICKED: CloseCode.NOT_IN_ROOM,
     ErrorCode.BANNED: CloseCode.NOT_IN_ROOM,
     ErrorCode.TOKEN_REVOKED: CloseCode.NOT_IN_ROOM,
+    ErrorCode.SUPERSEDED: CloseCode.REPLACED,
 }
 
 
@@ -158,7 +163,17 @@ def _server_protocol(socket: WebSocket[Any, Any, Any]) -> object | None:
 class ClientSession:
     """One accepted WebSocket for its whole life."""
 
-    __slots__ = ("_bus", "_claims", "_conn", "_identity", "_limits", "_settings", "_socket")
+    __slots__ = (
+        "_bus",
+        "_claims",
+        "_conn",
+        "_connected_at",
+        "_early",
+        "_identity",
+        "_limits",
+        "_settings",
+        "_socket",
+    )
 
     def __init__(
         self, socket: WebSocket[Any, Any, Any], bus: EdgeBus, claims: Claims, settings: EdgeSettings
@@ -175,6 +190,11 @@ class ClientSession:
         """Checked on every frame: what the token grants (docs/access.md)."""
         self._conn = Connection(self._identity, limit_bytes=settings.send_queue_bytes)
         self._limits = ConnectionLimits(settings)
+        self._connected_at = time.time_ns() // 1_000_000
+        """When this socket was opened (Unix ms): the actor lets a newer
+        connection of the token take the participant's place, never an older one."""
+        self._early: list[ReceiveMessage] | None = None
+        """Frames the client sent before its welcome, handled after it."""
 
     async def run(self) -> None:
         conn, fanout = self._conn, self._bus.fanout
@@ -185,7 +205,7 @@ class ClientSession:
         try:
             feed = await fanout.acquire(self._identity.room_id)
             feed.expect(conn)  # targeted messages may come before the welcome: held
-            reply = await self._join()
+            reply = await self._join_while_open(writer)
             if isinstance(reply, Snapshot):
                 feed.add(conn, reply)
                 joined = True
@@ -215,6 +235,51 @@ class ClientSession:
                 log.info("%s", "left" if clean else "disconnected", extra=self._context())
                 await (self._leave() if clean else self._disconnect())
 
+    async def _join_while_open(self, writer: "asyncio.Task[None]") -> Reply | None:
+        """The join, given up if the socket closes before its answer (the
+        client left, or this edge is stopping): retried for a socket nobody
+        holds any more, it could only take the participant's place from the
+        socket the client moved to. A `Disconnect` follows, in case an attempt
+        already on its way is applied: the participant then gets its resume
+        grace, as any dropped connection does."""
+        join = asyncio.create_task(self._join())
+        watch: asyncio.Task[ReceiveMessage] | None = asyncio.create_task(self._receive())
+        try:
+            while True:
+                waiting: set[asyncio.Future[Any]] = {join, writer}
+                if watch is not None:
+                    waiting.add(watch)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if join.done():
+                    return join.result()
+                if watch is not None and watch.done():
+                    message, watch = watch.result(), None
+                    self._early = [*(self._early or ()), message]
+                    if message["type"] == "websocket.receive":
+                        # A frame before the welcome: kept for after it. Past
+                        # a few, the rest wait in the socket (uvicorn stops
+                        # reading it) and only the writer's end is watched.
+                        if len(self._early) < _EARLY_FRAMES:
+                            watch = asyncio.create_task(self._receive())
+                        continue
+                # The client closed the socket, or this edge did.
+                await _cancel(join)
+                metrics.JOINS_ABANDONED.inc()
+                log.info("closed before its welcome: join given up", extra=self._context())
+                if await self._disconnect():
+                    log.info("join given up; the room has heard", extra=self._context())
+                return None
+        finally:
+            if watch is not None:
+                if watch.done() and not watch.cancelled():
+                    # Came with the join's answer: the reader's, after the welcome.
+                    self._early = [*(self._early or ()), watch.result()]
+                else:
+                    await _cancel(watch)
+
+    async def _receive(self) -> ReceiveMessage:
+        return await self._socket.receive()
+
     async def _join(self) -> Reply | None:
         identity = self._identity
         command = Join(
@@ -227,6 +292,7 @@ class ClientSession:
             identity=self._claims.identity,
             grants=None if self._claims.grants == FULL else self._claims.grants,
             issued_at=self._claims.iat,
+            connected_at=self._connected_at,
         )
         try:
             reply = await self._bus.commands.send(command)
@@ -251,8 +317,8 @@ class ClientSession:
             )
         )
 
-    async def _disconnect(self) -> None:
-        await self._farewell(
+    async def _disconnect(self) -> bool:
+        return await self._farewell(
             Disconnect(
                 cmd_id=ids.new_command_id(),
                 room_id=self._identity.room_id,
@@ -261,11 +327,14 @@ class ClientSession:
             )
         )
 
-    async def _farewell(self, command: Leave | Disconnect) -> None:
+    async def _farewell(self, command: Leave | Disconnect) -> bool:
+        """Tell the room; whether it acknowledged."""
         try:
             await self._bus.commands.send(command)
         except CommandFailed:
             log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
+            return False
+        return True
 
     def _context(self) -> dict[str, str]:
         """Log fields for this connection."""
@@ -342,8 +411,9 @@ class ClientSession:
         closed it with a Close frame (uvicorn then passes the frame's reason;
         a lost connection comes without one)."""
         socket = self._socket
+        early, self._early = self._early or [], None
         while True:
-            message = await socket.receive()
+            message: ReceiveMessage = early.pop(0) if early else await socket.receive()
             if message["type"] != "websocket.receive":
                 return "reason" in message and message.get("code") != _ABNORMAL_CLOSURE
             data = message.get("text") or message.get("bytes") or b""

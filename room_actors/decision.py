@@ -172,6 +172,9 @@ BANNED = Rejected(code=ErrorCode.BANNED, message="Banned from this room")
 TOKEN_REVOKED = Rejected(
     code=ErrorCode.TOKEN_REVOKED, message="This room's tokens were revoked; get a new one"
 )
+SUPERSEDED = Rejected(
+    code=ErrorCode.SUPERSEDED, message="This token is connected on a newer socket"
+)
 SECRET_ROTATED = Rejected(
     code=ErrorCode.TOKEN_REVOKED,
     message="The room's join secret changed since this token was issued; join again",

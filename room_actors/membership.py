@@ -32,6 +32,7 @@ from room_actors.decision import (
     KICKED,
     NOT_IN_ROOM,
     SECRET_ROTATED,
+    SUPERSEDED,
     TOKEN_REVOKED,
     Decision,
     Limits,
@@ -47,11 +48,18 @@ def join(state: RoomState, command: Join, clock: Clock, limits: Limits) -> Decis
     if refused is not None:
         return Decision(state, refused)
     present = state.participants.get(command.participant_id)
+    older = [p for p in state.participants.values() if _same_identity(p, command.identity)]
+    if any(_newer(p, command) for p in (present, *older) if p is not None):
+        return Decision(state, SUPERSEDED)
     if present is not None:
         # The same token connected again: the newer connection takes over, the
         # others see no leave/join, and the older socket is closed.
         moved = replace(
-            present, edge_id=command.edge_id, conn_id=command.conn_id, disconnected_until=None
+            present,
+            edge_id=command.edge_id,
+            conn_id=command.conn_id,
+            connected_at=command.connected_at,
+            disconnected_until=None,
         )
         participants = {**state.participants, command.participant_id: moved}
         resumed = replace(state, participants=participants)
@@ -60,7 +68,6 @@ def join(state: RoomState, command: Join, clock: Clock, limits: Limits) -> Decis
             control = closes([present], CloseCode.REPLACED, "Replaced by a newer connection")
         return Decision(resumed, snapshot(resumed, resumed=True), control=control)
     # One participant per identity: a newer token of it takes the place.
-    older = [p for p in state.participants.values() if _same_identity(p, command.identity)]
     before = remove(state, older, "replaced", clock, limits)
     after = before.state
     assert after is not None
@@ -72,6 +79,7 @@ def join(state: RoomState, command: Join, clock: Clock, limits: Limits) -> Decis
         joined_at=clock.iso,
         edge_id=command.edge_id,
         conn_id=command.conn_id,
+        connected_at=command.connected_at,
         identity=command.identity,
         grants=None if command.grants == FULL else command.grants,
         issued_at=command.issued_at,
@@ -107,6 +115,16 @@ def join(state: RoomState, command: Join, clock: Clock, limits: Limits) -> Decis
         control=closes(older, CloseCode.REPLACED, "Your identity joined again elsewhere"),
         cleanup=before.cleanup,
         log=before.log + logged,
+    )
+
+
+def _newer(participant: Participant, command: Join) -> bool:
+    """The participant's connection was opened after the one ``command`` is
+    for (a connection attempt of the same socket is never refused)."""
+    return (
+        participant.conn_id != command.conn_id
+        and command.connected_at > 0
+        and participant.connected_at > command.connected_at
     )
 
 

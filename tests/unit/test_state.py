@@ -1,6 +1,7 @@
 """room_actors.state: pure decisions, no I/O."""
 
 import dataclasses
+from typing import Any
 
 import msgspec
 import pytest
@@ -24,6 +25,7 @@ from bus_schema.commands import (
     UpdateRoom,
 )
 from bus_schema.control import KICKED
+from bus_schema.errors import ErrorCode
 from bus_schema.events import (
     Broadcasted,
     ParticipantJoined,
@@ -158,6 +160,69 @@ def test_a_retried_join_is_applied_once() -> None:
     assert again.state is state
     assert again.events == ()
     assert isinstance(again.reply, Snapshot)
+
+
+def _attempt(conn: str, connected_at: int, cmd_id: str, who: str = ANN, **extra: Any) -> Join:
+    return Join(
+        cmd_id=cmd_id,
+        room_id=ROOM,
+        participant_id=who,
+        name="Ann",
+        edge_id=f"edge-of-{conn}",
+        conn_id=conn,
+        connected_at=connected_at,
+        **extra,
+    )
+
+
+def test_a_join_older_than_the_participants_connection_is_refused_and_changes_nothing() -> None:
+    """A late retry for a socket the client gave up (opened at 1,000) comes
+    after the client moved to another (opened at 2,000): the newer stays."""
+    newer = decide(created(), _attempt("newer", 2_000, "j1"), NOW, LIMITS).state
+    assert newer is not None
+    late = decide(newer, _attempt("older", 1_000, "j0"), NOW, LIMITS)
+    assert late.state is newer
+    assert isinstance(late.reply, Rejected)
+    assert late.reply.code == ErrorCode.SUPERSEDED
+    assert late.events == ()
+    assert late.control == ()
+    # A newer attempt still takes over, and a retry of the same socket's join is no refusal.
+    newest = decide(newer, _attempt("newest", 3_000, "j2"), NOW, LIMITS)
+    assert newest.state is not None
+    assert newest.state.participants[ANN].conn_id == "newest"
+    assert newest.state.participants[ANN].connected_at == 3_000
+    again = decide(newest.state, _attempt("newest", 3_000, "j3"), NOW, LIMITS)
+    assert not isinstance(again.reply, Rejected)
+    # Also while the newer connection is away in its resume grace.
+    away = decide(
+        newest.state,
+        Disconnect(cmd_id="d1", room_id=ROOM, participant_id=ANN, conn_id="newest"),
+        NOW,
+        LIMITS,
+    ).state
+    assert away is not None
+    assert away.participants[ANN].disconnected_until is not None
+    assert decide(away, _attempt("older", 1_000, "j4"), NOW, LIMITS).reply == late.reply
+
+
+def test_an_older_token_of_an_identity_does_not_push_out_a_newer_one() -> None:
+    """One participant per identity: a newer token takes the place, but a
+    late attempt of an older connection of another token does not."""
+    first = decide(created(), _attempt("b", 2_000, "j1", who=BEN, identity="ann@x"), NOW, LIMITS)
+    assert first.state is not None
+    late = decide(first.state, _attempt("a", 1_000, "j2", identity="ann@x"), NOW, LIMITS)
+    assert isinstance(late.reply, Rejected)
+    assert late.reply.code == ErrorCode.SUPERSEDED
+    assert list(first.state.participants) == [BEN]
+
+
+def test_joins_that_do_not_say_when_they_connected_replace_as_before() -> None:
+    """Edges of a version without ``connected_at`` (0): the later join wins."""
+    state = decide(created(), _attempt("new", 2_000, "j1"), NOW, LIMITS).state
+    assert state is not None
+    undated = decide(state, _attempt("undated", 0, "j2"), NOW, LIMITS)
+    assert undated.state is not None
+    assert undated.state.participants[ANN].conn_id == "undated"
 
 
 def test_rejoin_with_new_connection_closes_the_old_one_without_events() -> None:

@@ -17,6 +17,7 @@ from playwright.async_api import Browser, Page, Request, WebSocket, async_playwr
 
 from edge.auth import TokenService
 from tests.harness import JWT_SECRET, Api, System, calls_env
+from tests.links import Link
 from tests.waiting import eventually
 from tools.fakecalls import FakeCallsServer
 
@@ -52,60 +53,6 @@ CHROMIUM_ARGS = [
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
-
-
-class Cable:
-    """A TCP forwarder in front of an edge: the browser's link to the service,
-    which a test can cut (no Close frame: the connection just drops) and plug
-    into another edge."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.listen_port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-    async def start(self) -> "Cable":
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.listen_port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self.writers -= {writer, up_writer}
-
-    def cut(self, new_port: int | None = None) -> None:
-        """Drop every connection at once (a reset, as when a network fails)."""
-        if new_port is not None:
-            self.port = new_port
-        for writer in list(self.writers):
-            writer.transport.abort()
-
-    async def close(self) -> None:
-        self.cut()
-        if self.server is not None:
-            self.server.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -225,7 +172,7 @@ async def test_a_call_between_browsers_on_different_edges(
     system = make_system(STUN_URLS="")
     await system.start(edges=2)
     edge_a, edge_b = system.edges
-    cable = await Cable(edge_a.port).start()
+    cable = await Link(edge_a.port).start()  # the browser's link to the service
     api = Api(edge_a.url)
     try:
         room_id = await api.create_room("browser call")
@@ -262,7 +209,7 @@ async def test_a_call_between_browsers_on_different_edges(
         # other edge: she reconnects, resumes, and nobody sees her leave or join.
         welcomes = sum(e["type"] == "welcome" for e in await events(alice))
         marks = {page: len(await events(page)) for page in (bob, carol)}
-        cable.cut(new_port=edge_b.port)
+        cable.cut(new_upstream=edge_b.port)
         await until(
             alice,
             "(n) => window.signaling.events.filter((e) => e.type === 'welcome').length > n",

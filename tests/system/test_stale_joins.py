@@ -16,59 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.harness import Api, System, WsClient, enter
+from tests.links import Link
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
-
-
-class HeldLink:
-    """A TCP forwarder between a process and nats-server that can hold what the
-    process sends (nothing is lost or reordered; the connection stays up) and
-    then let it through."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> "HeldLink":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def hold(self) -> None:
-        self._flowing.clear()
-
-    def release(self) -> None:
-        self._flowing.set()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if held:
-                        await self._flowing.wait()
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-
-    async def close(self) -> None:
-        self.release()
-        for writer in self._writers:
-            writer.transport.abort()
-        if self._server is not None:
-            self._server.close()
 
 
 async def test_a_join_for_a_socket_given_up_never_replaces_the_one_the_client_moved_to(
@@ -77,7 +28,7 @@ async def test_a_join_for_a_socket_given_up_never_replaces_the_one_the_client_mo
     system = make_system(COMMAND_ATTEMPT_TIMEOUT="0.5", COMMAND_DEADLINE="20")
     await system.start(edges=1)
     edge_b = system.edges[0]
-    link = await HeldLink(urlsplit(system.nats.url).port or 4222).start()
+    link = await Link(urlsplit(system.nats.url).port or 4222).start()
     edge_a = system.start_edge(NATS_URL=f"nats://127.0.0.1:{link.port}")
     await asyncio.to_thread(system.wait_edge_ready, edge_a)
     api = Api(edge_b.url)

@@ -1,0 +1,74 @@
+"""A TCP forwarder a test puts between two of the system's parts (a browser
+and an edge, an edge and nats-server) to cut, hold or move the link."""
+
+import asyncio
+
+
+class Link:
+    """Forwards every connection made to it to ``127.0.0.1:upstream``. A test
+    can cut every connection at once (a reset, as when a network fails, and
+    point new ones elsewhere), or hold what the connecting side sends (its
+    bytes wait in order, the connection stays up) and let it through later."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> "Link":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def cut(self, new_upstream: int | None = None) -> None:
+        """Drop every connection at once; new ones go to ``new_upstream``."""
+        if new_upstream is not None:
+            self.upstream = new_upstream
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def hold(self) -> None:
+        """Keep what the connecting side sends from here on, in order."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.release()
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(
+            self._pipe(reader, up_writer, held=True), self._pipe(up_reader, writer, held=False)
+        )
+        self._writers -= {writer, up_writer}
+
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, held: bool
+    ) -> None:
+        try:
+            while data := await src.read(65536):
+                if held:
+                    await self._flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            dst.transport.abort()

@@ -56,6 +56,18 @@ class _Seen:
     revision: int
 
 
+def spans(partitions: list[int]) -> str:
+    """Partitions for a log line, runs as ranges: ``0-511, 600, 702-703``
+    (a start-up claims all 1,024)."""
+    runs: list[list[int]] = []
+    for partition in sorted(set(partitions)):
+        if runs and partition == runs[-1][1] + 1:
+            runs[-1][1] = partition
+        else:
+            runs.append([partition, partition])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 async def open_leases_bucket(
     js: JetStreamContext, *, replicas: int, max_bytes: int | None = None
 ) -> KeyValue:
@@ -318,7 +330,7 @@ class Leases:
         acquired = [p for p, ok in zip(wanted, claimed, strict=True) if ok]
         if acquired:
             self._count("acquired", len(acquired))
-            log.info("worker %s acquired partitions %s", self.worker_id, acquired)
+            log.info("worker %s acquired partitions %s", self.worker_id, spans(acquired))
             await self._on_acquire(acquired)
 
     async def _try_claim(self, partition: int) -> bool:
@@ -343,7 +355,7 @@ class Leases:
                 if owner is None or owner.worker_id != self.worker_id:
                     taken.append(partition)
         if taken:
-            log.warning("worker %s: partitions %s were taken over", self.worker_id, taken)
+            log.warning("worker %s: partitions %s were taken over", self.worker_id, spans(taken))
             for partition in taken:
                 del self._owned[partition]
             self._count("lost", len(taken))
@@ -364,7 +376,7 @@ class Leases:
     async def _release(self, partitions: list[int]) -> None:
         if not partitions:
             return
-        log.info("worker %s releasing partitions %s", self.worker_id, sorted(partitions))
+        log.info("worker %s releasing partitions %s", self.worker_id, spans(partitions))
         await self._on_release(partitions)
         for partition in partitions:
             revision = self._owned.pop(partition, None)

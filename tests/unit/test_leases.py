@@ -20,7 +20,7 @@ import pytest
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from bus_schema import buckets, codec, subjects
-from room_actors.leases import Leases
+from room_actors.leases import Leases, spans
 from tests.waiting import eventually
 
 TTL = 0.6
@@ -375,3 +375,10 @@ async def test_a_claim_from_a_stale_view_fails_its_compare_and_set(workers: Work
         assert c.serving() == EVERY
     assert workers.bucket.owners() == dict.fromkeys(sorted(EVERY), "c")
     assert b.acquired == []
+
+
+def test_partitions_are_logged_as_runs() -> None:
+    """A start-up claims all 1,024: one short log line, not a thousand numbers."""
+    assert spans(list(range(1024))) == "0-1023"
+    assert spans([8, 3, 0, 1, 2, 5, 7, 3]) == "0-3, 5, 7-8"
+    assert spans([]) == ""

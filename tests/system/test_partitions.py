@@ -1,0 +1,86 @@
+"""Network partitions, not signals: a worker whose link to NATS stops carrying
+what it sends (its process runs on, its connection stays up) for longer than
+its lease (issue 18, "Partitions specifically")."""
+
+import asyncio
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.harness import Api, Member, System, enter
+from tests.links import Link
+from tests.waiting import eventually
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+
+async def chats(member: Member, count: int) -> list[str]:
+    """The next ``count`` chat texts ``member`` receives (other frames skipped)."""
+    texts: list[str] = []
+    while len(texts) < count:
+        message = await member.recv()
+        if message.get("type") == "chat":
+            texts.append(message["text"])
+    return texts
+
+
+async def test_a_worker_cut_off_past_its_lease_is_fenced_and_its_rooms_go_on_elsewhere(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(LEASE_TTL="1", COMMAND_ATTEMPT_TIMEOUT="0.5")
+    await system.start(actors=1, edges=1)
+    link = await Link(urlsplit(system.nats.url).port or 4222).start()
+    cut_off = system.start_actor(NATS_URL=f"nats://127.0.0.1:{link.port}")
+    stays = system.actors[0]
+    bus = await system.bus()
+    cut_id, stays_id = cut_off.env["WORKER_ID"], stays.env["WORKER_ID"]
+    await bus.balanced([cut_id, stays_id])
+    edge = system.edges[0]
+    api = Api(edge.url)
+    try:
+        for _ in range(64):  # a room the worker about to be cut off owns
+            room_id = await api.create_room("partitioned")
+            if await bus.room_owner(room_id) == cut_id:
+                break
+        else:
+            pytest.fail("no room landed on the worker to cut off")
+        ann = await enter(api, edge.ws_url, room_id, "Ann")
+        ben = await enter(api, edge.ws_url, room_id, "Ben")
+        await ann.recv_type("join")
+        await ann.send({"type": "chat", "to": "all", "text": "before"})
+        assert await chats(ben, 1) == ["before"]
+
+        # The worker's renewals, replies, events and writes stop reaching
+        # NATS; what NATS sends it still arrives.
+        link.hold()
+        await ann.send({"type": "chat", "to": "all", "text": "during"})
+        # Its lease lapses, the other worker takes the room, the edge's
+        # retry goes there: Ben gets the message once.
+        assert await asyncio.wait_for(chats(ben, 1), 30) == ["during"]
+        assert await bus.room_owner(room_id) == stays_id
+
+        # Everything held goes through now: stale renewals (refused: the
+        # worker learns it lost its lease), a stale event (numbered inside the
+        # old owner's reservation: edges drop it), stale writes (refused by
+        # the revision check).
+        link.release()
+        await eventually(
+            lambda: "lost its lease" in cut_off.log(),
+            timeout=30,
+            message="the cut-off worker never noticed it lost its lease",
+        )
+        await ann.send({"type": "chat", "to": "all", "text": "after"})
+        assert await chats(ben, 1) == ["after"]  # not a second "during" first
+        state = await bus.room_state(room_id)
+        assert state is not None
+        assert sorted(p.name for p in state.participants.values()) == ["Ann", "Ben"]
+        # The worker comes back as a new member and gets its share again.
+        await bus.balanced([cut_id, stays_id])
+        await ann.send({"type": "chat", "to": "all", "text": "later"})
+        assert await chats(ben, 1) == ["later"]
+        for member in (ann, ben):
+            await member.client.close()
+    finally:
+        await api.close()
+        await link.close()

@@ -167,9 +167,18 @@ class RoomFeed:
         self._recent.append((event.seq, about, text))
         delivered = 0
         for connection in self.connections.values():
-            if event.seq > connection.start_seq and about != connection.participant_id:
+            if event.seq <= connection.start_seq:
+                continue
+            if about != connection.participant_id:
                 connection.send(text)
                 delivered += 1
+            elif isinstance(event, ParticipantLeft) and event.reason == "edge_lost":
+                # The room took this edge for dead (it was cut off from NATS
+                # past EDGE_TIMEOUT) and removed its participants: this socket
+                # is in the room no more. Its client reconnects and joins again.
+                connection.close(
+                    CloseCode.TRY_AGAIN_LATER, "Connection to the room lost, reconnect"
+                )
         if delivered:
             metrics.child(metrics.MESSAGES_OUT, _OUT_KIND[type(event)]).inc(delivered)
         if isinstance(event, RoomClosed):

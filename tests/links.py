@@ -15,8 +15,11 @@ class Link:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._flowing = asyncio.Event()
-        self._flowing.set()
+        self._up = asyncio.Event()
+        """Set while what the connecting side sends goes through."""
+        self._down = asyncio.Event()
+        """Set while what comes back goes through."""
+        self.release()
 
     @property
     def url(self) -> str:
@@ -34,12 +37,16 @@ class Link:
         for writer in list(self._writers):
             writer.transport.abort()
 
-    def hold(self) -> None:
-        """Keep what the connecting side sends from here on, in order."""
-        self._flowing.clear()
+    def hold(self, *, both_ways: bool = False) -> None:
+        """Keep what the connecting side sends from here on, in order (and,
+        ``both_ways``, what comes back: a partition that drops nothing)."""
+        self._up.clear()
+        if both_ways:
+            self._down.clear()
 
     def release(self) -> None:
-        self._flowing.set()
+        self._up.set()
+        self._down.set()
 
     async def close(self) -> None:
         self.release()
@@ -55,17 +62,16 @@ class Link:
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(
-            self._pipe(reader, up_writer, held=True), self._pipe(up_reader, writer, held=False)
+            self._pipe(reader, up_writer, self._up), self._pipe(up_reader, writer, self._down)
         )
         self._writers -= {writer, up_writer}
 
     async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, held: bool
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
     ) -> None:
         try:
             while data := await src.read(65536):
-                if held:
-                    await self._flowing.wait()
+                await flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.CancelledError):

@@ -84,3 +84,41 @@ async def test_a_worker_cut_off_past_its_lease_is_fenced_and_its_rooms_go_on_els
     finally:
         await api.close()
         await link.close()
+
+
+async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room_dropped(
+    make_system: Callable[..., System],
+) -> None:
+    """Edge A's link to NATS holds everything both ways for longer than
+    `EDGE_TIMEOUT`: the room takes edge A for dead and Ann, on it, leaves.
+    When the link lets everything through, edge A does not go on serving Ann
+    a room she is no longer in: her socket is closed with 1013 (reconnect),
+    and she gets back in through a new join."""
+    system = make_system(EDGE_TIMEOUT="1.5", HEARTBEAT_INTERVAL="0.25")
+    await system.start(actors=1, edges=1)
+    edge_b = system.edges[0]
+    link = await Link(urlsplit(system.nats.url).port or 4222).start()
+    edge_a = system.start_edge(NATS_URL=f"nats://127.0.0.1:{link.port}")
+    await asyncio.to_thread(system.wait_edge_ready, edge_a)
+    api = Api(edge_b.url)
+    try:
+        room_id = await api.create_room("edge cut off")
+        ben = await enter(api, edge_b.ws_url, room_id, "Ben")
+        ann = await enter(api, edge_a.ws_url, room_id, "Ann")
+        assert (await ben.recv_type("join"))["data"]["participant_id"] == ann.participant_id
+
+        link.hold(both_ways=True)
+        left = await ben.recv_type("leave", timeout=20)
+        assert left["data"]["participant_id"] == ann.participant_id
+        link.release()
+        code, _ = await ann.client.closed(timeout=20)
+        assert code == 1013
+
+        # Her client reconnects: a new join, and Ben sees her come back.
+        again = await enter(api, edge_a.ws_url, room_id, "Ann")
+        assert (await ben.recv_type("join"))["data"]["participant_id"] == again.participant_id
+        for member in (ben, again):
+            await member.client.close()
+    finally:
+        await api.close()
+        await link.close()

@@ -19,12 +19,20 @@ def named_tests(text: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_every_test_the_threat_model_names_exists() -> None:
-    named = named_tests((ROOT / "docs/security.md").read_text())
-    assert len(named) > 60
-    missing = [
+def missing_tests(doc: str, at_least: int) -> list[str]:
+    """The tests ``doc`` names that do not exist (it names at least ``at_least``)."""
+    named = named_tests((ROOT / doc).read_text())
+    assert len(named) >= at_least
+    return [
         f"{path}::{name}"
         for path, name in named
         if not re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), flags=re.MULTILINE)
     ]
-    assert missing == []
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    assert missing_tests("docs/security.md", at_least=60) == []
+
+
+def test_every_test_the_reliability_page_names_exists() -> None:
+    assert missing_tests("docs/reliability.md", at_least=15) == []

@@ -84,6 +84,10 @@ class Dispatcher:
         self._http: httpx.AsyncClient | None = None
         self._js: JetStreamContext | None = None
         self._oldest: dict[int, float] = {}
+        self._stopping = False
+        """Set before the partition loops are cancelled: a loop whose
+        cancellation a fetch's timeout swallowed (asyncio.wait_for in Python
+        3.11 can) ends at its next turn instead of holding the stop up."""
         """Per partition, the publish time (Unix seconds) of the event this
         dispatcher holds: the partition's oldest undelivered event."""
 
@@ -130,6 +134,7 @@ class Dispatcher:
             )
             await stop.wait()
             log.info("dispatcher %s stopping", settings.dispatcher_id)
+            self._stopping = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -185,7 +190,7 @@ class Dispatcher:
     ) -> None:
         sub = await js.pull_subscribe_bind(consumer_name(partition), LOG_STREAM)
         subscribed.set()
-        while True:
+        while not self._stopping:
             try:
                 msgs = await sub.fetch(1, timeout=5.0)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -344,6 +349,13 @@ def _origin(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{':' + str(parsed.port) if parsed.port else ''}"
 
 
+_DRAIN_SECONDS = 3.0
+
+
 async def _close(nc: Client) -> None:
+    """Drain the connection, for a few seconds at most (what we held is
+    given back already), then close it."""
     with contextlib.suppress(Exception):
-        await nc.drain()
+        await asyncio.wait_for(nc.drain(), _DRAIN_SECONDS)
+    with contextlib.suppress(Exception):
+        await nc.close()

@@ -2,6 +2,10 @@
 and an edge, an edge and nats-server) to cut, hold or move the link."""
 
 import asyncio
+from urllib.parse import urlsplit
+
+from signaling.cluster import Edge
+from tests.harness import System
 
 
 class Link:
@@ -78,3 +82,15 @@ class Link:
             pass
         finally:
             dst.transport.abort()
+
+
+async def link_to_nats(system: System) -> Link:
+    """A link in front of the system's (first) nats-server."""
+    return await Link(urlsplit(system.nats.url).port or 4222).start()
+
+
+async def edge_behind(system: System, link: Link) -> Edge:
+    """A new edge that reaches NATS through ``link``, ready."""
+    edge = system.start_edge(NATS_URL=f"nats://127.0.0.1:{link.port}")
+    await asyncio.to_thread(system.wait_edge_ready, edge)
+    return edge

@@ -4,12 +4,11 @@ its lease (issue 18, "Partitions specifically")."""
 
 import asyncio
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.harness import Api, Member, System, enter
-from tests.links import Link
+from tests.links import edge_behind, link_to_nats
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -30,7 +29,7 @@ async def test_a_worker_cut_off_past_its_lease_is_fenced_and_its_rooms_go_on_els
 ) -> None:
     system = make_system(LEASE_TTL="1", COMMAND_ATTEMPT_TIMEOUT="0.5")
     await system.start(actors=1, edges=1)
-    link = await Link(urlsplit(system.nats.url).port or 4222).start()
+    link = await link_to_nats(system)
     cut_off = system.start_actor(NATS_URL=f"nats://127.0.0.1:{link.port}")
     stays = system.actors[0]
     bus = await system.bus()
@@ -97,9 +96,8 @@ async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room
     system = make_system(EDGE_TIMEOUT="1.5", HEARTBEAT_INTERVAL="0.25")
     await system.start(actors=1, edges=1)
     edge_b = system.edges[0]
-    link = await Link(urlsplit(system.nats.url).port or 4222).start()
-    edge_a = system.start_edge(NATS_URL=f"nats://127.0.0.1:{link.port}")
-    await asyncio.to_thread(system.wait_edge_ready, edge_a)
+    link = await link_to_nats(system)
+    edge_a = await edge_behind(system, link)
     api = Api(edge_b.url)
     try:
         room_id = await api.create_room("edge cut off")

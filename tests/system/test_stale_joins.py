@@ -9,14 +9,12 @@ to NATS holds what it sends (the connection stays up, its bytes wait in order)
 while the client gives up on edge A and joins through edge B; then the link
 lets everything through."""
 
-import asyncio
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.harness import Api, System, WsClient, enter
-from tests.links import Link
+from tests.links import edge_behind, link_to_nats
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -28,9 +26,8 @@ async def test_a_join_for_a_socket_given_up_never_replaces_the_one_the_client_mo
     system = make_system(COMMAND_ATTEMPT_TIMEOUT="0.5", COMMAND_DEADLINE="20")
     await system.start(edges=1)
     edge_b = system.edges[0]
-    link = await Link(urlsplit(system.nats.url).port or 4222).start()
-    edge_a = system.start_edge(NATS_URL=f"nats://127.0.0.1:{link.port}")
-    await asyncio.to_thread(system.wait_edge_ready, edge_a)
+    link = await link_to_nats(system)
+    edge_a = await edge_behind(system, link)
     api = Api(edge_b.url)
     try:
         room_id = await api.create_room("stale joins")

@@ -84,10 +84,12 @@ class Dispatcher:
         self._http: httpx.AsyncClient | None = None
         self._js: JetStreamContext | None = None
         self._oldest: dict[int, float] = {}
-        self._stopping = False
-        """Set before the partition loops are cancelled: a loop whose
-        cancellation a fetch's timeout swallowed (asyncio.wait_for in Python
-        3.11 can) ends at its next turn instead of holding the stop up."""
+        self._stop = asyncio.Event()
+        """Set before the loops are cancelled. Every loop ends on it, and every
+        wait in a loop is a wait for it: a cancellation can be swallowed by
+        nats-py (its requests' `asyncio.wait_for` drops a cancellation that
+        arrives as the reply does, in Python 3.11), and a loop that missed it
+        would otherwise go on, holding the process's stop up until SIGKILL."""
         """Per partition, the publish time (Unix seconds) of the event this
         dispatcher holds: the partition's oldest undelivered event."""
 
@@ -134,10 +136,12 @@ class Dispatcher:
             )
             await stop.wait()
             log.info("dispatcher %s stopping", settings.dispatcher_id)
-            self._stopping = True
+            self._stop.set()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, late = await asyncio.wait(tasks, timeout=_DRAIN_SECONDS)
+            if late:  # a bug: every loop ends on the stop flag
+                log.warning("%d dispatcher loops did not end; stopping anyway", len(late))
         finally:
             if service is not None:
                 await service.stop()
@@ -190,7 +194,7 @@ class Dispatcher:
     ) -> None:
         sub = await js.pull_subscribe_bind(consumer_name(partition), LOG_STREAM)
         subscribed.set()
-        while not self._stopping:
+        while not self._stop.is_set():
             try:
                 msgs = await sub.fetch(1, timeout=5.0)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -198,7 +202,7 @@ class Dispatcher:
                 continue
             except nats.errors.Error as e:
                 log.warning("fetch from partition %d failed: %s", partition, type(e).__name__)
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
                 continue
             for msg in msgs:
                 self._oldest[partition] = msg.metadata.timestamp.timestamp()
@@ -227,11 +231,12 @@ class Dispatcher:
         self.holding += 1
         try:
             await self._until_done(msg, entry)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Stopping):
             # Stopping: give the event back now rather than after the ack wait.
             with contextlib.suppress(Exception):
                 await asyncio.shield(msg.nak())
-            raise
+            if not self._stop.is_set():
+                raise
         finally:
             self.holding -= 1
             keepalive.cancel()
@@ -260,7 +265,8 @@ class Dispatcher:
                 log.info(
                     "webhook %s failed (%s); retrying in %.1f s", entry.id, failure.error, delay
                 )
-                await asyncio.sleep(delay)
+                if await self._pause(delay):
+                    raise _Stopping
                 delay = min(delay * 2, settings.backoff_max)
                 continue
             log.warning(
@@ -289,8 +295,7 @@ class Dispatcher:
 
     async def _keep_holding(self, msg: Msg) -> None:
         """Tell JetStream we are still working on the event while we retry."""
-        while True:
-            await asyncio.sleep(self.settings.ack_wait / 3)
+        while not await self._pause(self.settings.ack_wait / 3):
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
 
@@ -330,7 +335,7 @@ class Dispatcher:
 
     async def _watch_pending(self, js: JetStreamContext) -> None:
         """Refresh the pending gauges from the consumers, every ``metrics_interval``."""
-        while True:
+        while not self._stop.is_set():
             for partition, label in enumerate(metrics.PARTITIONS):
                 try:
                     info = await js.consumer_info(LOG_STREAM, consumer_name(partition))
@@ -340,7 +345,13 @@ class Dispatcher:
                 metrics.PENDING.labels(label).set(
                     (info.num_pending or 0) + (info.num_ack_pending or 0)
                 )
-            await asyncio.sleep(self.settings.metrics_interval)
+            await self._pause(self.settings.metrics_interval)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the dispatcher stops meanwhile; whether it stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
 
 
 def _origin(url: str) -> str:
@@ -350,6 +361,10 @@ def _origin(url: str) -> str:
 
 
 _DRAIN_SECONDS = 3.0
+
+
+class _Stopping(Exception):
+    """The dispatcher stops while an event waits to be tried again."""
 
 
 async def _close(nc: Client) -> None:

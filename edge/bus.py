@@ -21,10 +21,14 @@ from edge.fanout import Fanout
 from edge.settings import EdgeSettings
 from runtime.clock import iso_now
 from runtime.natsconn import connect
+from runtime.outage import Outage, transient
+from runtime.retry import Attempt, Backoff, Retry
 from runtime.services import MicroService, version
 from runtime.streams import bucket_keys, bucket_size
 
 log = logging.getLogger(__name__)
+
+READS = Outage(log, "KV reads", "reads", metrics.BUS_OUTAGES, metrics.BUS_FAILURES)
 
 _LIST_AT_ONCE = 5000
 """Up to this many rooms, the admin listing lists them all in one request."""
@@ -48,6 +52,9 @@ class EdgeBus:
         self._settings = settings
         self._started_at = iso_now()
         self.draining = False
+        self._reads = Retry(
+            on=transient, deadline=settings.command_deadline, backoff=Backoff(0.05, cap=0.5)
+        )
         """Set on SIGTERM: /ready answers 503 and new sockets are refused."""
 
     def status(self) -> EdgeStatus:
@@ -84,13 +91,30 @@ class EdgeBus:
             self._kv[name] = kv
         return kv
 
-    async def _get(self, bucket: str, room_id: str) -> bytes | None:
+    async def _read(self, bucket: str, key: str) -> bytes | None:
+        """A key's value (``None``: absent), tried again while the bus is
+        unavailable, until the command deadline; then `NotReady` (a 503)."""
         kv = await self._bucket(bucket)
+
+        async def read(attempt: Attempt) -> bytes | None:
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                return None
+            return entry.value or None
+
         try:
-            entry = await kv.get(buckets.room_key(room_id))
-        except KeyNotFoundError:
-            return None
-        return entry.value or None
+            value = await self._reads.run(read)
+        except Exception as e:
+            if not transient(e):
+                raise
+            READS.failed(e)
+            raise NotReady(f"bucket {bucket} unavailable") from None
+        READS.over()
+        return value
+
+    async def _get(self, bucket: str, room_id: str) -> bytes | None:
+        return await self._read(bucket, buckets.room_key(room_id))
 
     async def room_meta(self, room_id: str) -> RoomMeta | None:
         value = await self._get(buckets.ROOMS, room_id)
@@ -110,12 +134,8 @@ class EdgeBus:
 
     async def calls_session(self, session_id: str) -> CallsSession | None:
         """Who created a Calls session through the proxy, if anyone."""
-        kv = await self._bucket(buckets.CALLS_SESSIONS)
-        try:
-            entry = await kv.get(buckets.calls_session_key(session_id))
-        except KeyNotFoundError:
-            return None
-        return codec.calls_session.decode(entry.value) if entry.value else None
+        value = await self._read(buckets.CALLS_SESSIONS, buckets.calls_session_key(session_id))
+        return codec.calls_session.decode(value) if value else None
 
     async def check_ready(self) -> None:
         if self.draining:

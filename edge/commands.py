@@ -45,9 +45,13 @@ from bus_schema.commands import (
 )
 from bus_schema.errors import ErrorCode
 from edge import metrics
+from runtime.outage import Outage
 from runtime.retry import Attempt, Backoff, Retry
 
 log = logging.getLogger(__name__)
+
+COMMANDS = Outage(log, "room commands", "commands", metrics.BUS_OUTAGES, metrics.BUS_FAILURES)
+"""Commands that found no worker until their deadline: logged once per episode."""
 
 FAILOVER_POLL = 1.0
 """Seconds between tries of a command whose partition no worker serves, when
@@ -190,6 +194,7 @@ class RoomCommands:
         if reply is None or _moving(reply):
             metrics.RELAY_FALLBACKS.inc()
             return await self.send(msgspec.structs.replace(command, quiet=False))
+        COMMANDS.over()
         return reply
 
     def _expect(self, cmd_id: str) -> "asyncio.Future[Reply | _TimedOut | None]":
@@ -238,11 +243,13 @@ class RoomCommands:
             raise CommandFailed(ErrorCode.INTERNAL, "Internal error") from None
         if _moving(reply):  # still moving at the deadline
             raise self._unavailable(command, reply.code)
+        COMMANDS.over()
         return reply
 
     @staticmethod
     def _unavailable(command: Command, reason: str) -> CommandFailed:
-        log.warning("%s for room %s failed: %s", type(command).__name__, command.room_id, reason)
+        log.debug("%s for room %s failed: %s", type(command).__name__, command.room_id, reason)
+        COMMANDS.failed(reason)
         return CommandFailed(ErrorCode.UNAVAILABLE, "Room service unavailable, try again")
 
 

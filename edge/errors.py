@@ -17,6 +17,10 @@ from bus_schema.ids import new_token_id
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER = "2"
+"""Seconds a client waits before trying a 503 again: the bus is unavailable
+(JetStream electing leaders takes a few seconds), or this edge is draining."""
+
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     """Every HTTP error: a human message, and a machine-readable code."""
@@ -56,6 +60,8 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     else:
         body = ErrorBody(error=_DEFAULT_MESSAGES.get(status, exc.detail or "Error"))
     headers = dict(exc.headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", RETRY_AFTER)
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
@@ -94,9 +100,11 @@ def too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[object
 
 def not_ready(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     """NATS or KV unreachable while answering: 503, the client may retry."""
-    log.warning("%s %s: not ready (%s)", request.method, request.url.path, exc)
+    log.info("%s %s: not ready (%s)", request.method, request.url.path, exc)
     body = ErrorBody(error="Service not ready, try again", code="not_ready")
-    return Response(body, status_code=503, media_type=MediaType.JSON)
+    return Response(
+        body, status_code=503, media_type=MediaType.JSON, headers={"Retry-After": RETRY_AFTER}
+    )
 
 
 def exception_handlers() -> ExceptionHandlersMap:

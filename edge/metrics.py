@@ -75,3 +75,16 @@ KNOWN_TYPES = frozenset(
 
 def kind(message_type: str) -> str:
     return message_type if message_type in KNOWN_TYPES else "other"
+
+
+BUS_OUTAGES = Counter(
+    "signaling_edge_bus_outages_total",
+    "Episodes in which room commands or KV reads failed because NATS or JetStream "
+    "was unavailable; clients got 503 with Retry-After meanwhile",
+    ["operation"],
+)
+BUS_FAILURES = Counter(
+    "signaling_edge_bus_failures_total",
+    "Room commands and KV reads that failed, after retries, because the bus was unavailable",
+    ["operation"],
+)

@@ -23,7 +23,7 @@ from edge.auth import TokenService
 from edge.bus import EdgeBus, NotReady
 from edge.calls_proxy import CallsProxy
 from edge.commands import CommandFailed
-from edge.errors import ApiError, ErrorBody
+from edge.errors import RETRY_AFTER, ApiError, ErrorBody
 from edge.limits import AddressLimits
 from edge.settings import EdgeSettings
 from runtime.clock import iso_now
@@ -138,7 +138,11 @@ async def ready(bus: NamedDependency[EdgeBus]) -> Response[Ready | ErrorBody]:
     try:
         await bus.check_ready()
     except NotReady:
-        return Response(ErrorBody(error="Not ready", code="not_ready"), status_code=503)
+        return Response(
+            ErrorBody(error="Not ready", code="not_ready"),
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER},
+        )
     return Response(Ready(status="ready"))
 
 

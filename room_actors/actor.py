@@ -53,8 +53,12 @@ from room_actors.state import (
 )
 from room_actors.store import LOG_DUPLICATE_WINDOW, ActorStore, Fenced, Loaded, LogBatch
 from runtime import clock
+from runtime.outage import Outage, transient
 
 log = logging.getLogger(__name__)
+
+TURNS = Outage(log, "room turns", "turns", metrics.BUS_OUTAGES, metrics.BUS_FAILURES)
+"""Turns failing while the bus is unavailable: logged once per episode."""
 
 _RECENT_EVENTS = 256
 _CATCHUP_BYTES = 256 * 1024
@@ -261,17 +265,24 @@ class RoomActor:
                     await self._turn(batch)
                 except Fenced:
                     metrics.FENCED.inc()
-                    log.warning(
+                    # One line per room at INFO: the lease's loss or the
+                    # takeover was logged once at WARNING by the leases.
+                    log.info(
                         "fenced: another worker owns the room; dropping it",
                         extra={"room_id": self.room_id},
                     )
                     self._forget()
                     await self._answer_all(batch, RETRY)
                     self._on_fenced(self.room_id)
-                except Exception:
-                    log.exception("turn failed; state dropped", extra={"room_id": self.room_id})
+                except Exception as e:
+                    if transient(e):
+                        TURNS.failed(e)
+                    else:
+                        log.exception("turn failed; state dropped", extra={"room_id": self.room_id})
                     self._forget()
                     await self._answer_all(batch, RETRY)
+                else:
+                    TURNS.over()
         finally:
             self._task = None
 

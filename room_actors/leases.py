@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
@@ -43,8 +44,11 @@ from room_actors import metrics
 from room_actors.placement import assign
 from runtime.clock import iso_now
 from runtime.natsconn import until_ready
+from runtime.outage import Outage
 
 log = logging.getLogger(__name__)
+
+_OUTAGE_METRICS = (metrics.BUS_OUTAGES, metrics.BUS_FAILURES)
 
 PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -120,6 +124,10 @@ class Leases:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.ownership_changes = 0
+        self._renewals = Outage(
+            log, f"worker {worker_id}: lease renewals", "leases", *_OUTAGE_METRICS
+        )
+        self._lapsed = False
 
     def _count(self, change: str, partitions: int) -> None:
         self.ownership_changes += partitions
@@ -201,6 +209,23 @@ class Leases:
         self._revision = await self._put_with_ttl(self._key, self._worker_value(), self._revision)
         self._valid_until = sent + self.ttl
 
+    async def _landed(self) -> bool:
+        """After a renewal found the key changed: whether the change is an
+        earlier renewal of ours whose acknowledgement was lost (JetStream
+        stored it while electing a leader, say), in which case the lease was
+        never lost and its revision is adopted. Anything else (an expiry
+        marker, a value of another start of this worker id) is a lost lease."""
+        try:
+            entry = await self._kv.get(self._key)
+            lease = codec.worker_lease.decode(entry.value or b"")
+        except (KeyNotFoundError, msgspec.DecodeError):  # expired, or not ours
+            return False
+        if lease.worker_id != self.worker_id or lease.started_at != self._started_at:
+            return False
+        self._revision = int(entry.revision or 0)
+        log.info("worker %s: an unacknowledged renewal had landed", self.worker_id)
+        return True
+
     async def _register(self) -> None:
         self._revision = await self._current_revision(self._key)
         await self._write_worker()
@@ -214,7 +239,11 @@ class Leases:
 
     async def _renew(self) -> None:
         try:
-            await self._write_worker()
+            try:
+                await self._write_worker()
+            except KeyWrongLastSequenceError:
+                if not await self._landed():
+                    raise
         except KeyWrongLastSequenceError:
             log.warning("worker %s lost its lease; dropping all partitions", self.worker_id)
             lost = list(self._owned)
@@ -227,9 +256,13 @@ class Leases:
                 await self._register()
             self._changed.set()
         except (NatsError, TimeoutError) as e:
-            log.warning("worker %s: lease renewal failed: %s", self.worker_id, type(e).__name__)
-            if time.monotonic() >= self._valid_until and self._owned:
+            self._renewals.failed(e)
+            if time.monotonic() >= self._valid_until and self._owned and not self._lapsed:
+                self._lapsed = True
                 log.warning("worker %s: lease lapsed; not serving until renewed", self.worker_id)
+        else:
+            self._renewals.over()
+            self._lapsed = False
 
     # --- the shared view --------------------------------------------------------
 

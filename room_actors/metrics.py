@@ -41,3 +41,15 @@ LOG_FAILED = Counter(
     "Events that could not be appended to the event log after retries",
 )
 ROOMS_CLOSED = Counter("signaling_actor_rooms_closed_total", "Rooms closed, by reason", ["reason"])
+BUS_OUTAGES = Counter(
+    "signaling_actor_bus_outages_total",
+    "Episodes in which an operation failed because NATS or JetStream was unavailable "
+    "(a nats-server node died and JetStream was electing leaders, or the link was down)",
+    ["operation"],
+)
+BUS_FAILURES = Counter(
+    "signaling_actor_bus_failures_total",
+    "Operations that failed because the bus was unavailable: room turns (answered "
+    "`retry`, the edge tries again), event log appends, lease renewals",
+    ["operation"],
+)

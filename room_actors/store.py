@@ -24,6 +24,7 @@ from bus_schema import log as event_log
 from bus_schema.log import LOG_STREAM, LogEntry
 from bus_schema.state import CallsSession, RoomActivity, RoomMeta, RoomState
 from room_actors import metrics
+from runtime.outage import Outage
 from runtime.retry import Attempt, Backoff, Retry
 from runtime.streams import bucket_keys, ensure_limits, ensure_stream, kv_stream
 
@@ -109,6 +110,11 @@ _LIST_WHOLE_INDEX = 16
 LOG_DUPLICATE_WINDOW = 120.0
 """Seconds the event log recognises a repeated entry (by its ``Nats-Msg-Id``)."""
 LOG_ACK_TIMEOUT = 1.0
+"""Seconds to wait for the stream to acknowledge a log entry before sending it again."""
+LOG_RETRY_SECONDS = 20.0
+"""Seconds an entry is sent again before it is given up as lost (logged as an
+error): JetStream elects a stream's new leader in 4-9 s after a node's death."""
+APPENDS = Outage(log, "event log appends", "log", metrics.BUS_OUTAGES, metrics.BUS_FAILURES)
 """Seconds to wait for the stream to acknowledge a log entry before sending it again."""
 TRACK_CHANGES_READ = 1024
 """Log entries a new owner reads back for one room at most (the actor saves
@@ -269,9 +275,12 @@ class RoomStore:
             headers = {"Nats-Msg-Id": entry.id}
             return await js.publish(subject, codec.encode(entry), timeout=1.0, headers=headers)
 
-        # A NATS error or a timeout: 4 attempts, 0.1, 0.2 and 0.4 s apart.
+        # A NATS error or a timeout: tried again for `LOG_RETRY_SECONDS`, long
+        # enough for JetStream to elect the stream's new leader after a node died.
         policy = Retry(
-            on=(nats.errors.Error, TimeoutError), attempts=4, backoff=Backoff(0.1, cap=0.4)
+            on=(nats.errors.Error, TimeoutError),
+            deadline=LOG_RETRY_SECONDS,
+            backoff=Backoff(0.1, cap=1.0),
         )
         for entry, ack in zip(batch.entries, batch.acks, strict=True):
             try:
@@ -280,7 +289,10 @@ class RoomStore:
                 confirmed = await asyncio.wait_for(ack, LOG_ACK_TIMEOUT)
             except (nats.errors.Error, TimeoutError):
                 try:
-                    confirmed = await policy.run(functools.partial(publish, entry))
+                    confirmed = await policy.run(
+                        functools.partial(publish, entry), on_retry=_append_failed
+                    )
+                    APPENDS.over()
                 except (nats.errors.Error, TimeoutError) as e:
                     metrics.LOG_FAILED.inc()
                     log.error(
@@ -426,3 +438,8 @@ class RoomStore:
         come back short (`runtime.streams.bucket_keys`)."""
         assert self._nc is not None, "bind() the store to list rooms"
         return await bucket_keys(self._nc, buckets.ROOM_STATE)
+
+
+def _append_failed(error: object, delay: float) -> None:
+    if isinstance(error, BaseException):
+        APPENDS.failed(error)

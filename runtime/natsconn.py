@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
 from runtime.config import NatsCredentials
@@ -56,7 +57,11 @@ async def connect(
     seconds passed; afterwards the client reconnects on its own, forever."""
 
     async def error_cb(error: Exception) -> None:
-        log.warning("nats: %s: %s", type(error).__name__, error, exc_info=error)
+        # A lost or refused connection is the network's doing: no traceback.
+        expected = isinstance(error, (OSError, TimeoutError, nats.errors.Error))
+        log.warning(
+            "nats: %s: %s", type(error).__name__, error, exc_info=None if expected else error
+        )
 
     async def reconnected_cb() -> None:
         log.info("nats: reconnected")

@@ -43,11 +43,13 @@ async def test_idle_room_expires_but_room_in_use_does_not(
 async def test_ready_turns_503_when_nats_is_down_and_200_when_back(
     make_system: Callable[..., System],
 ) -> None:
-    system = make_system()
+    system = make_system(COMMAND_DEADLINE="1")
     await system.start()
     url = f"{system.edges[0].url}/ready"
     async with httpx.AsyncClient(timeout=5) as http:
         assert (await http.get(url)).status_code == 200
+        created = await http.post(f"{system.edges[0].url}/api/rooms", json={"name": "r"})
+        room_id = created.json()["room_id"]
         port = int(system.nats.url.rsplit(":", 1)[1])
         system.nats.stop()
 
@@ -59,6 +61,16 @@ async def test_ready_turns_503_when_nats_is_down_and_200_when_back(
             lambda: answer(503), timeout=20, interval=0.1, message="never became unready"
         )
         assert unready.json()["error"] == "Not ready"
+        assert unready.headers["retry-after"] == "2"
+        # The API answers 503 with Retry-After too, never a 500: reads and
+        # commands are tried again until the command deadline, then refused.
+        for method, path in (("GET", f"/api/rooms/{room_id}"), ("POST", "/api/rooms")):
+            response = await http.request(
+                method, f"{system.edges[0].url}{path}", json={"name": "r"}
+            )
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] in {"not_ready", "unavailable"}, response.text
+            assert response.headers["retry-after"] == "2"
         system.start_nats(port=port)
         await eventually(
             lambda: answer(200), timeout=30, interval=0.2, message="never became ready again"

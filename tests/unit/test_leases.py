@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
@@ -107,6 +108,8 @@ class Connection:
         self.bucket = bucket
         self.watchers: list[Watcher] = []
         self.cut = False
+        self.lost_acks = 0
+        """Writes to apply whose acknowledgement is then lost (a timeout)."""
         self.frozen: list[Entry] | None = None
         bucket.connections.append(self)
 
@@ -138,7 +141,11 @@ class Connection:
         last = int(headers["Nats-Expected-Last-Subject-Sequence"])
         if self.bucket.last(key) != last:
             raise APIError(code=400, err_code=10071, description="wrong last sequence")
-        return Ack(self.bucket.write(key, payload, last=last, operation=None))
+        ack = Ack(self.bucket.write(key, payload, last=last, operation=None))
+        if self.lost_acks:
+            self.lost_acks -= 1
+            raise nats.js.errors.NoStreamResponseError
+        return ack
 
     # KeyValue
     async def get(self, key: str) -> Entry:
@@ -339,6 +346,26 @@ async def test_a_worker_whose_lease_was_lost_drops_everything_and_comes_back(
     assert workers.bucket.value(buckets.worker_key("a")) is not None
     # Told once the claims are written (owned from the claim's write on).
     await eventually(lambda: a.acquired.count(0) == 2, timeout=5, message=lambda: a.acquired)
+
+
+async def test_a_renewal_that_landed_without_its_acknowledgement_keeps_the_lease(
+    workers: Workers,
+) -> None:
+    """JetStream electing a leader can store a renewal and lose its reply. The
+    next renewal finds the key at a revision it did not expect; it is this
+    worker's own value, so the lease was never lost: nothing is dropped."""
+    a = await workers.start("a")
+    await eventually(lambda: a.serving() == EVERY, timeout=5)
+    before = workers.bucket.last(buckets.worker_key("a"))
+    a.connection.lost_acks = 2
+    await eventually(
+        lambda: (
+            workers.bucket.last(buckets.worker_key("a")) > before + 3 and not a.connection.lost_acks
+        ),
+        timeout=5,
+    )
+    assert a.lost == []
+    assert a.serving() == EVERY
 
 
 async def test_a_stale_view_does_not_steal_a_live_owners_partitions(workers: Workers) -> None:

@@ -211,6 +211,8 @@ class RoomActor:
         """Log entries sent and not yet confirmed, with the events they record."""
         self._unlogged_entries = 0
         self._confirming: asyncio.Task[None] | None = None
+        self._log_held = False
+        """An entry could not be sent and is not confirmed yet: the next ones wait."""
 
     @property
     def busy(self) -> bool:
@@ -360,7 +362,7 @@ class RoomActor:
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
         # The log entries go first: an event that reached the server was
         # preceded by its entry on the same connection.
-        sent = await self._store.send_log(turn.log) if turn.log else None
+        sent = await self._send_log(turn.log) if turn.log else None
         await self._publish(turn.events)
         if turn.closed is not None:
             self._revision = await self._store.delete(self.room_id, self._revision)
@@ -375,6 +377,16 @@ class RoomActor:
             # The log is for operators, webhooks and a new owner reading back
             # mute changes; no client waits for its acknowledgements.
             self._confirm(sent, [e for e in turn.events if not isinstance(e, Broadcasted)])
+
+    async def _send_log(self, entries: list[LogEntry]) -> LogBatch:
+        """Send the turn's log entries, unless an earlier entry could not be
+        sent and is still to be confirmed: then they wait their turn behind it,
+        so that the log keeps the room's order."""
+        if self._log_held:
+            return LogBatch(entries, [None] * len(entries))
+        sent = await self._store.send_log(entries)
+        self._log_held = sent.acks[-1] is None
+        return sent
 
     def _confirm(self, sent: LogBatch, events: list[Event]) -> None:
         """Wait for the log's acknowledgements of ``sent`` after those sent
@@ -394,6 +406,7 @@ class RoomActor:
                     log.exception("event log append failed", extra={"room_id": self.room_id})
                 self._unlogged.popleft()
                 self._unlogged_entries -= len(sent.entries)
+            self._log_held = False  # every entry is in the log: send at once again
         finally:
             self._confirming = None
 

@@ -68,7 +68,9 @@ class ActorStore(Protocol):
 
     async def send_log(self, entries: list[LogEntry]) -> "LogBatch":
         """Put entries on their way to the event log, in order, without waiting
-        for the stream: the ones sent before an event reach the server before it."""
+        for the stream: the ones sent before an event reach the server before it.
+        After an entry that could not be sent, none is (`confirm_log` sends
+        them, in order: the log keeps the room's order)."""
         ...
 
     async def confirm_log(self, batch: "LogBatch") -> None:
@@ -250,7 +252,7 @@ class RoomStore:
         acks: list[asyncio.Future[PubAck] | None] = []
         for entry in entries:
             ack: asyncio.Future[PubAck] | None = None
-            if js is not None:
+            if js is not None and (not acks or acks[-1] is not None):
                 subject = subjects.log_event(entry.room_id, entry.event)
                 try:
                     ack = await js.publish_async(

@@ -20,6 +20,8 @@ import msgspec
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
+from nats.errors import ConnectionReconnectingError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
@@ -43,7 +45,7 @@ from bus_schema.events import (
     RoomClosed,
     TrackStateChanged,
 )
-from bus_schema.log import LOG_STREAM, LogEntry
+from bus_schema.log import LOG_STREAM, LogEntry, log_entry
 from bus_schema.state import CallsSession, RoomMeta, RoomState
 from room_actors import actor as actor_module
 from room_actors.actor import RETRY, RoomActor
@@ -606,3 +608,56 @@ async def test_a_retry_older_than_the_states_memory_is_not_applied_twice(room: R
     [answer] = await room.turn(broadcast(0))
     assert isinstance(answer, Ack)
     assert len(room.published()) == published  # no second event
+
+
+class Unsendable:
+    """The store's JetStream context, whose next async publishes fail as when
+    the connection is down, and whose next (awaited) publishes time out; it
+    records the order in which entries reach the server (the stream's order;
+    the stream itself would drop them as repeats of the module's other tests)."""
+
+    def __init__(self, js: Any, *, unsent: int, timeouts: int) -> None:
+        self.js = js
+        self.unsent = unsent
+        self.timeouts = timeouts
+        self.reached: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.js, name)
+
+    async def publish_async(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        if self.unsent:
+            self.unsent -= 1
+            raise ConnectionReconnectingError
+        self.reached.append(log_entry.decode(payload).room_seq)
+        return await self.js.publish_async(subject, payload, **kwargs)
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        if self.timeouts:
+            self.timeouts -= 1
+            raise NatsTimeoutError
+        self.reached.append(log_entry.decode(payload).room_seq)
+        return await self.js.publish(subject, payload, **kwargs)
+
+
+async def test_an_entry_that_could_not_be_sent_keeps_its_place_in_the_log(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    """Found by the nemesis: an entry sent while the connection was down was
+    sent again after the next turns' entries, which had gone out meanwhile, so
+    the log (and the webhooks) had the room's events out of order. The next
+    turns' entries now wait behind it."""
+    room = await talking_room(nats)
+    real = room.store._js
+    try:
+        unsendable = Unsendable(real, unsent=1, timeouts=2)
+        room.store._js = unsendable  # type: ignore[assignment]
+        for n, t in enumerate(TOGGLES):
+            room.submit(toggle(n, *t))
+            await asyncio.wait_for(room.actor.wait_idle(), 5)
+        await asyncio.wait_for(room.actor.logged(), 10)
+        assert len(unsendable.reached) == len(set(unsendable.reached)) == len(TOGGLES)
+        assert unsendable.reached == sorted(unsendable.reached)
+    finally:
+        room.store._js = real
+        room.actor.cancel_timers()

@@ -124,6 +124,8 @@ class Leases:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.ownership_changes = 0
+        self._heard = time.monotonic()
+        """When the watcher last delivered an entry."""
         self._renewals = Outage(
             log, f"worker {worker_id}: lease renewals", "leases", *_OUTAGE_METRICS
         )
@@ -263,24 +265,43 @@ class Leases:
         else:
             self._renewals.over()
             self._lapsed = False
+            self._check_watcher()
 
     # --- the shared view --------------------------------------------------------
 
     async def _watch(self) -> None:
         while True:
+            watcher = None
             try:
                 watcher = await self._kv.watchall()
+                self._heard = time.monotonic()
                 async for entry in watcher:
+                    self._heard = time.monotonic()
                     if entry is None:
                         self._synced.set()
                         continue
                     deleted = entry.operation in ("DEL", "PURGE")
                     self._see(entry.key, None if deleted else entry.value, entry.revision)
             except asyncio.CancelledError:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
                 raise
             except Exception as e:
                 log.warning("leases watcher failed (%s); restarting", type(e).__name__)
                 await asyncio.sleep(0.2)
+
+    def _check_watcher(self) -> None:
+        """After a renewal the watcher must have seen: if it has heard nothing
+        for two TTLs (its consumer was lost while JetStream elected leaders,
+        and nats-py did not recreate it), it is started again, and it reads
+        the whole bucket anew. A stale view would keep partitions unclaimed."""
+        if time.monotonic() - self._heard < 2 * self.ttl or not self._tasks:
+            return
+        log.warning("worker %s: leases watcher silent; restarting it", self.worker_id)
+        self._heard = time.monotonic()
+        self._tasks[0].cancel()
+        self._tasks[0] = asyncio.create_task(self._watch(), name="leases-watch")
 
     def _see(self, key: str, value: bytes | None, revision: int | None) -> None:
         revision = int(revision or 0)

@@ -123,6 +123,11 @@ class Connection:
             for watcher in self.watchers:
                 watcher.queue.put_nowait(entry)
 
+    def silence(self) -> None:
+        """The watchers this worker has now hear nothing more (their consumer
+        is gone); a new watcher works."""
+        self.watchers = []
+
     def mislead(self, entry: Entry) -> None:
         """This worker's watcher reports ``entry``, which the server never wrote."""
         for watcher in self.watchers:
@@ -366,6 +371,22 @@ async def test_a_renewal_that_landed_without_its_acknowledgement_keeps_the_lease
     )
     assert a.lost == []
     assert a.serving() == EVERY
+
+
+async def test_a_silent_watcher_is_started_again_and_the_view_catches_up(
+    workers: Workers,
+) -> None:
+    """Found by the nemesis: after a partition healed, a worker's watcher
+    heard nothing more (its consumer was lost while JetStream elected
+    leaders) and its view stayed stale, so it never claimed the partitions
+    another worker handed it. A watcher silent for two TTLs, though the
+    worker's own renewals were written meanwhile, is started again."""
+    a = await workers.start("a")
+    b = await workers.start("b")
+    await eventually(lambda: balanced(workers.bucket, a, b), timeout=10)
+    a.connection.silence()
+    c = await workers.start("c")  # only a new watcher tells a of c
+    await eventually(lambda: balanced(workers.bucket, a, b, c), timeout=10)
 
 
 async def test_a_stale_view_does_not_steal_a_live_owners_partitions(workers: Workers) -> None:

@@ -98,12 +98,58 @@ async def connect(
     # A server that is not up yet, or refuses: tried again until the deadline.
     policy = Retry(on=_UNREACHABLE, deadline=deadline, backoff=Backoff(0.1, cap=1.0))
     try:
-        return await policy.run(
+        nc = await policy.run(
             connecting,
             on_retry=lambda e, _: log.info("nats: not reachable yet (%s), retrying", _name(e)),
         )
     except _UNREACHABLE as e:
         raise ConnectionError(f"cannot reach NATS at {', '.join(servers)}") from e
+    if len(servers) > 1:
+        _watchers.add(asyncio.create_task(keep_on_a_quorum(nc), name="nats-quorum"))
+    return nc
+
+
+_watchers: set["asyncio.Task[None]"] = set()
+"""The `keep_on_a_quorum` tasks (kept referenced; each ends with its client)."""
+
+QUORUM_PROBE = 1.0
+"""Seconds between two probes of the connected node's JetStream (and each
+probe's timeout)."""
+QUORUM_MISSES = 3
+"""Probes in a row the node must fail before the client moves to another."""
+
+
+async def keep_on_a_quorum(nc: Client) -> None:
+    """Move to another node when the connected one is cut off from the
+    cluster (a partition: its connection stays up, but JetStream has no
+    quorum there, and neither commands nor events reach the other nodes).
+
+    Every `QUORUM_PROBE` seconds, ``$JS.API.INFO`` is asked of the node; after
+    `QUORUM_MISSES` probes in a row without an answer, or answered with an
+    error, the client reconnects to the next server of its list. While a
+    cluster elects its leaders after a node's death the probes fail too; the
+    move then costs one reconnect and is harmless."""
+    misses = 0
+    while not nc.is_closed:
+        await asyncio.sleep(QUORUM_PROBE)
+        if not nc.is_connected:
+            misses = 0
+            continue
+        try:
+            answer = await nc.request("$JS.API.INFO", b"", timeout=QUORUM_PROBE)
+            healthy = b'"error"' not in answer.data
+        except (nats.errors.Error, TimeoutError):
+            healthy = False
+        misses = 0 if healthy else misses + 1
+        if misses >= QUORUM_MISSES:
+            url = nc.connected_url
+            log.warning(
+                "nats: %s has not answered for JetStream in %d probes; moving to another node",
+                url.netloc if url is not None else "the server",
+                misses,
+            )
+            misses = 0
+            await nc.force_reconnect()
 
 
 async def until_ready(

@@ -32,6 +32,12 @@ def output_to(log_file: Path | None) -> Iterator[IO[bytes] | None]:
 
 
 AUTH_CONFIG = Path(__file__).parent / "nats_auth.conf"
+ROUTE_PING_INTERVAL = "2s"
+ROUTE_PING_MAX = 3
+"""Route pings, as in nats.conf: a silent route (its node cut off, paused, or
+its host gone) is closed after about 6 s. With the server's defaults the
+other nodes waited 30-40 s, and JetStream, not electing new leaders while the
+route looked alive, stalled that long (found by tests/chaos)."""
 ROLES = ("edge", "actors", "webhooks", "admin")
 
 
@@ -131,6 +137,11 @@ class NatsServer:
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
     """Other nodes' cluster URLs (``nats://host:port``), for a cluster."""
+    route_advertise: str | None = None
+    """The route address this node gossips to the others (``host:port``);
+    by default the one it listens on."""
+    client_advertise: bool = True
+    """Whether clients learn the other nodes' addresses from this node."""
     route_password: str | None = field(default=None, repr=False)
     """Routes in and out authenticate as `ROUTE_USER` with this password."""
     tls: ServerTls | None = None
@@ -179,7 +190,14 @@ class NatsServer:
         return "\n".join(parts)
 
     def _cluster_block(self, name: str, port: int) -> str:
-        lines = [f"name: {_quote(name)}", f"listen: {_quote(f'{self.host}:{port}')}"]
+        lines = [
+            f"name: {_quote(name)}",
+            f"listen: {_quote(f'{self.host}:{port}')}",
+            # As nats.conf: a node cut off from this one is given up within
+            # seconds, so that JetStream elects leaders among the others.
+            f"ping_interval: {_quote(ROUTE_PING_INTERVAL)}",
+            f"ping_max: {ROUTE_PING_MAX}",
+        ]
         routes = list(self.routes)
         if self.route_password is not None:
             password = _quote(self.route_password)
@@ -187,6 +205,10 @@ class NatsServer:
             routes = [route_with_credentials(r, self.route_password) for r in routes]
         if routes:
             lines.append(f"routes: [{', '.join(_quote(r) for r in routes)}]")
+        if self.route_advertise is not None:
+            lines.append(f"advertise: {_quote(self.route_advertise)}")
+        if not self.client_advertise:
+            lines.append("no_advertise: true")
         if self.cluster_tls is not None:
             lines.append(self.cluster_tls.block(routes=True))
         return "cluster {\n  " + "\n  ".join(lines) + "\n}"

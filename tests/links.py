@@ -23,6 +23,9 @@ class Link:
         """Set while what the connecting side sends goes through."""
         self._down = asyncio.Event()
         """Set while what comes back goes through."""
+        self.delay = 0.0
+        """Seconds added to every byte's way, both directions (latency, not a
+        bandwidth limit: what follows is not held behind what is delayed)."""
         self.release()
 
     @property
@@ -73,15 +76,54 @@ class Link:
     async def _pipe(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
     ) -> None:
+        loop = asyncio.get_running_loop()
+        late = _Late(dst)
         try:
             while data := await src.read(65536):
                 await flowing.wait()
+                if self.delay or late.pending:  # in order, behind what is still delayed
+                    late.put(loop.time() + self.delay, data)
+                    continue
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.CancelledError):
             pass
         finally:
+            late.close()
             dst.transport.abort()
+
+
+class _Late:
+    """What a link delays on one way, written when it is due, in order."""
+
+    def __init__(self, dst: asyncio.StreamWriter) -> None:
+        self.dst = dst
+        self.pending = 0
+        self._queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, due: float, data: bytes) -> None:
+        self.pending += 1
+        self._queue.put_nowait((due, data))
+        if self._task is None:
+            self._task = asyncio.create_task(self._send())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due, data = await self._queue.get()
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                self.dst.write(data)
+                await self.dst.drain()
+                self.pending -= 1
+        except OSError:
+            self.dst.transport.abort()
 
 
 async def link_to_nats(system: System) -> Link:

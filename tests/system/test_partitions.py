@@ -3,10 +3,17 @@ what it sends (its process runs on, its connection stays up) for longer than
 its lease (issue 18, "Partitions specifically")."""
 
 import asyncio
+import random
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
+import nats
+import nats.errors
 import pytest
 
+from tests.chaos.clients import Client
+from tests.chaos.world import Node, World
 from tests.harness import Api, Member, System, enter
 from tests.links import edge_behind, link_to_nats
 from tests.waiting import eventually
@@ -120,3 +127,101 @@ async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room
     finally:
         await api.close()
         await link.close()
+
+
+async def role_connections(node: Node) -> list[str]:
+    """The names of our processes' connections to ``node``."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        connz = (await http.get(f"{node.server.monitor_url}/connz?limit=1024")).json()
+    names = [c.get("name", "") for c in connz.get("connections") or []]
+    return [name for name in names if name.startswith(("edge-", "actors-", "webhooks-"))]
+
+
+async def caller(api: Api, world: World, room_id: str) -> Client:
+    """A participant whose client reconnects as the web client does."""
+    joined = await api.join(room_id)
+    client = Client(
+        room_id,
+        joined["participant_id"][:6],
+        joined["token"],
+        joined["participant_id"],
+        world.edge_urls,
+        random.Random(len(joined["token"])),
+    ).start()
+    await asyncio.wait_for(client.welcomed.wait(), 30)
+    return client
+
+
+async def heard(speaker: Client, listener: Client, n: int) -> None:
+    """``speaker`` says chat ``n`` (again while it does not arrive) until
+    ``listener`` has it."""
+
+    async def arrived() -> bool:
+        if not listener.broadcasts[speaker.pid, n]:
+            await speaker.chat(n)
+            await asyncio.sleep(0.5)
+        return bool(listener.broadcasts[speaker.pid, n])
+
+    await eventually(arrived, timeout=30, message=f"chat {n} never arrived")
+
+
+async def test_a_nats_node_cut_off_from_the_other_two_does_not_split_and_its_clients_move(
+    tmp_path: Path,
+) -> None:
+    """Every process reaches each node through a link, and the nodes reach
+    each other through links (tests/chaos/world.py). The node most of them
+    are connected to is cut off from the other two, both ways; its clients
+    stay connected to it. JetStream keeps its quorum on the other side: a KV
+    write through the cut-off node fails, one through another node works and
+    is what every node has after the cut heals. The processes on the cut-off
+    node notice that it no longer answers for JetStream and move to another
+    node, and a call goes on meanwhile."""
+    world = World(tmp_path)
+    ann = ben = None
+    try:
+        await world.start()
+        counts = [len(await role_connections(node)) for node in world.nodes]
+        cut = world.nodes[max(range(len(counts)), key=counts.__getitem__)]
+        other = next(node for node in world.nodes if node is not cut)
+        assert counts[cut.index] > 0
+        admin = world.system.users.passwords["admin"]
+        through_cut = await nats.connect(cut.server.url, user="admin", password=admin)
+        through_other = await nats.connect(other.server.url, user="admin", password=admin)
+        await through_other.jetstream().create_key_value(bucket="split_probe", replicas=3)
+        api = Api(world.edge_urls()[0])
+        room_id = await api.create_room("partitioned node")
+        ann, ben = [await caller(api, world, room_id) for _ in range(2)]
+        kv_cut = await through_cut.jetstream().key_value("split_probe")
+        kv_other = await through_other.jetstream().key_value("split_probe")
+        for link in cut.links():
+            link.hold(both_ways=True)
+        with pytest.raises((nats.errors.Error, TimeoutError)):
+            await kv_cut.put("k", b"from the cut-off node")
+        await kv_other.put("k", b"from the majority")
+
+        async def moved() -> bool:
+            return not await role_connections(cut)
+
+        await eventually(moved, timeout=30, message="processes stayed on the cut-off node")
+        await heard(ann, ben, 1)
+
+        for link in cut.links():
+            link.release()
+        await world.node_ready(cut)
+        await through_cut.close()
+        healed = await nats.connect(cut.server.url, user="admin", password=admin)
+        kv_healed = await healed.jetstream().key_value("split_probe")
+
+        async def agreed() -> bool:
+            return (await kv_healed.get("k")).value == b"from the majority"
+
+        await eventually(agreed, timeout=30, retry_on=(nats.errors.Error,))
+        await healed.close()
+        await through_other.close()
+        await heard(ann, ben, 2)
+        await api.close()
+    finally:
+        for client in (ann, ben):
+            if client is not None:
+                await client.stop()
+        await world.stop()

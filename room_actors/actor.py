@@ -77,8 +77,9 @@ UNSAVED_MAX = 64
 """Changes made without a write after which the next one is saved at once:
 bounds what a new owner reads back from the log."""
 UNLOGGED_MAX = 1024
-"""Log entries of a room sent but not yet confirmed, beyond which its next
-turn waits for the log (their events ride in every save's outbox meanwhile)."""
+"""Log entries of a room sent but not yet confirmed (one turn's at most, see
+`RoomActor._turn`), beyond which its next turn waits for the log, whether it
+logs anything or not (their events ride in every save's outbox meanwhile)."""
 
 OUTBOX_REPLAY_SECONDS = LOG_DUPLICATE_WINDOW / 2
 """How long after a save a new owner replays its outbox. An owner that lives
@@ -211,8 +212,6 @@ class RoomActor:
         """Log entries sent and not yet confirmed, with the events they record."""
         self._unlogged_entries = 0
         self._confirming: asyncio.Task[None] | None = None
-        self._log_held = False
-        """An entry could not be sent and is not confirmed yet: the next ones wait."""
 
     @property
     def busy(self) -> bool:
@@ -360,9 +359,15 @@ class RoomActor:
         if turn.republish:
             # After a reconnect: events of ours may have died with a NATS node.
             await self._publish(list(self._recent)[-_REPUBLISH:], remember=False)
+        if turn.log and self._confirming is not None:
+            # One turn's entries in flight at a time: if a stream leader dies
+            # mid-append, an entry it lost is sent again before any later one
+            # (pipelined across turns, the later ones could be stored first:
+            # found by the nemesis). Usually the acknowledgements are in by now.
+            await self.logged()
         # The log entries go first: an event that reached the server was
         # preceded by its entry on the same connection.
-        sent = await self._send_log(turn.log) if turn.log else None
+        sent = await self._store.send_log(turn.log) if turn.log else None
         await self._publish(turn.events)
         if turn.closed is not None:
             self._revision = await self._store.delete(self.room_id, self._revision)
@@ -375,18 +380,9 @@ class RoomActor:
             await answer.send()
         if sent is not None:
             # The log is for operators, webhooks and a new owner reading back
-            # mute changes; no client waits for its acknowledgements.
+            # mute changes; no client waits for its acknowledgements (only
+            # the room's next turn that logs, if they are not in by then).
             self._confirm(sent, [e for e in turn.events if not isinstance(e, Broadcasted)])
-
-    async def _send_log(self, entries: list[LogEntry]) -> LogBatch:
-        """Send the turn's log entries, unless an earlier entry could not be
-        sent and is still to be confirmed: then they wait their turn behind it,
-        so that the log keeps the room's order."""
-        if self._log_held:
-            return LogBatch(entries, [None] * len(entries))
-        sent = await self._store.send_log(entries)
-        self._log_held = sent.acks[-1] is None
-        return sent
 
     def _confirm(self, sent: LogBatch, events: list[Event]) -> None:
         """Wait for the log's acknowledgements of ``sent`` after those sent
@@ -406,7 +402,6 @@ class RoomActor:
                     log.exception("event log append failed", extra={"room_id": self.room_id})
                 self._unlogged.popleft()
                 self._unlogged_entries -= len(sent.entries)
-            self._log_held = False  # every entry is in the log: send at once again
         finally:
             self._confirming = None
 

@@ -616,10 +616,12 @@ class Unsendable:
     records the order in which entries reach the server (the stream's order;
     the stream itself would drop them as repeats of the module's other tests)."""
 
-    def __init__(self, js: Any, *, unsent: int, timeouts: int) -> None:
+    def __init__(self, js: Any, *, unsent: int = 0, timeouts: int = 0, lost: int = 0) -> None:
         self.js = js
         self.unsent = unsent
         self.timeouts = timeouts
+        self.lost = lost
+        """Async publishes that go out and are lost (a leader died): no ack."""
         self.reached: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -629,6 +631,9 @@ class Unsendable:
         if self.unsent:
             self.unsent -= 1
             raise ConnectionReconnectingError
+        if self.lost:
+            self.lost -= 1
+            return asyncio.get_running_loop().create_future()  # never acknowledged
         self.reached.append(log_entry.decode(payload).room_seq)
         return await self.js.publish_async(subject, payload, **kwargs)
 
@@ -655,6 +660,29 @@ async def test_an_entry_that_could_not_be_sent_keeps_its_place_in_the_log(
         for n, t in enumerate(TOGGLES):
             room.submit(toggle(n, *t))
             await asyncio.wait_for(room.actor.wait_idle(), 5)
+        await asyncio.wait_for(room.actor.logged(), 10)
+        assert len(unsendable.reached) == len(set(unsendable.reached)) == len(TOGGLES)
+        assert unsendable.reached == sorted(unsendable.reached)
+    finally:
+        room.store._js = real
+        room.actor.cancel_timers()
+
+
+async def test_an_entry_a_dying_leader_lost_is_stored_before_the_next_turns(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    """Found by the nemesis: an entry went out, a stream leader died with it
+    (no acknowledgement), and the next turns' entries, sent meanwhile, were
+    stored by the new leader before the lost one was sent again. A room now
+    has one turn's entries in flight at a time."""
+    room = await talking_room(nats)
+    real = room.store._js
+    try:
+        unsendable = Unsendable(real, lost=1)
+        room.store._js = unsendable  # type: ignore[assignment]
+        for n, t in enumerate(TOGGLES):
+            room.submit(toggle(n, *t))
+            await asyncio.wait_for(room.actor.wait_idle(), 10)
         await asyncio.wait_for(room.actor.logged(), 10)
         assert len(unsendable.reached) == len(set(unsendable.reached)) == len(TOGGLES)
         assert unsendable.reached == sorted(unsendable.reached)

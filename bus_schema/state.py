@@ -175,6 +175,9 @@ class WorkerLease(msgspec.Struct, frozen=True, kw_only=True):
     """Set while the worker hands its partitions over before it stops."""
     partitions: list[int] = msgspec.field(default_factory=list)
     """The partitions it owned at its last renewal (for operators)."""
+    incarnation: str = ""
+    """New each time the worker registers (at start, and after it lost its
+    lease): its partition keys of an earlier incarnation are not its own."""
 
 
 class PartitionLease(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,3 +186,6 @@ class PartitionLease(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
     worker_id: str
     since: str
+    incarnation: str = ""
+    """The owner's incarnation when it claimed the partition (see
+    `WorkerLease.incarnation`; empty: written before incarnations, any)."""

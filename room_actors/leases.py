@@ -22,6 +22,7 @@ rest.
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ class Leases:
         self._revision = 0
         self._valid_until = 0.0
         self._started_at = iso_now()
+        self._incarnation = ""
+        """Set by each registration (`WorkerLease.incarnation`)."""
         self._leaving = False
         self._changed = asyncio.Event()
         self._synced = asyncio.Event()
@@ -181,6 +184,7 @@ class Leases:
                 renewed_at=iso_now(),
                 leaving=self._leaving,
                 partitions=self.owned,
+                incarnation=self._incarnation,
             )
         )
 
@@ -222,13 +226,14 @@ class Leases:
             lease = codec.worker_lease.decode(entry.value or b"")
         except (KeyNotFoundError, msgspec.DecodeError):  # expired, or not ours
             return False
-        if lease.worker_id != self.worker_id or lease.started_at != self._started_at:
+        if lease.worker_id != self.worker_id or lease.incarnation != self._incarnation:
             return False
         self._revision = int(entry.revision or 0)
         log.info("worker %s: an unacknowledged renewal had landed", self.worker_id)
         return True
 
     async def _register(self) -> None:
+        self._incarnation = secrets.token_hex(8)
         self._revision = await self._current_revision(self._key)
         await self._write_worker()
         log.info("worker %s registered (lease TTL %.1fs)", self.worker_id, self.ttl)
@@ -341,9 +346,10 @@ class Leases:
                 live[lease.worker_id] = lease
         return live
 
-    async def _owner_is_alive(self, worker_id: str) -> bool:
+    async def _owner_is_alive(self, worker_id: str) -> WorkerLease | None:
         """Before taking a partition from another worker, ask the server itself."""
-        return (await self._read(buckets.worker_key(worker_id))).value is not None
+        value = (await self._read(buckets.worker_key(worker_id))).value
+        return None if value is None else codec.worker_lease.decode(value)
 
     # --- balancing ---------------------------------------------------------------
 
@@ -392,11 +398,17 @@ class Leases:
         seen = self._view.get(buckets.partition_key(partition))
         revision = seen.revision if seen is not None else 0
         if seen is not None and seen.value is not None:
-            owner = codec.partition_lease.decode(seen.value).worker_id
-            if owner != self.worker_id and (
-                owner in self._live_workers() or await self._owner_is_alive(owner)
-            ):
-                return False
+            claim = codec.partition_lease.decode(seen.value)
+            owner = claim.worker_id
+            if owner != self.worker_id:
+                lease = self._live_workers().get(owner)
+                if lease is None or claim.incarnation not in ("", lease.incarnation):
+                    lease = await self._owner_is_alive(owner)  # the view may lag: ask
+                # A claim of the owner's earlier incarnation (it lost its
+                # lease since, and dropped every partition) is nobody's: the
+                # owner will not hand it over (found by the nemesis).
+                if lease is not None and claim.incarnation in ("", lease.incarnation):
+                    return False
         return await self._claim(partition, revision)
 
     async def _drop_taken(self) -> None:
@@ -417,7 +429,12 @@ class Leases:
 
     async def _claim(self, partition: int, revision: int) -> bool:
         value = codec.encode(
-            PartitionLease(partition=partition, worker_id=self.worker_id, since=iso_now())
+            PartitionLease(
+                partition=partition,
+                worker_id=self.worker_id,
+                since=iso_now(),
+                incarnation=self._incarnation,
+            )
         )
         key = buckets.partition_key(partition)
         try:

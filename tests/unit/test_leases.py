@@ -21,6 +21,7 @@ import pytest
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from bus_schema import buckets, codec, subjects
+from bus_schema.state import PartitionLease
 from room_actors.leases import Leases, spans
 from tests.waiting import eventually
 
@@ -387,6 +388,25 @@ async def test_a_silent_watcher_is_started_again_and_the_view_catches_up(
     a.connection.silence()
     c = await workers.start("c")  # only a new watcher tells a of c
     await eventually(lambda: balanced(workers.bucket, a, b, c), timeout=10)
+
+
+async def test_partitions_a_worker_held_before_it_lost_its_lease_are_not_stuck_with_it(
+    workers: Workers,
+) -> None:
+    """Found by the nemesis: a worker lost its lease and registered again
+    under the same id while another joined. The keys of the partitions it had
+    held still named it, alive again, so the newcomer waited for a hand-over
+    that never came (the worker had dropped them): those rooms had no owner
+    for minutes. A claim names its owner's incarnation; one of an earlier
+    incarnation is taken."""
+    for partition in EVERY:  # what a worker "a" held before it lost its lease
+        stale = PartitionLease(partition=partition, worker_id="a", since="", incarnation="old")
+        workers.bucket.write(
+            buckets.partition_key(partition), codec.encode(stale), last=None, operation=None
+        )
+    a = await workers.start("a")  # registered again: alive, a new incarnation
+    b = await workers.start("b")
+    await eventually(lambda: balanced(workers.bucket, a, b), timeout=10)
 
 
 async def test_a_stale_view_does_not_steal_a_live_owners_partitions(workers: Workers) -> None:

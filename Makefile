@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean
+.PHONY: run test lint typecheck pytest chaos bench bench-quick clean
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## Random faults under live calls, every guarantee checked (CHAOS_SECONDS, default
+## 300; CHAOS_SEED, default a fresh one): report in tests/artifacts/chaos-<seed>.txt.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos
 
 ## The standard benchmarks (under ten minutes): results in bench/results/.
 bench: $(STAMP)

@@ -153,6 +153,10 @@ class Client:
         seq = message.get("room_seq")
         if kind == "welcome":
             self.trace.append((round(now, 3), "welcome", seq, edge, None))
+            if self.segments and self.segments[-1].ended_at is None:
+                # A fresh welcome on the same connection (its edge resynced):
+                # a new stretch of room_seq begins.
+                self.segments[-1].ended_at = now
             self.segments.append(Segment(edge, now, seq or 0))
             self.view = {p["id"] for p in message["participants"]}
             self.welcomed.set()

@@ -397,9 +397,14 @@ class RoomActor:
             while self._unlogged:
                 sent, _ = self._unlogged[0]
                 try:
-                    await self._store.confirm_log(sent)
+                    ours = await self._store.confirm_log(sent, owned=self._owns)
                 except Exception:
                     log.exception("event log append failed", extra={"room_id": self.room_id})
+                    ours = True
+                if not ours:  # fenced: what is left is the new owner's to append
+                    self._unlogged.clear()
+                    self._unlogged_entries = 0
+                    break
                 self._unlogged.popleft()
                 self._unlogged_entries -= len(sent.entries)
         finally:

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,9 +74,12 @@ class ActorStore(Protocol):
         them, in order: the log keeps the room's order)."""
         ...
 
-    async def confirm_log(self, batch: "LogBatch") -> None:
+    async def confirm_log(
+        self, batch: "LogBatch", *, owned: Callable[[], bool] = lambda: True
+    ) -> bool:
         """Wait until the log has every entry of ``batch``; send again, in
-        order, what it did not confirm (each entry is stored once, by its ``id``)."""
+        order, what it did not confirm (each entry is stored once, by its ``id``),
+        while ``owned()``; False if it stopped because the room is no longer ours."""
         ...
 
     async def append_log(self, entries: list[LogEntry]) -> None:
@@ -263,16 +267,25 @@ class RoomStore:
             acks.append(ack)
         return LogBatch(entries, acks)
 
-    async def confirm_log(self, batch: LogBatch) -> None:
+    async def confirm_log(
+        self, batch: LogBatch, *, owned: Callable[[], bool] = lambda: True
+    ) -> bool:
         """Wait for the stream's acknowledgements, in order; an entry it did not
         confirm is sent again (and waited for) before the next one is looked
         at. An entry that still fails after its attempts is counted and logged,
-        and the next is appended (the turn it records is saved already)."""
+        and the next is appended (the turn it records is saved already).
+
+        Nothing is sent again once ``owned()`` turns false (the worker was
+        paused or cut off past its lease): a late entry would land after the
+        new owner's, and the new owner appends a recent save's entries itself
+        (its outbox). Then False."""
         js = self._js
         if js is None:
-            return
+            return True
 
         async def publish(entry: LogEntry, _: Attempt) -> PubAck:
+            if not owned():
+                raise Fenced(entry.room_id)
             subject = subjects.log_event(entry.room_id, entry.event)
             headers = {"Nats-Msg-Id": entry.id}
             return await js.publish(subject, codec.encode(entry), timeout=1.0, headers=headers)
@@ -295,6 +308,12 @@ class RoomStore:
                         functools.partial(publish, entry), on_retry=_append_failed
                     )
                     APPENDS.over()
+                except Fenced:
+                    log.info(
+                        "no longer the room's owner: its unconfirmed log entries are left",
+                        extra={"room_id": entry.room_id},
+                    )
+                    return False
                 except (nats.errors.Error, TimeoutError) as e:
                     metrics.LOG_FAILED.inc()
                     log.error(
@@ -305,6 +324,7 @@ class RoomStore:
                     continue
             self._log_seq = max(self._log_seq, confirmed.seq)
             metrics.LOG_APPENDED.inc()
+        return True
 
     async def append_log(self, entries: list[LogEntry]) -> None:
         await self.confirm_log(await self.send_log(entries))

@@ -128,9 +128,12 @@ class RecordingStore(RoomStore):
         self.timeline.append(("log", [e.room_seq for e in entries]))
         return sent
 
-    async def confirm_log(self, batch: LogBatch) -> None:
-        await super().confirm_log(batch)
+    async def confirm_log(
+        self, batch: LogBatch, *, owned: Callable[[], bool] = lambda: True
+    ) -> bool:
+        ours = await super().confirm_log(batch, owned=owned)
         self.timeline.append(("logged", [e.room_seq for e in batch.entries]))
+        return ours
 
 
 class RecordingNats:
@@ -686,6 +689,28 @@ async def test_an_entry_a_dying_leader_lost_is_stored_before_the_next_turns(
         await asyncio.wait_for(room.actor.logged(), 10)
         assert len(unsendable.reached) == len(set(unsendable.reached)) == len(TOGGLES)
         assert unsendable.reached == sorted(unsendable.reached)
+    finally:
+        room.store._js = real
+        room.actor.cancel_timers()
+
+
+async def test_an_owner_that_lost_the_room_sends_no_late_log_entry(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> None:
+    """Found by the nemesis: a worker paused past its lease woke up and sent
+    its unacknowledged entries again, after the new owner's. Once the room is
+    no longer its own, an entry is not sent again (the new owner appends a
+    recent save's entries from its outbox)."""
+    room = await talking_room(nats)
+    real = room.store._js
+    try:
+        unsendable = Unsendable(real, lost=1)
+        room.store._js = unsendable  # type: ignore[assignment]
+        room.lease[:] = [True] + [False] * 20  # the turn is ours; then the lease lapses
+        room.submit(toggle(0, "audio", False))
+        await asyncio.wait_for(room.actor.wait_idle(), 5)
+        await asyncio.wait_for(room.actor.logged(), 5)  # no 20 s of retries
+        assert unsendable.reached == []
     finally:
         room.store._js = real
         room.actor.cancel_timers()

@@ -25,6 +25,7 @@ participant who is not in the room.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -416,7 +417,9 @@ class Fanout:
             try:
                 feed.subscriptions = [
                     await self._nc.subscribe(subjects.room_events(room_id), cb=self._on_event),
-                    await self._nc.subscribe(subjects.room_peers(room_id), cb=self._on_peer),
+                    await self._nc.subscribe(
+                        subjects.room_peers(room_id), cb=functools.partial(self._on_peer, feed)
+                    ),
                 ]
             except BaseException as e:
                 feed.ready.set_exception(e)
@@ -460,11 +463,16 @@ class Fanout:
         if feed is not None:
             feed.on_event(event)
 
-    async def _on_peer(self, msg: Msg) -> None:
-        _, room_id, _, participant_id = msg.subject.rsplit(".", 3)
-        feed = self._feeds.get(room_id)
-        if feed is not None:
-            feed.on_peer(participant_id, msg.data)
+    async def _on_peer(self, feed: RoomFeed, msg: Msg) -> None:
+        """A targeted frame on the subscription of ``feed``. A feed released
+        while its subscription was still being removed can be followed at once
+        by a new feed of the room with a subscription of its own: the old
+        subscription's frames are not the new feed's, or each would be
+        delivered twice (found by the nemesis: an `offer` arrived twice)."""
+        if self._feeds.get(feed.room_id) is not feed:
+            return
+        participant_id = msg.subject.rsplit(".", 1)[1]
+        feed.on_peer(participant_id, msg.data)
 
     async def _on_control(self, msg: Msg) -> None:
         try:

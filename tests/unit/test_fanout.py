@@ -10,7 +10,7 @@ from bus_schema.events import Broadcasted, Event, ParticipantJoined
 from bus_schema.state import Participant
 from edge import protocol
 from edge.connection import Connection
-from edge.fanout import RoomFeed
+from edge.fanout import Fanout, RoomFeed
 
 ROOM = "11111111-1111-4111-8111-111111111111"
 ANN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
@@ -196,3 +196,28 @@ async def test_the_bound_counts_bytes_not_characters() -> None:
     conn.send("é" * 11)  # 22 bytes more: 102
     assert conn.closing is not None
     assert conn.closing.code == 4008
+
+
+class PeerMsg:
+    """What a subscription hands `Fanout._on_peer`: a subject and the frame."""
+
+    def __init__(self, to: str, data: bytes) -> None:
+        self.subject = f"signal.room.{ROOM}.peer.{to}"
+        self.data = data
+
+
+async def test_a_released_feeds_subscription_delivers_nothing_to_its_successor(
+    feed_and_ann,  # type: ignore[no-untyped-def]
+) -> None:
+    """Found by the nemesis: a room's feed was released while its peer
+    subscription was still being removed, and a new feed of the room
+    subscribed at once; a frame reached both subscriptions, and both gave it
+    to the new feed: the client got the `offer` twice."""
+    successor, ann, _ = feed_and_ann
+    released = RoomFeed(ROOM, request_resync=lambda _feed: None)
+    fanout = Fanout(nc=None, commands=None, edge_id="e")  # type: ignore[arg-type]
+    fanout._feeds[ROOM] = successor
+    frame = offer()
+    await fanout._on_peer(released, PeerMsg(ANN, frame))  # type: ignore[arg-type]
+    await fanout._on_peer(successor, PeerMsg(ANN, frame))  # type: ignore[arg-type]
+    assert drained(ann) == [msgspec.json.decode(frame)]

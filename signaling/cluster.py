@@ -12,6 +12,7 @@ their settings by name only.
 """
 
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -28,11 +29,42 @@ from signaling.natsserver import NatsServer, NatsUsers, ServerTls, output_to, te
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
+    """A loopback port nobody listens on right now, below the kernel's range
+    of ephemeral ports: a port from that range can be taken, between now and
+    the moment our process listens on it, as the source port of any outgoing
+    connection (a nats-server node soliciting its routes, say), and the
+    process then fails to start. Not one this process handed out before."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORTS_FROM + secrets.randbelow(low - _PORTS_FROM)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
+
+
+_PORTS_FROM = 10_000
+_handed_out: set[int] = set()
+
+
+@functools.cache
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; else IANA's)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+    return max(low, _PORTS_FROM + 1000)
 
 
 @dataclass

@@ -96,6 +96,8 @@ class Client:
     left_at: float | None = None
     ws: Any = None
     welcomed: asyncio.Event = field(default_factory=asyncio.Event)
+    heard: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at each broadcast received (a test clears it, then waits on it)."""
     _resume_after: float = 0.0
     _leaving: bool = False
     _attempt: int = 0
@@ -180,6 +182,7 @@ class Client:
         elif kind == "chat" and "n" in message:
             key = (message["from"], message["n"])
             self.broadcasts[key] += 1
+            self.heard.set()
             self.broadcast_times.setdefault(key, now)
         elif kind == "offer" and "n" in message:
             self.offers[message["from"], message["n"]] += 1

@@ -648,6 +648,27 @@ class Unsendable:
         return await self.js.publish(subject, payload, **kwargs)
 
 
+async def toggles_reaching_the_log(
+    nats: tuple[NatsClient, RoomStore, KeyValue], **failures: int
+) -> list[int]:
+    """The `TOGGLES`, one turn each, through a store whose JetStream context
+    fails as ``failures`` say (see `Unsendable`); the order in which their
+    entries reached the server."""
+    room = await talking_room(nats)
+    real = room.store._js
+    try:
+        unsendable = Unsendable(real, **failures)
+        room.store._js = unsendable  # type: ignore[assignment]
+        for n, t in enumerate(TOGGLES):
+            room.submit(toggle(n, *t))
+            await asyncio.wait_for(room.actor.wait_idle(), 10)
+        await asyncio.wait_for(room.actor.logged(), 10)
+        return unsendable.reached
+    finally:
+        room.store._js = real
+        room.actor.cancel_timers()
+
+
 async def test_an_entry_that_could_not_be_sent_keeps_its_place_in_the_log(
     nats: tuple[NatsClient, RoomStore, KeyValue],
 ) -> None:
@@ -655,20 +676,9 @@ async def test_an_entry_that_could_not_be_sent_keeps_its_place_in_the_log(
     sent again after the next turns' entries, which had gone out meanwhile, so
     the log (and the webhooks) had the room's events out of order. The next
     turns' entries now wait behind it."""
-    room = await talking_room(nats)
-    real = room.store._js
-    try:
-        unsendable = Unsendable(real, unsent=1, timeouts=2)
-        room.store._js = unsendable  # type: ignore[assignment]
-        for n, t in enumerate(TOGGLES):
-            room.submit(toggle(n, *t))
-            await asyncio.wait_for(room.actor.wait_idle(), 5)
-        await asyncio.wait_for(room.actor.logged(), 10)
-        assert len(unsendable.reached) == len(set(unsendable.reached)) == len(TOGGLES)
-        assert unsendable.reached == sorted(unsendable.reached)
-    finally:
-        room.store._js = real
-        room.actor.cancel_timers()
+    reached = await toggles_reaching_the_log(nats, unsent=1, timeouts=2)
+    assert len(reached) == len(set(reached)) == len(TOGGLES)
+    assert reached == sorted(reached)
 
 
 async def test_an_entry_a_dying_leader_lost_is_stored_before_the_next_turns(
@@ -678,20 +688,9 @@ async def test_an_entry_a_dying_leader_lost_is_stored_before_the_next_turns(
     (no acknowledgement), and the next turns' entries, sent meanwhile, were
     stored by the new leader before the lost one was sent again. A room now
     has one turn's entries in flight at a time."""
-    room = await talking_room(nats)
-    real = room.store._js
-    try:
-        unsendable = Unsendable(real, lost=1)
-        room.store._js = unsendable  # type: ignore[assignment]
-        for n, t in enumerate(TOGGLES):
-            room.submit(toggle(n, *t))
-            await asyncio.wait_for(room.actor.wait_idle(), 10)
-        await asyncio.wait_for(room.actor.logged(), 10)
-        assert len(unsendable.reached) == len(set(unsendable.reached)) == len(TOGGLES)
-        assert unsendable.reached == sorted(unsendable.reached)
-    finally:
-        room.store._js = real
-        room.actor.cancel_timers()
+    reached = await toggles_reaching_the_log(nats, lost=1)
+    assert len(reached) == len(set(reached)) == len(TOGGLES)
+    assert reached == sorted(reached)
 
 
 async def test_an_owner_that_lost_the_room_sends_no_late_log_entry(

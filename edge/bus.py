@@ -85,7 +85,9 @@ class EdgeBus:
         kv = self._kv.get(name)
         if kv is None:
             try:
-                kv = await self._js.key_value(name)
+                kv = await asyncio.wait_for(
+                    self._js.key_value(name), self._settings.command_deadline
+                )
             except (BucketNotFoundError, TimeoutError) as e:
                 raise NotReady(f"bucket {name} unavailable") from e
             self._kv[name] = kv
@@ -97,8 +99,11 @@ class EdgeBus:
         kv = await self._bucket(bucket)
 
         async def read(attempt: Attempt) -> bytes | None:
+            # Bounded by the deadline: while the connection is down, a request
+            # waits for its whole timeout (5 s) before failing.
+            timeout = attempt.timeout(self._settings.command_attempt_timeout)
             try:
-                entry = await kv.get(key)
+                entry = await asyncio.wait_for(kv.get(key), timeout)
             except KeyNotFoundError:
                 return None
             return entry.value or None

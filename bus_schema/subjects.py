@@ -150,6 +150,11 @@ def log_event(room_id: str, event: str) -> str:
     return f"{PREFIX}.log.{log_partition_of(room_id)}.{_uuid(room_id)}.{_token(event)}"
 
 
+def log_room(room_id: str) -> str:
+    """Every log subject of one room (its entries' order is checked against it)."""
+    return f"{PREFIX}.log.{log_partition_of(room_id)}.{_uuid(room_id)}.*"
+
+
 def log_partition(partition: int) -> str:
     """Every log subject of one partition (a webhook consumer's filter)."""
     if not 0 <= partition < LOG_PARTITIONS:

@@ -212,6 +212,9 @@ class RoomActor:
         """Log entries sent and not yet confirmed, with the events they record."""
         self._unlogged_entries = 0
         self._confirming: asyncio.Task[None] | None = None
+        self._log_last: int | None = None
+        """The stream sequence of the room's last log entry (``None``: unknown,
+        read at the next append): each entry is stored only after it."""
 
     @property
     def busy(self) -> bool:
@@ -341,6 +344,7 @@ class RoomActor:
         self._state = None
         self._revision = None
         self._unsaved = 0
+        self._log_last = None
 
     async def _turn(self, batch: list[_Pending]) -> None:
         if not self._owns():
@@ -367,7 +371,7 @@ class RoomActor:
             await self.logged()
         # The log entries go first: an event that reached the server was
         # preceded by its entry on the same connection.
-        sent = await self._store.send_log(turn.log) if turn.log else None
+        sent = await self._store.send_log(turn.log, self._log_last) if turn.log else None
         await self._publish(turn.events)
         if turn.closed is not None:
             self._revision = await self._store.delete(self.room_id, self._revision)
@@ -397,14 +401,15 @@ class RoomActor:
             while self._unlogged:
                 sent, _ = self._unlogged[0]
                 try:
-                    ours = await self._store.confirm_log(sent, owned=self._owns)
-                except Exception:
-                    log.exception("event log append failed", extra={"room_id": self.room_id})
-                    ours = True
-                if not ours:  # fenced: what is left is the new owner's to append
+                    self._log_last = await self._store.confirm_log(sent, owned=self._owns)
+                except Fenced:  # what is left is the new owner's to append
                     self._unlogged.clear()
                     self._unlogged_entries = 0
+                    self._log_last = None
                     break
+                except Exception:
+                    log.exception("event log append failed", extra={"room_id": self.room_id})
+                    self._log_last = None
                 self._unlogged.popleft()
                 self._unlogged_entries -= len(sent.entries)
         finally:
@@ -524,7 +529,7 @@ class RoomActor:
             await self._publish(loaded.state.outbox)
             replayed = entries(loaded.state.outbox, clock.now().iso)
             if replayed:
-                await self._store.append_log(list(replayed))
+                self._log_last = await self._store.append_log(list(replayed), self._log_last)
         if loaded.state is not None and loaded.state.closed:
             # The previous owner closed the room and died before deleting it.
             self._revision = await self._store.delete(self.room_id, loaded.revision)

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, KeyValueConfig, PubAck, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -67,23 +67,26 @@ class ActorStore(Protocol):
         """Remove a Calls session's owner from ``calls_sessions`` (best effort)."""
         ...
 
-    async def send_log(self, entries: list[LogEntry]) -> "LogBatch":
-        """Put entries on their way to the event log, in order, without waiting
-        for the stream: the ones sent before an event reach the server before it.
-        After an entry that could not be sent, none is (`confirm_log` sends
-        them, in order: the log keeps the room's order)."""
+    async def send_log(self, entries: list[LogEntry], after: int | None) -> "LogBatch":
+        """Put the first of ``entries`` on its way to the event log without
+        waiting for the stream (the event it records, published next, reaches
+        the server after it); `confirm_log` sends the others, one by one.
+        ``after`` is the stream sequence of the room's last entry (``None``:
+        unknown, read when confirmed): an entry is stored only if it still is,
+        so an entry a fenced owner sent cannot land after the new owner's."""
         ...
 
     async def confirm_log(
         self, batch: "LogBatch", *, owned: Callable[[], bool] = lambda: True
-    ) -> bool:
-        """Wait until the log has every entry of ``batch``; send again, in
-        order, what it did not confirm (each entry is stored once, by its ``id``),
-        while ``owned()``; False if it stopped because the room is no longer ours."""
+    ) -> int | None:
+        """Wait until the log has every entry of ``batch``, sending in order
+        what it did not confirm (each entry is stored once, by its ``id``),
+        while ``owned()``, else raise `Fenced`; the stream sequence of the
+        room's last entry (``None``: unknown, after an entry given up)."""
         ...
 
-    async def append_log(self, entries: list[LogEntry]) -> None:
-        """Append to the event log, in order, and wait for it."""
+    async def append_log(self, entries: list[LogEntry], after: int | None) -> int | None:
+        """Append to the event log, in order, and wait for it (see `confirm_log`)."""
         ...
 
     async def index_room(self, room_id: str, activity: RoomActivity | None) -> None:
@@ -104,11 +107,14 @@ class ActorStore(Protocol):
 
 @dataclass(slots=True)
 class LogBatch:
-    """Entries sent to the event log, with the stream's acknowledgements to come
-    (``None``: the entry could not be sent; it is sent again when confirmed)."""
+    """Entries on their way to the event log."""
 
     entries: list[LogEntry]
-    acks: "list[asyncio.Future[PubAck] | None]"
+    after: int | None
+    """The stream sequence of the room's last entry before these (``None``: unknown)."""
+    first: "asyncio.Future[PubAck] | None"
+    """The stream's acknowledgement of the first entry to come (``None``: not
+    sent; it is sent when confirmed)."""
 
 
 _LIST_WHOLE_INDEX = 16
@@ -121,7 +127,8 @@ LOG_RETRY_SECONDS = 20.0
 """Seconds an entry is sent again before it is given up as lost (logged as an
 error): JetStream elects a stream's new leader in 4-9 s after a node's death."""
 APPENDS = Outage(log, "event log appends", "log", metrics.BUS_OUTAGES, metrics.BUS_FAILURES)
-"""Seconds to wait for the stream to acknowledge a log entry before sending it again."""
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code for a publish whose expected last sequence is not the last."""
 TRACK_CHANGES_READ = 1024
 """Log entries a new owner reads back for one room at most (the actor saves
 after at most `room_actors.actor.UNSAVED_MAX` unsaved changes, so far fewer)."""
@@ -249,71 +256,60 @@ class RoomStore:
     def log_seq(self) -> int:
         return self._log_seq
 
-    async def send_log(self, entries: list[LogEntry]) -> LogBatch:
-        """Put entries on their way to the event log, in order, without waiting
-        for the stream (``Nats-Msg-Id`` is the entry's id, so a repeat is stored once)."""
+    async def send_log(self, entries: list[LogEntry], after: int | None) -> LogBatch:
+        """Put the first entry on its way to the event log without waiting for
+        the stream. The others wait for its acknowledgement (`confirm_log`):
+        each expects the one before it to be the room's last entry, which only
+        that one's acknowledgement tells."""
         js = self._js
-        acks: list[asyncio.Future[PubAck] | None] = []
-        for entry in entries:
-            ack: asyncio.Future[PubAck] | None = None
-            if js is not None and (not acks or acks[-1] is not None):
-                subject = subjects.log_event(entry.room_id, entry.event)
-                try:
-                    ack = await js.publish_async(
-                        subject, codec.encode(entry), headers={"Nats-Msg-Id": entry.id}
-                    )
-                except nats.errors.Error:
-                    ack = None  # not connected: `confirm_log` sends it again
-            acks.append(ack)
-        return LogBatch(entries, acks)
+        first: asyncio.Future[PubAck] | None = None
+        if js is not None and entries and after is not None:
+            entry = entries[0]
+            try:
+                first = await js.publish_async(
+                    subjects.log_event(entry.room_id, entry.event),
+                    codec.encode(entry),
+                    headers=_guarded(entry, after),
+                )
+            except nats.errors.Error:
+                first = None  # not connected: `confirm_log` sends it again
+        return LogBatch(entries, after, first)
 
     async def confirm_log(
         self, batch: LogBatch, *, owned: Callable[[], bool] = lambda: True
-    ) -> bool:
+    ) -> int | None:
         """Wait for the stream's acknowledgements, in order; an entry it did not
-        confirm is sent again (and waited for) before the next one is looked
-        at. An entry that still fails after its attempts is counted and logged,
-        and the next is appended (the turn it records is saved already).
+        confirm is sent again (and waited for) before the next one is sent. An
+        entry that still fails after its attempts is counted and logged, and
+        the next is appended (the turn it records is saved already).
 
-        Nothing is sent again once ``owned()`` turns false (the worker was
-        paused or cut off past its lease): a late entry would land after the
-        new owner's, and the new owner appends a recent save's entries itself
-        (its outbox). Then False."""
+        Each entry is stored only if the room's last entry is still the one
+        before it: an entry that a fenced owner sent (held by the network, or
+        sent by a worker paused past its lease) is refused once the new owner
+        has appended anything. An owner refused this way reads the room's last
+        entry: its own entry, stored without an acknowledgement, or another's
+        (a previous owner's late entry, or a stale ``after``) to append after.
+
+        Nothing is sent once ``owned()`` turns false: the new owner appends a
+        recent save's entries itself (its outbox); then `Fenced`."""
         js = self._js
         if js is None:
-            return True
-
-        async def publish(entry: LogEntry, _: Attempt) -> PubAck:
-            if not owned():
-                raise Fenced(entry.room_id)
-            subject = subjects.log_event(entry.room_id, entry.event)
-            headers = {"Nats-Msg-Id": entry.id}
-            return await js.publish(subject, codec.encode(entry), timeout=1.0, headers=headers)
-
-        # A NATS error or a timeout: tried again for `LOG_RETRY_SECONDS`, long
-        # enough for JetStream to elect the stream's new leader after a node died.
-        policy = Retry(
-            on=(nats.errors.Error, TimeoutError),
-            deadline=LOG_RETRY_SECONDS,
-            backoff=Backoff(0.1, cap=1.0),
-        )
-        for entry, ack in zip(batch.entries, batch.acks, strict=True):
-            try:
-                if ack is None:
-                    raise nats.errors.ConnectionClosedError
-                confirmed = await asyncio.wait_for(ack, LOG_ACK_TIMEOUT)
-            except (nats.errors.Error, TimeoutError):
+            return batch.after
+        last = batch.after
+        for index, entry in enumerate(batch.entries):
+            confirmed: PubAck | None = None
+            if index == 0 and batch.first is not None:
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    confirmed = await asyncio.wait_for(batch.first, LOG_ACK_TIMEOUT)
+            if confirmed is None:
                 try:
-                    confirmed = await policy.run(
-                        functools.partial(publish, entry), on_retry=_append_failed
-                    )
-                    APPENDS.over()
+                    confirmed = await self._append(js, entry, last, owned)
                 except Fenced:
                     log.info(
                         "no longer the room's owner: its unconfirmed log entries are left",
                         extra={"room_id": entry.room_id},
                     )
-                    return False
+                    raise
                 except (nats.errors.Error, TimeoutError) as e:
                     metrics.LOG_FAILED.inc()
                     log.error(
@@ -321,13 +317,69 @@ class RoomStore:
                         type(e).__name__,
                         extra={"room_id": entry.room_id},
                     )
+                    last = None  # read again for the next entry
                     continue
+            # A repeat is acknowledged with the sequence it was first stored
+            # at, which may not be the room's last entry any more: read it then.
+            last = None if confirmed.duplicate else confirmed.seq
             self._log_seq = max(self._log_seq, confirmed.seq)
             metrics.LOG_APPENDED.inc()
-        return True
+        return last
 
-    async def append_log(self, entries: list[LogEntry]) -> None:
-        await self.confirm_log(await self.send_log(entries))
+    async def _append(
+        self,
+        js: JetStreamContext,
+        entry: LogEntry,
+        after: int | None,
+        owned: Callable[[], bool],
+    ) -> PubAck:
+        """Send ``entry`` until the stream stores it (or recognises it) after
+        the room's last entry, for `LOG_RETRY_SECONDS`: long enough for
+        JetStream to elect the stream's new leader after a node died."""
+        expected = after
+        subject = subjects.log_event(entry.room_id, entry.event)
+        payload = codec.encode(entry)
+
+        async def attempt(_: Attempt) -> PubAck:
+            nonlocal expected
+            if not owned():
+                raise Fenced(entry.room_id)
+            if expected is None:
+                expected, landed = await self._room_last(js, entry)
+                if landed is not None:
+                    return landed
+            try:
+                return await js.publish(
+                    subject, payload, timeout=1.0, headers=_guarded(entry, expected)
+                )
+            except APIError as e:
+                if e.err_code == WRONG_LAST_SEQUENCE:
+                    expected = None  # another entry is the room's last: read it
+                raise
+
+        policy = Retry(
+            on=(nats.errors.Error, TimeoutError),
+            deadline=LOG_RETRY_SECONDS,
+            backoff=Backoff(0.1, cap=1.0),
+        )
+        confirmed = await policy.run(attempt, on_retry=_append_failed)
+        APPENDS.over()
+        return confirmed
+
+    async def _room_last(self, js: JetStreamContext, entry: LogEntry) -> tuple[int, PubAck | None]:
+        """The stream sequence of the room's last log entry, and an
+        acknowledgement if it is ``entry`` (stored, its acknowledgement lost)."""
+        try:
+            last = await js.get_last_msg(LOG_STREAM, subjects.log_room(entry.room_id))
+        except NotFoundError:
+            return 0, None
+        seq = last.seq or 0
+        if last.headers is not None and last.headers.get(_MSG_ID) == entry.id:
+            return seq, PubAck(stream=LOG_STREAM, seq=seq)
+        return seq, None
+
+    async def append_log(self, entries: list[LogEntry], after: int | None) -> int | None:
+        return await self.confirm_log(await self.send_log(entries, after))
 
     async def track_changes(self, room_id: str, after: RoomState) -> list[LogEntry]:
         """The room's mute changes logged after ``after`` was saved: first the
@@ -462,6 +514,21 @@ class RoomStore:
         return await bucket_keys(self._nc, buckets.ROOM_STATE)
 
 
+def _guarded(entry: LogEntry, after: int) -> dict[str, str]:
+    """The headers of a log entry: its id (a repeat is stored once) and the
+    room's last entry it must come after."""
+    return {
+        _MSG_ID: entry.id,
+        "Nats-Expected-Last-Subject-Sequence": str(after),
+        "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_room(entry.room_id),
+    }
+
+
+_MSG_ID = "Nats-Msg-Id"
+
+
 def _append_failed(error: object, delay: float) -> None:
+    if isinstance(error, APIError) and error.err_code == WRONG_LAST_SEQUENCE:
+        return  # not an outage: the entry is sent after the room's last one
     if isinstance(error, BaseException):
         APPENDS.failed(error)

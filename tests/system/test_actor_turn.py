@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +23,7 @@ import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.errors import ConnectionReconnectingError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from bus_schema import buckets, codec, subjects
@@ -123,17 +125,17 @@ class RecordingStore(RoomStore):
         await super().forget_calls_session(session_id)
         self.timeline.append(("forget", session_id))
 
-    async def send_log(self, entries: list[LogEntry]) -> LogBatch:
-        sent = await super().send_log(entries)
+    async def send_log(self, entries: list[LogEntry], after: int | None) -> LogBatch:
+        sent = await super().send_log(entries, after)
         self.timeline.append(("log", [e.room_seq for e in entries]))
         return sent
 
     async def confirm_log(
         self, batch: LogBatch, *, owned: Callable[[], bool] = lambda: True
-    ) -> bool:
-        ours = await super().confirm_log(batch, owned=owned)
+    ) -> int | None:
+        last = await super().confirm_log(batch, owned=owned)
         self.timeline.append(("logged", [e.room_seq for e in batch.entries]))
-        return ours
+        return last
 
 
 class RecordingNats:
@@ -233,12 +235,10 @@ async def make_room(
     return Room(timeline, store, actor, lease, fenced)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def nats(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[NatsClient, RoomStore, KeyValue]]:
+@contextlib.asynccontextmanager
+async def serving(path: Path) -> AsyncIterator[tuple[NatsClient, RoomStore, KeyValue]]:
     """A nats-server alone, with the buckets and the event log a worker makes."""
-    system = System(tmp_path_factory.mktemp("actor-turn"))
+    system = System(path)
     try:
         system.start_nats()
         nc = await system.connect()
@@ -250,6 +250,14 @@ async def nats(
         await nc.close()
     finally:
         system.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def nats(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[NatsClient, RoomStore, KeyValue]]:
+    async with serving(tmp_path_factory.mktemp("actor-turn")) as served:
+        yield served
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -713,3 +721,78 @@ async def test_an_owner_that_lost_the_room_sends_no_late_log_entry(
     finally:
         room.store._js = real
         room.actor.cancel_timers()
+
+
+class Holding:
+    """The store's JetStream context behind a network that holds what is
+    sent: each publish is kept (to be let through later), never acknowledged."""
+
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self.held: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.js, name)
+
+    async def publish_async(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        self.held.append((subject, payload, kwargs["headers"]))
+        return asyncio.get_running_loop().create_future()
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        self.held.append((subject, payload, kwargs["headers"]))
+        raise NatsTimeoutError
+
+
+async def room_log(nc: NatsClient) -> list[LogEntry]:
+    """The room's entries in the event log, in the stream's order."""
+    js, found, cursor = nc.jetstream(), [], 1
+    while True:
+        try:
+            message = await js.get_msg(
+                LOG_STREAM, seq=cursor, subject=subjects.log_room(ROOM), next=True
+            )
+        except NotFoundError:
+            return found
+        assert message.data is not None
+        assert message.seq is not None
+        found.append(log_entry.decode(message.data))
+        cursor = message.seq + 1
+
+
+async def test_an_entry_a_fenced_owner_sent_is_refused_after_the_new_owners(
+    tmp_path: Path,
+) -> None:
+    """Found by the nemesis: bytes a fenced owner had sent, held by the
+    network (a worker cut off or paused past its lease), reached the stream
+    after the new owner's entries, so the log (and the webhooks) had the room's
+    events out of order. Each entry now expects the room's last entry to be
+    the one before it; the new owner's first entry moves it."""
+    async with serving(tmp_path) as nats:  # the log's repeat detection holds no other test's ids
+        old = await talking_room(nats)
+        new = None
+        try:
+            holding = Holding(old.store._js)
+            old.store._js = holding  # type: ignore[assignment]
+            old.lease[:] = [True] + [False] * 20  # the turn is ours; then the lease lapses
+            old.submit(toggle(0, "audio", False))
+            await asyncio.wait_for(old.actor.wait_idle(), 5)
+            await asyncio.wait_for(old.actor.logged(), 5)
+            [(subject, payload, headers)] = holding.held
+            late = log_entry.decode(payload)
+
+            new = await make_room(nats, take_over=True)
+            await new.turn(toggle(1, "video", False))
+            [*_, ours] = await room_log(nats[0])
+            assert ours.room_seq > late.room_seq
+
+            # The network lets the old owner's entry through at last.
+            with pytest.raises(BadRequestError) as refused:
+                await nats[0].jetstream().publish(subject, payload, headers=headers)
+            assert refused.value.err_code == 10071  # wrong last sequence
+            stored = await room_log(nats[0])
+            assert late.id not in {e.id for e in stored}
+            assert [e.room_seq for e in stored] == sorted(e.room_seq for e in stored)
+        finally:
+            for made in (old, new):
+                if made is not None:
+                    made.actor.cancel_timers()

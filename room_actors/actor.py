@@ -215,10 +215,24 @@ class RoomActor:
         self._log_last: int | None = None
         """The stream sequence of the room's last log entry (``None``: unknown,
         read at the next append): each entry is stored only after it."""
+        self._retired = False
+        """The worker let this actor go (the room's partition was lost or
+        handed over, or the room passivated): whatever it still has in flight
+        is no longer the room's, even if the partition comes back."""
 
     @property
     def busy(self) -> bool:
-        return self._task is not None
+        """A turn is running or waiting, or log entries are unconfirmed."""
+        return self._task is not None or self._confirming is not None
+
+    def retire(self) -> None:
+        """The worker lets this actor go: its timers stop, and it neither
+        writes nor sends anything more (a new actor takes the room)."""
+        self._retired = True
+        self.cancel_timers()
+
+    def _ours(self) -> bool:
+        return not self._retired and self._owns()
 
     @property
     def state(self) -> RoomState | None:
@@ -347,7 +361,7 @@ class RoomActor:
         self._log_last = None
 
     async def _turn(self, batch: list[_Pending]) -> None:
-        if not self._owns():
+        if not self._ours():
             raise Fenced(self.room_id)
         if not self._loaded:
             await self._load()
@@ -401,7 +415,7 @@ class RoomActor:
             while self._unlogged:
                 sent, _ = self._unlogged[0]
                 try:
-                    self._log_last = await self._store.confirm_log(sent, owned=self._owns)
+                    self._log_last = await self._store.confirm_log(sent, owned=self._ours)
                 except Fenced:  # what is left is the new owner's to append
                     self._unlogged.clear()
                     self._unlogged_entries = 0
@@ -470,7 +484,7 @@ class RoomActor:
                 self._unsaved += 1
                 self._schedule_flush()
             return state
-        if not self._owns():
+        if not self._ours():
             # Our lease lapsed (we were paused or cut off): another worker may
             # own the room now. Write nothing; the edge retries elsewhere.
             raise Fenced(self.room_id)

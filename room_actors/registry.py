@@ -262,7 +262,7 @@ class Registry:
         leaving = self._actors_in(partitions)
         await asyncio.gather(*(actor.settle() for actor in leaving.values()))
         for room_id, actor in leaving.items():
-            actor.cancel_timers()
+            actor.retire()
             self._actors.pop(room_id, None)
         self._cancel_wakeups(partitions)
 
@@ -272,7 +272,7 @@ class Registry:
         fail their fence."""
         await self._unsubscribe(partitions)
         for room_id, actor in self._actors_in(partitions).items():
-            actor.cancel_timers()
+            actor.retire()
             self._actors.pop(room_id, None)
         self._cancel_wakeups(partitions)
 
@@ -314,7 +314,7 @@ class Registry:
         actor, whatever this worker believes it owns."""
         actor = self._actors.pop(room_id, None)
         if actor is not None:
-            actor.cancel_timers()
+            actor.retire()
 
     def _cleanup(self, request: CloseCallsTracks) -> None:
         task = asyncio.create_task(self._send_cleanup(request))
@@ -357,7 +357,7 @@ class Registry:
         ]
         for room_id in idle:
             actor = self._actors.pop(room_id)
-            actor.cancel_timers()
+            actor.retire()
             if actor.state is not None and actor.state.close_at is not None:
                 self._wake_at(room_id, actor.state.close_at)
         return len(idle)

@@ -36,6 +36,11 @@ class Fenced(Exception):
     """The revision moved under us: another writer owns the room now."""
 
 
+class Overtaken(Exception):
+    """A later entry of the room is in the event log already: this one, older,
+    would break the room's order there (a previous owner's entry)."""
+
+
 class ActorStore(Protocol):
     """What a room actor needs of storage: `RoomStore` in JetStream KV, or a
     fake in a unit test. Only the state is written with compare-and-set; the
@@ -304,6 +309,13 @@ class RoomStore:
             if confirmed is None:
                 try:
                     confirmed = await self._append(js, entry, last, owned)
+                except Overtaken:
+                    log.info(
+                        "a log entry is left out: a later one of the room is there already",
+                        extra={"room_id": entry.room_id},
+                    )
+                    last = None
+                    continue
                 except Fenced:
                     log.info(
                         "no longer the room's owner: its unconfirmed log entries are left",
@@ -335,7 +347,12 @@ class RoomStore:
     ) -> PubAck:
         """Send ``entry`` until the stream stores it (or recognises it) after
         the room's last entry, for `LOG_RETRY_SECONDS`: long enough for
-        JetStream to elect the stream's new leader after a node died."""
+        JetStream to elect the stream's new leader after a node died.
+
+        When the room's last entry is read, it decides, not the time: a later
+        entry there (a new owner's) means this one is `Overtaken`, however
+        sure this worker still is that the room is its own (it may have been
+        paused between that check and the read)."""
         expected = after
         subject = subjects.log_event(entry.room_id, entry.event)
         payload = codec.encode(entry)
@@ -348,6 +365,8 @@ class RoomStore:
                 expected, landed = await self._room_last(js, entry)
                 if landed is not None:
                     return landed
+                if not owned():
+                    raise Fenced(entry.room_id)
             try:
                 return await js.publish(
                     subject, payload, timeout=1.0, headers=_guarded(entry, expected)
@@ -368,14 +387,20 @@ class RoomStore:
 
     async def _room_last(self, js: JetStreamContext, entry: LogEntry) -> tuple[int, PubAck | None]:
         """The stream sequence of the room's last log entry, and an
-        acknowledgement if it is ``entry`` (stored, its acknowledgement lost)."""
+        acknowledgement if it is ``entry`` (stored, its acknowledgement lost);
+        `Overtaken` if it is a later entry of the room."""
         try:
             last = await js.get_last_msg(LOG_STREAM, subjects.log_room(entry.room_id))
         except NotFoundError:
             return 0, None
         seq = last.seq or 0
-        if last.headers is not None and last.headers.get(_MSG_ID) == entry.id:
+        if last.data is None:
+            return seq, None
+        found = event_log.log_entry.decode(last.data)
+        if found.id == entry.id:
             return seq, PubAck(stream=LOG_STREAM, seq=seq)
+        if found.room_seq > entry.room_seq:
+            raise Overtaken(entry.room_id)
         return seq, None
 
     async def append_log(self, entries: list[LogEntry], after: int | None) -> int | None:
@@ -518,13 +543,10 @@ def _guarded(entry: LogEntry, after: int) -> dict[str, str]:
     """The headers of a log entry: its id (a repeat is stored once) and the
     room's last entry it must come after."""
     return {
-        _MSG_ID: entry.id,
+        "Nats-Msg-Id": entry.id,
         "Nats-Expected-Last-Subject-Sequence": str(after),
         "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_room(entry.room_id),
     }
-
-
-_MSG_ID = "Nats-Msg-Id"
 
 
 def _append_failed(error: object, delay: float) -> None:

@@ -725,11 +725,14 @@ async def test_an_owner_that_lost_the_room_sends_no_late_log_entry(
 
 class Holding:
     """The store's JetStream context behind a network that holds what is
-    sent: each publish is kept (to be let through later), never acknowledged."""
+    sent: each publish is kept (to be let through later), never acknowledged;
+    once ``holding`` is turned off, awaited publishes go through."""
 
     def __init__(self, js: Any) -> None:
         self.js = js
         self.held: list[tuple[str, bytes, dict[str, str]]] = []
+        self.holding = True
+        self.passed: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.js, name)
@@ -739,6 +742,9 @@ class Holding:
         return asyncio.get_running_loop().create_future()
 
     async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        if not self.holding:
+            self.passed.append(log_entry.decode(payload).id)
+            return await self.js.publish(subject, payload, **kwargs)
         self.held.append((subject, payload, kwargs["headers"]))
         raise NatsTimeoutError
 
@@ -796,3 +802,57 @@ async def test_an_entry_a_fenced_owner_sent_is_refused_after_the_new_owners(
             for made in (old, new):
                 if made is not None:
                     made.actor.cancel_timers()
+
+
+async def old_owner_with_an_entry_in_flight(
+    nats: tuple[NatsClient, RoomStore, KeyValue],
+) -> tuple[Room, Holding, LogEntry]:
+    """A room whose owner's last mute change is held by the network (sent
+    again and again, never acknowledged), and a new owner that has taken the
+    room and logged a mute change of its own meanwhile."""
+    old = await talking_room(nats)
+    holding = Holding(old.store._js)
+    old.store._js = holding  # type: ignore[assignment]
+    old.submit(toggle(0, "audio", False))
+    await asyncio.wait_for(old.actor.wait_idle(), 5)
+    late = log_entry.decode(holding.held[0][1])
+    new = await make_room(nats, take_over=True)
+    await new.turn(toggle(1, "video", False))
+    new.actor.cancel_timers()
+    return old, holding, late
+
+
+async def test_an_entry_older_than_the_rooms_last_is_left_out_whoever_sends_it(
+    tmp_path: Path,
+) -> None:
+    """The old owner still believes the room is its own (paused between its
+    check of the lease and its read of the room's last entry; or the partition
+    came back to its worker): refused, it reads the room's last entry, the
+    new owner's, later than its own. It leaves its entry out rather than
+    append it after that one."""
+    async with serving(tmp_path) as nats:
+        old, holding, late = await old_owner_with_an_entry_in_flight(nats)
+        try:
+            holding.holding = False  # its next attempt reaches the stream
+            await asyncio.wait_for(old.actor.logged(), 10)
+            assert holding.passed  # it did try, and was refused
+            stored = await room_log(nats[0])
+            assert late.id not in {e.id for e in stored}
+            assert [e.room_seq for e in stored] == sorted(e.room_seq for e in stored)
+        finally:
+            old.actor.cancel_timers()
+
+
+async def test_a_retired_actor_sends_nothing_more(tmp_path: Path) -> None:
+    """The worker let the actor go (its partition was lost, then came back to
+    the worker, which made a new actor for the room): the old actor's entry
+    in flight is not sent again, though the partition is the worker's."""
+    async with serving(tmp_path) as nats:
+        old, holding, _ = await old_owner_with_an_entry_in_flight(nats)
+        try:
+            old.actor.retire()
+            holding.holding = False
+            await asyncio.wait_for(old.actor.logged(), 10)
+            assert holding.passed == []
+        finally:
+            old.actor.cancel_timers()

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import random
 import statistics
 import time
@@ -70,7 +71,7 @@ class Report:
             lines.append(
                 "recovery after a fault (a probe broadcast delivered again): "
                 f"p50 {statistics.median(ordered):.2f} s, "
-                f"p90 {ordered[int(0.9 * (len(ordered) - 1))]:.2f} s, max {ordered[-1]:.2f} s "
+                f"p90 {ordered[math.ceil(0.9 * len(ordered)) - 1]:.2f} s, max {ordered[-1]:.2f} s "
                 f"({len(ordered)} faults)"
             )
         lines.append(f"violations: {self.violation_count}")
@@ -96,8 +97,12 @@ class Workload:
         self.gone: list[Client] = []
         """Clients that left cleanly."""
         self.http = httpx.AsyncClient()
-        self.probe_sent: list[tuple[int, float]] = []
+        self.probe_sent: list[tuple[int, float, Client, Client]] = []
+        """Probe broadcasts: number, when sent, by whom, to whom."""
         self.probe: tuple[Client, Client] | None = None
+        """The probe room's sender and receiver now."""
+        self.probes: list[Client] = []
+        """Every client the probe room had (one closed for good is replaced)."""
         self._numbers = 0
         self._names = 0
         self.started = time.monotonic()
@@ -143,6 +148,7 @@ class Workload:
                 await self.calls_session(client)
         probe_room = (await self._post("create", "/api/rooms", {"name": "probe"}))["room_id"]
         self.probe = (await self.member(probe_room), await self.member(probe_room))
+        self.probes = list(self.probe)
 
     async def calls_session(self, client: Client) -> None:
         """A Calls session through the proxy, published to the room."""
@@ -188,18 +194,34 @@ class Workload:
         await probing
 
     async def _probe(self, until: float) -> None:
-        assert self.probe is not None
-        sender = self.probe[0]
         n = 0
         while time.monotonic() < until:
             n += 1
+            await self._mend_probe()
+            assert self.probe is not None
+            sender, receiver = self.probe
             if sender.connected:
                 await sender.chat(-n)
-                self.probe_sent.append((-n, time.monotonic()))
+                self.probe_sent.append((-n, time.monotonic(), sender, receiver))
             await asyncio.sleep(0.25)
 
+    async def _mend_probe(self) -> None:
+        """A probe client closed for good (a fault made the room drop it, as
+        it may any client) is replaced by a new member, or the probe would
+        measure nothing more."""
+        assert self.probe is not None
+        pair = list(self.probe)
+        for i, client in enumerate(pair):
+            if client.closed_for_good is not None:
+                try:
+                    pair[i] = await self.member(client.room_id)
+                except (RuntimeError, TimeoutError):
+                    return  # tried again at the next probe
+                self.probes.append(pair[i])
+        self.probe = (pair[0], pair[1])
+
     async def stop(self) -> None:
-        clients = everyone(self) + list(self.probe or ())
+        clients = everyone(self) + self.probes
         await asyncio.gather(*(c.stop() for c in clients))
         await self.http.aclose()
 
@@ -237,7 +259,7 @@ def dump(root: Path, workload: Workload, windows: list[Window]) -> None:
     """What the clients saw and when the faults were, beside the processes'
     logs in ``root`` (times in seconds from the start of the faults)."""
     start = workload.started
-    clients = [*everyone(workload), *(workload.probe or ())]
+    clients = [*everyone(workload), *workload.probes]
     record = {
         "faults": [
             {
@@ -292,7 +314,7 @@ async def membership(kv: Any, workload: Workload) -> list[str]:
     differences = []
     rooms = dict(workload.rooms)
     if workload.probe is not None:
-        rooms[workload.probe[0].room_id] = list(workload.probe)
+        rooms[workload.probe[0].room_id] = list(workload.probes)
     for room_id, members in rooms.items():
         try:
             entry = await kv.get(room_id)
@@ -337,8 +359,7 @@ def check_clients(workload: Any, windows: list[Window], report: Report) -> None:
             report.violate(
                 "no operation hangs", f"{op.kind}: {op.outcome} after {op.seconds:.1f} s"
             )
-    clients = everyone(workload)
-    for client in clients:
+    for client in [*everyone(workload), *getattr(workload, "probes", [])]:
         if client.closed_for_good == NOT_IN_ROOM and client.closed_at is not None:
             # Refused on resuming: its place was given up. Fine after the
             # grace, or after a fault that made the room drop it (edge_lost).
@@ -476,14 +497,17 @@ def resumes(workload: Any, windows: list[Window], report: Report) -> None:
 def recoveries(workload: Any, windows: list[Window], report: Report) -> None:
     if workload.probe is None:
         return
-    receiver = workload.probe[1]
-    sender = workload.probe[0]
-    arrived = {n: receiver.broadcast_times.get((sender.pid, n)) for n, _ in workload.probe_sent}
+    arrived = {
+        n: receiver.broadcast_times.get((sender.pid, n))
+        for n, _, sender, receiver in workload.probe_sent
+    }
     for window in windows:
         if window.ended is None:
             continue
         after = [
-            (n, sent) for n, sent in workload.probe_sent if sent >= window.ended and arrived.get(n)
+            (n, sent)
+            for n, sent, _, _ in workload.probe_sent
+            if sent >= window.ended and arrived.get(n)
         ]
         if after:
             n, _ = after[0]

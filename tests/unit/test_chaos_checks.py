@@ -35,7 +35,8 @@ class Run:
     gone: list[Client] = field(default_factory=list)
     ops: Ops = field(default_factory=Ops)
     probe: Any = None
-    probe_sent: list[tuple[int, float]] = field(default_factory=list)
+    probe_sent: list[Any] = field(default_factory=list)
+    probes: list[Any] = field(default_factory=list)
     started: float = 0.0
 
 

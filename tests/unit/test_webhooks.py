@@ -1,5 +1,7 @@
 """Webhook signatures and dispatcher settings (no processes)."""
 
+import base64
+
 import pytest
 
 from runtime.config import ConfigError
@@ -7,12 +9,13 @@ from webhooks import signing
 from webhooks.dispatcher import refused
 from webhooks.settings import WebhookSettings
 
-SECRET = "s" * 32
+SECRET = signing.new_secret()
+OTHER = signing.new_secret()
 
 
 def test_a_signature_verifies_and_nothing_else_does() -> None:
     body = b'{"id":"r.1"}'
-    headers = signing.headers(SECRET, "r.1", body, now=1_000_000)
+    headers = signing.headers(signing.keys(SECRET), "r.1", body, now=1_000_000)
     assert signing.verify(SECRET, headers, body, now=1_000_100) == "r.1"
     # Several signatures (a key rotation): any one may match.
     rotated = {**headers, signing.SIGNATURE_HEADER: "v1,AAAA " + headers[signing.SIGNATURE_HEADER]}
@@ -20,7 +23,7 @@ def test_a_signature_verifies_and_nothing_else_does() -> None:
     bad = [
         (SECRET, {**headers, signing.ID_HEADER: "r.2"}, body, 1_000_000),
         (SECRET, headers, body + b"x", 1_000_000),
-        ("t" * 32, headers, body, 1_000_000),
+        (OTHER, headers, body, 1_000_000),
         (SECRET, headers, body, 1_000_000 + signing.TOLERANCE + 1),
         (SECRET, {k: v for k, v in headers.items() if k != signing.TIMESTAMP_HEADER}, body, 0),
         (SECRET, {**headers, signing.TIMESTAMP_HEADER: "soon"}, body, 1_000_000),
@@ -30,16 +33,69 @@ def test_a_signature_verifies_and_nothing_else_does() -> None:
             signing.verify(secret, given, content, now=now)
 
 
-def test_settings_need_a_url_and_a_long_secret() -> None:
+def test_the_key_is_the_decoded_secret_as_the_specification_says() -> None:
+    """The example of the Standard Webhooks specification (its README and
+    every official library's tests): this secret, id, timestamp and payload
+    sign to this signature."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    headers = signing.headers(
+        signing.keys(secret), "msg_p5jXN8AQM9LWM0D4loKWxJek", body, 1614265330
+    )
+    assert headers[signing.SIGNATURE_HEADER] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_two_secrets_sign_twice_for_a_rotation() -> None:
+    body = b"{}"
+    headers = signing.headers(signing.keys(f"{SECRET} {OTHER}"), "r.1", body, now=1_000_000)
+    assert len(headers[signing.SIGNATURE_HEADER].split()) == 2
+    for secret in (SECRET, OTHER):
+        assert signing.verify(secret, headers, body, now=1_000_000) == "r.1"
+
+
+def test_a_fresh_secret_is_32_random_bytes_in_the_standard_form() -> None:
+    made = {signing.new_secret() for _ in range(5)}
+    assert len(made) == 5
+    for secret in made:
+        assert secret.startswith("whsec_")
+        assert len(signing.keys(secret)[0]) == 32
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("a-plain-secret-that-is-long-enough-0123456789", "signaling webhook-secret"),
+        (f"{SECRET} plain-second-secret", "must be whsec_"),  # one of two is plain
+        ("whsec_***", "not valid base64"),
+        ("whsec_" + base64.b64encode(b"x" * 23).decode(), "24 to 64 bytes, not 23"),
+        ("whsec_" + base64.b64encode(b"x" * 65).decode(), "24 to 64 bytes, not 65"),
+        ("   ", "must be set"),
+    ],
+)
+def test_a_secret_not_in_the_standard_form_is_refused_at_start(value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as refused_with:
+        WebhookSettings.from_env({"WEBHOOK_URL": "https://x/h", "WEBHOOK_SECRET": value})
+    message = str(refused_with.value)
+    assert "WEBHOOK_SECRET" in message
+    assert says in message
+    assert all(part not in message for part in value.split())  # never echoed
+
+
+def test_settings_need_a_url_and_a_secret() -> None:
+    with pytest.raises(ConfigError) as missing:
+        WebhookSettings.from_env({"WEBHOOK_URL": "https://x/h"})
+    assert "signaling webhook-secret" in str(missing.value)
     with pytest.raises(ConfigError):
         WebhookSettings.from_env({"WEBHOOK_SECRET": SECRET})
     with pytest.raises(ConfigError):
         WebhookSettings.from_env({"WEBHOOK_URL": "ftp://x", "WEBHOOK_SECRET": SECRET})
-    with pytest.raises(ConfigError):
-        WebhookSettings.from_env({"WEBHOOK_URL": "http://x/", "WEBHOOK_SECRET": "short"})
     settings = WebhookSettings.from_env({"WEBHOOK_URL": "https://x/h", "WEBHOOK_SECRET": SECRET})
     assert SECRET not in repr(settings)
     assert settings.retry_for == 3600.0
+    rotating = WebhookSettings.from_env(
+        {"WEBHOOK_URL": "https://x/h", "WEBHOOK_SECRET": f"{SECRET} {OTHER}"}
+    )
+    assert OTHER not in repr(rotating)
 
 
 def test_only_a_final_4xx_is_refused_for_good() -> None:

@@ -47,3 +47,16 @@ class EdgeStatus(msgspec.Struct, frozen=True, kw_only=True):
     connections: int
     rooms: int
     draining: bool
+
+
+class RoomOwner(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to ``nats req signal.actors.owner <room_id>``."""
+
+    room_id: str
+    partition: int
+    worker_id: str | None
+    """The worker whose claim the partition holds (``None``: unclaimed)."""
+    since: str | None
+    alive: bool
+    """Whether that worker's lease is alive (if not, a survivor takes the
+    partition once it expires)."""

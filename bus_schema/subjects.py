@@ -113,6 +113,9 @@ def worker_status(worker_id: str) -> str:
 
 PARTITIONS_SERVED = f"{PREFIX}.actors.served"
 
+ROOM_OWNER = f"{PREFIX}.actors.owner"
+"""Which worker owns a room (request: the room id; any worker answers)."""
+
 EDGE_HEARTBEATS = f"{PREFIX}.edge.*.hb"
 
 

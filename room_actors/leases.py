@@ -346,6 +346,15 @@ class Leases:
                 live[lease.worker_id] = lease
         return live
 
+    async def owner(self, partition: int) -> tuple[PartitionLease | None, bool]:
+        """The partition's claim as the server has it now, and whether its
+        worker's lease is alive (an operator's question: ``signal.actors.owner``)."""
+        value = (await self._read(buckets.partition_key(partition))).value
+        if value is None:
+            return None, False
+        claim = codec.partition_lease.decode(value)
+        return claim, await self._owner_is_alive(claim.worker_id) is not None
+
     async def _owner_is_alive(self, worker_id: str) -> WorkerLease | None:
         """Before taking a partition from another worker, ask the server itself."""
         value = (await self._read(buckets.worker_key(worker_id))).value

@@ -5,10 +5,11 @@ import contextlib
 import logging
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from prometheus_client import start_http_server
 
-from bus_schema import subjects
-from bus_schema.status import WorkerStatus
+from bus_schema import codec, ids, subjects
+from bus_schema.status import RoomOwner, WorkerStatus
 from room_actors import metrics
 from room_actors.leases import Leases, open_leases_bucket
 from room_actors.liveness import EdgeLiveness
@@ -135,6 +136,25 @@ class Worker:
             )
 
         await service.add_status(subjects.worker_status(worker_id), status)
+
+        async def owner(msg: Msg) -> None:
+            room_id = msg.data.decode(errors="replace").strip()
+            if not ids.is_uuid(room_id):
+                await msg.respond(b'{"error":"send a room id"}')
+                return
+            partition = subjects.partition_of(room_id)
+            claim, alive = await leases.owner(partition)
+            answer = RoomOwner(
+                room_id=room_id,
+                partition=partition,
+                worker_id=claim.worker_id if claim is not None else None,
+                since=claim.since if claim is not None else None,
+                alive=alive,
+            )
+            await msg.respond(codec.encode(answer))
+
+        # Any worker answers (a queue group of all): ``nats req signal.actors.owner <room_id>``.
+        await service.add("owner", subjects.ROOM_OWNER, owner, queue_group="owner")
 
     def _export_metrics(self, registry: Registry, leases: Leases) -> None:
         metrics.ROOMS_ACTIVE.set_function(lambda: len(registry))

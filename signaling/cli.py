@@ -13,6 +13,7 @@
 """
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -169,6 +170,26 @@ def dev_secret(data_dir: Path) -> str:
     return secret
 
 
+DEV_CONTEXT = "signaling-dev"
+"""The ``nats`` CLI context `signaling dev` saves (as the admin user)."""
+
+
+def save_nats_context(name: str, url: str, user: str, password: str) -> Path:
+    """Save a context of the stock ``nats`` CLI (``nats --context <name> …``),
+    readable by the owner only, where the CLI looks: ``$XDG_CONFIG_HOME/nats/
+    context`` (``~/.config/nats/context``). It does not select it."""
+    home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    folder = Path(home) / "nats" / "context"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    description = "signaling dev (make run): the admin user"
+    context = {"description": description, "url": url, "user": user, "password": password}
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(json.dumps(context, indent=2) + "\n")
+    return path
+
+
 def dev_main(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve()
     logs = data_dir / "logs"
@@ -195,7 +216,10 @@ def dev_main(args: argparse.Namespace) -> int:
         admin = data_dir / "nats-admin-password"
         admin.write_text(cluster.users.passwords["admin"])
         admin.chmod(0o600)
-        print(f"nats CLI      nats -s {nats.url} --user admin --password $(cat {admin}) ...")
+        context = save_nats_context(
+            DEV_CONTEXT, nats.url, "admin", cluster.users.passwords["admin"]
+        )
+        print(f"nats CLI      nats --context {DEV_CONTEXT} ...  (saved in {context})")
         if args.fake_calls:
             cluster.env |= cluster.start_fake_calls()
             print(f"fake Calls    {cluster.env['CALLS_API_URL']}")

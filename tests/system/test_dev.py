@@ -16,6 +16,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "old_client_call.py"
 def test_dev_runs_a_call_with_fake_calls_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port, nats_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # its nats CLI context goes there
     process = subprocess.Popen(
         [
             sys.executable, "-m", "signaling", "dev",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.harness import System
+from tests.system.test_webhooks import SECRET
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -27,7 +28,7 @@ async def test_a_dispatcher_stopped_right_after_it_starts_exits_at_once(
     await system.start()
     for _ in range(STARTS):
         dispatcher = system.start_webhooks(
-            WEBHOOK_URL="http://127.0.0.1:9/hooks", WEBHOOK_SECRET="whsec_d2ViaG9vay1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY="
+            WEBHOOK_URL="http://127.0.0.1:9/hooks", WEBHOOK_SECRET=SECRET
         )
         await eventually(lambda d=dispatcher: "delivering to" in d.log(), timeout=30)
         assert dispatcher.process is not None

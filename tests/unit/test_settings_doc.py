@@ -24,7 +24,11 @@ ROLES: list[tuple[str, type[Settings]]] = [
     ("actors", ActorSettings),
     ("webhooks", WebhookSettings),
 ]
-REQUIRED = {"JWT_SECRET": "x" * 40, "WEBHOOK_URL": "http://x/", "WEBHOOK_SECRET": "whsec_d2ViaG9vay1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY="}
+REQUIRED = {
+    "JWT_SECRET": "x" * 40,
+    "WEBHOOK_URL": "http://x/",
+    "WEBHOOK_SECRET": "whsec_d2ViaG9vay1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY=",
+}
 _ROW = re.compile(r"^\| `(?P<name>[A-Z0-9_]+)` \| (?P<role>[^|]+) \| (?P<default>[^|]+) \|")
 
 

@@ -171,6 +171,7 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
         credentials=settings.nats_credentials,
     )
     bus = EdgeBus(nc, settings)
+    metrics.NATS_CONNECTED.set_function(lambda: 1.0 if nc.is_connected else 0.0)
     heartbeat: asyncio.Task[None] | None = None
     service: MicroService | None = None
     try:

@@ -10,6 +10,9 @@ from runtime.metrics import child as child  # re-exported: `metrics.child(...)`
 
 CONNECTIONS = Gauge("signaling_edge_connections", "Open WebSocket connections")
 ROOMS = Gauge("signaling_edge_rooms", "Rooms with at least one client on this edge")
+NATS_CONNECTED = Gauge(
+    "signaling_edge_nats_connected", "1 while this edge is connected to NATS, else 0"
+)
 MESSAGES_IN = Counter(
     "signaling_edge_messages_in_total", "Client messages received, by type", ["type"]
 )

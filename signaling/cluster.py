@@ -303,9 +303,10 @@ class LocalCluster:
         return actor
 
     def start_webhooks(self, **env: str) -> Child:
-        """A webhook dispatcher (it needs WEBHOOK_URL and WEBHOOK_SECRET)."""
+        """A webhook dispatcher (it needs WEBHOOK_URL and WEBHOOK_SECRET; its
+        metrics on a free port)."""
         name = self._name("webhooks")
-        own = {"DISPATCHER_ID": name, **env}
+        own = {"DISPATCHER_ID": name, "METRICS_PORT": str(free_port()), **env}
         dispatcher = Child("webhooks", self.role_env("webhooks", own), self._role_log(name))
         self._start(dispatcher)
         self.dispatchers.append(dispatcher)

@@ -168,7 +168,9 @@ def test_nats_publishes_no_port() -> None:
         for name in nats_services(services):
             assert "ports" not in services[name], name
         published = {p for s in services.values() for p in s.get("ports", [])}
-        assert published == {"8787:80"}  # the load balancer only
+        # The load balancer; Prometheus and Grafana (profile `monitoring`) on
+        # the host's loopback only.
+        assert published == {"8787:80", "127.0.0.1:9090:9090", "127.0.0.1:3000:3000"}
 
 
 def tls_services() -> dict[str, dict[str, Any]]:

@@ -62,6 +62,8 @@ async def test_ready_turns_503_when_nats_is_down_and_200_when_back(
         )
         assert unready.json()["error"] == "Not ready"
         assert unready.headers["retry-after"] == "2"
+        scraped = (await http.get(f"{system.edges[0].url}/metrics")).text
+        assert "\nsignaling_edge_nats_connected 0.0\n" in scraped  # alerted on after 30 s
         # The API answers 503 with Retry-After too, never a 500: reads and
         # commands are tried again until the command deadline, then refused.
         for method, path in (("GET", f"/api/rooms/{room_id}"), ("POST", "/api/rooms")):

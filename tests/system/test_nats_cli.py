@@ -114,12 +114,12 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
         "XDG_CONFIG_HOME": str(root / "config"),  # where the context is saved
         "PATH": f"{Path(NATS).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    process = _start_dev(env, port, nats_port, root / "data")
+    process = start_dev(env, port, nats_port, root / "data")
     try:
         lines: list[str] = []
         ready = threading.Event()
         # Its output is read to the end (a full pipe would stop it).
-        threading.Thread(target=_read, args=(process, lines, ready), daemon=True).start()
+        threading.Thread(target=read_output, args=(process, lines, ready), daemon=True).start()
         assert await asyncio.to_thread(ready.wait, 60), "signaling dev:\n" + "".join(lines)
         assert f"nats --context {CONTEXT}" in "".join(lines)
         saved = root / "config" / "nats" / "context" / f"{CONTEXT}.json"
@@ -138,7 +138,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
             process.wait()
 
 
-def _start_dev(env: dict[str, str], port: int, nats_port: int, data: Path) -> Any:
+def start_dev(env: dict[str, str], port: int, nats_port: int, data: Path) -> Any:
     return subprocess.Popen(
         [
             sys.executable, "-m", "signaling", "dev", "--port", str(port),
@@ -149,7 +149,7 @@ def _start_dev(env: dict[str, str], port: int, nats_port: int, data: Path) -> An
     )  # fmt: skip
 
 
-def _read(process: Any, lines: list[str], ready: threading.Event) -> None:
+def read_output(process: Any, lines: list[str], ready: threading.Event) -> None:
     with process.stdout:
         for line in process.stdout:
             lines.append(line)

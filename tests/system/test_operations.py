@@ -153,6 +153,7 @@ async def test_metrics_change_with_traffic(make_system: Callable[..., System]) -
     assert metric(before_edge, "signaling_edge_connections") == 0
     assert metric(after_edge, "signaling_edge_connections") == 2
     assert metric(after_edge, "signaling_edge_rooms") == 1
+    assert metric(after_edge, "signaling_edge_nats_connected") == 1
     assert metric(after_edge, "signaling_edge_messages_in_total", type="track-state") == 1
     assert metric(after_edge, "signaling_edge_messages_out_total", type="track-state") == 1
     assert metric(after_edge, "signaling_edge_errors_total", code="invalid_json") == 1

@@ -1,16 +1,19 @@
 """Room actors on the bus: a test speaks to a real worker as an edge would."""
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
 import nats
 import pytest
+import pytest_asyncio
 
 from bus_schema import codec, ids, subjects
 from bus_schema.commands import Ack, Broadcast, CreateRoom, Join, Rejected, Snapshot
 from bus_schema.events import Broadcasted, ParticipantJoined
+from bus_schema.status import EdgeHeartbeat
 from edge.commands import RoomCommands
 from room_actors.settings import ActorSettings
 from room_actors.state import Clock, Limits, decide
@@ -19,6 +22,39 @@ from signaling.natsserver import NatsServer
 from tests.harness import Api, System, WsClient, opened
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TEST_EDGE = "test-edge"
+"""The edge the tests' participants are on: the test speaks for it."""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def test_edge(system: System) -> AsyncIterator[None]:
+    """``TEST_EDGE``'s heartbeats while a test runs, as a live edge sends them:
+    a worker takes an edge it has never heard from for dead after
+    ``EDGE_TIMEOUT``, and removes its participants (a race the tests lost on
+    a loaded machine)."""
+    nc = await system.connect()
+    beat = codec.encode(
+        EdgeHeartbeat(
+            edge_id=TEST_EDGE, started_at="2026-01-01T00:00:00.000Z", connections=1, rooms=1
+        )
+    )
+
+    async def beating() -> None:
+        while True:
+            await nc.publish(subjects.edge_heartbeat(TEST_EDGE), beat)
+            await asyncio.sleep(0.25)
+
+    await nc.publish(subjects.edge_heartbeat(TEST_EDGE), beat)
+    await nc.flush()
+    task = asyncio.create_task(beating())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await nc.close()
 
 
 async def request(nc: nats.aio.client.Client, command: object) -> object:
@@ -47,14 +83,14 @@ async def room_with_member(
         room_id=room_id,
         participant_id=participant,
         name=name,
-        edge_id="test-edge",
+        edge_id=TEST_EDGE,
         conn_id="c1",
     )
     assert isinstance(await request(nc, join), Snapshot)
     return room_id, participant
 
 
-async def test_a_retried_command_is_applied_once(system: System) -> None:
+async def test_a_retried_command_is_applied_once(system: System, test_edge: None) -> None:
     nc = await system.connect()
     room_id = ids.new_id()
     events: asyncio.Queue[object] = asyncio.Queue()
@@ -80,7 +116,7 @@ async def test_a_retried_command_is_applied_once(system: System) -> None:
         room_id=room_id,
         participant_id=participant,
         name="Bus",
-        edge_id="test-edge",
+        edge_id=TEST_EDGE,
         conn_id="c1",
     )
     first, second = await request(nc, join), await request(nc, join)
@@ -112,7 +148,7 @@ async def test_a_retried_command_is_applied_once(system: System) -> None:
     await nc.close()
 
 
-async def test_a_quiet_relay_is_answered_only_when_refused(system: System) -> None:
+async def test_a_quiet_relay_is_answered_only_when_refused(system: System, test_edge: None) -> None:
     """A relayed message sent ``quiet`` (as edges send them): its success is
     its event on the room's stream, with no reply message; a refusal still
     comes back as one."""
@@ -158,7 +194,7 @@ async def test_a_quiet_relay_is_answered_only_when_refused(system: System) -> No
 
 
 async def test_a_quiet_relay_from_a_client_not_listening_for_refusals_is_answered(
-    system: System,
+    system: System, test_edge: None
 ) -> None:
     """An edge's command client that is not (or no longer) subscribed to the
     answers of quiet commands (starting, stopping) sends them in full: the

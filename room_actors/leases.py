@@ -239,7 +239,12 @@ class Leases:
         log.info("worker %s registered (lease TTL %.1fs)", self.worker_id, self.ttl)
 
     async def _renew_loop(self) -> None:
-        while True:
+        # Each loop ends on `_leaving` as well as on cancellation: Python 3.11's
+        # `asyncio.wait_for` (and nats-py's requests) can swallow a cancellation
+        # that arrives with their result, and the loop would run on, holding
+        # `stop` (found: a change `stop` itself caused woke the balancing loop
+        # as it was cancelled).
+        while not self._leaving:
             await asyncio.sleep(self.ttl / 4)
             async with self._lock:
                 await self._renew()
@@ -275,12 +280,16 @@ class Leases:
     # --- the shared view --------------------------------------------------------
 
     async def _watch(self) -> None:
-        while True:
+        while not self._leaving:
             watcher = None
             try:
                 watcher = await self._kv.watchall()
                 self._heard = time.monotonic()
                 async for entry in watcher:
+                    if self._leaving:
+                        with contextlib.suppress(Exception):
+                            await watcher.stop()
+                        return
                     self._heard = time.monotonic()
                     if entry is None:
                         self._synced.set()
@@ -365,7 +374,7 @@ class Leases:
     async def _balance_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_check = loop.time()
-        while True:
+        while not self._leaving:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=self.ttl / 4)
             self._changed.clear()

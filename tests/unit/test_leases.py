@@ -450,3 +450,20 @@ def test_partitions_are_logged_as_runs() -> None:
     assert spans(list(range(1024))) == "0-1023"
     assert spans([8, 3, 0, 1, 2, 5, 7, 3]) == "0-3, 5, 7-8"
     assert spans([]) == ""
+
+
+async def test_stop_returns_at_once_when_its_own_handover_wakes_the_balancing(
+    workers: Workers,
+) -> None:
+    """Found by the test suite's teardowns (each took 5 s): ``a`` hands its
+    partitions over, ``b`` claims them all, then ``b`` stops. Its release
+    wakes its own balancing loop just as ``stop`` cancels it, and Python
+    3.11's ``asyncio.wait_for`` swallows a cancellation that arrives with its
+    result: the loop ran on and ``stop`` waited for it for good. Every loop
+    now also ends once the worker is leaving."""
+    a, b = await workers.start("a"), await workers.start("b")
+    await eventually(lambda: balanced(workers.bucket, a, b), timeout=10)
+    await asyncio.wait_for(a.leases.stop(), 5)
+    await eventually(lambda: b.serving() == EVERY, timeout=5)
+    await asyncio.wait_for(b.leases.stop(), 2)  # not the 5 s a hang took
+    assert workers.bucket.value(buckets.worker_key("b")) is None

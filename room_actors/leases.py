@@ -45,7 +45,7 @@ from room_actors import metrics
 from room_actors.placement import assign
 from runtime.clock import iso_now
 from runtime.natsconn import until_ready
-from runtime.outage import Outage
+from runtime.outage import Outage, transient
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +386,11 @@ class Leases:
                     await self._rebalance()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("rebalance failed; retrying")
+            except Exception as e:
+                if transient(e):  # the bus is down a while: the renewals' WARNING says so
+                    log.info("rebalance failed (%s); retrying", type(e).__name__)
+                else:
+                    log.exception("rebalance failed; retrying")
                 await asyncio.sleep(self.ttl / 4)
 
     async def _rebalance(self) -> None:

@@ -467,3 +467,23 @@ async def test_stop_returns_at_once_when_its_own_handover_wakes_the_balancing(
     await eventually(lambda: b.serving() == EVERY, timeout=5)
     await asyncio.wait_for(b.leases.stop(), 2)  # not the 5 s a hang took
     assert workers.bucket.value(buckets.worker_key("b")) is None
+
+
+async def test_a_rebalance_the_bus_fails_logs_no_traceback(
+    workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage is expected operation: a failed rebalance is retried and
+    logged in one line, not as an ERROR with a traceback (found in the
+    partition test's logs)."""
+    a = await workers.start("a")
+    await eventually(lambda: a.serving() == EVERY, timeout=5)
+    b = workers.make("b")
+    await b.leases.start()  # a must hand partitions over: its rebalance reads
+    with caplog.at_level("INFO", logger="room_actors.leases"):
+        a.connection.cut = True
+        await eventually(
+            lambda: any("rebalance failed (TimeoutError)" in r.message for r in caplog.records),
+            timeout=5,
+        )
+        a.connection.cut = False
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

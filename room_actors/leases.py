@@ -13,6 +13,10 @@ Everything lives in the ``actor_leases`` KV bucket (see `bus_schema.buckets`):
   `placement.assign` gives it when their key is absent or names a worker whose
   lease is gone, and releases the ones it should no longer own: stop serving,
   finish the turns in flight, then delete the key (compare-and-set throughout).
+  A claim or a delete the bus did not answer may or may not have landed: the
+  partition is looked at again until it is settled, because a claim of a
+  worker that does not serve the partition would keep every other worker
+  waiting for a hand-over that never comes.
 
 Every worker watches the bucket, so a release or an expiry (the bucket places an
 expiry marker the watchers see) is acted on at once; a periodic tick covers the
@@ -116,6 +120,8 @@ class Leases:
         self._view: dict[str, _Seen] = {}
         self._owned: dict[int, int] = {}
         """partition -> revision of its key, as we wrote it."""
+        self._doubtful: set[int] = set()
+        """Partitions whose claim or release the bus did not answer (`_settle`)."""
         self._revision = 0
         self._valid_until = 0.0
         self._started_at = iso_now()
@@ -404,15 +410,54 @@ class Leases:
         surplus = [p for p in self._owned if p not in desired]
         if surplus:
             await self._release(surplus)
+        await self._settle(desired)
         wanted = sorted(desired - set(self._owned))
         # Claimed all at once (each a compare-and-set of its own): a start-up
         # or a takeover of many partitions is one round trip, not one each.
-        claimed = await asyncio.gather(*map(self._try_claim, wanted))
-        acquired = [p for p, ok in zip(wanted, claimed, strict=True) if ok]
+        # Every claim that landed is served even if others failed: a claim
+        # written but never announced would be owned and served by nobody.
+        results = await asyncio.gather(*map(self._try_claim, wanted), return_exceptions=True)
+        acquired = [p for p, ok in zip(wanted, results, strict=True) if ok is True]
+        failures = [
+            (p, r) for p, r in zip(wanted, results, strict=True) if isinstance(r, BaseException)
+        ]
+        self._doubtful.update(p for p, _ in failures)
         if acquired:
             self._count("acquired", len(acquired))
             log.info("worker %s acquired partitions %s", self.worker_id, spans(acquired))
             await self._on_acquire(acquired)
+        if failures:
+            raise failures[0][1]
+
+    async def _settle(self, desired: set[int]) -> None:
+        """Partitions whose claim or release the bus did not answer: if the
+        server names this worker for one it does not serve (a release's delete
+        that failed, a claim that landed after its request timed out), the
+        claim is deleted. Others wait for a live owner to hand a partition
+        over, so such a claim would leave its rooms without an owner until
+        this worker stops (found by the node-partition test: a release during
+        a heal failed, and a room had no owner for as long as the test ran)."""
+        if not self._doubtful:
+            return
+        ours = [p for p in self._doubtful if p in self._owned or p in desired]
+        self._doubtful.difference_update(ours)  # served, or the claim settles it
+        pending = sorted(self._doubtful)
+        results = await asyncio.gather(*map(self._settle_one, pending), return_exceptions=True)
+        settled = [p for p, r in zip(pending, results, strict=True) if r is None]
+        self._doubtful.difference_update(settled)
+        if len(settled) < len(pending):
+            raise next(r for r in results if isinstance(r, BaseException))
+
+    async def _settle_one(self, partition: int) -> None:
+        key = buckets.partition_key(partition)
+        seen = await self._read(key)
+        if seen.value is None or partition in self._owned:
+            return
+        if codec.partition_lease.decode(seen.value).worker_id != self.worker_id:
+            return
+        log.info("worker %s: handing over partition %d again", self.worker_id, partition)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._kv.delete(key, last=seen.revision)
 
     async def _try_claim(self, partition: int) -> bool:
         """Claim a partition unless its owner is alive (it will hand it over)."""
@@ -470,10 +515,16 @@ class Leases:
             return
         log.info("worker %s releasing partitions %s", self.worker_id, spans(partitions))
         await self._on_release(partitions)
-        for partition in partitions:
-            revision = self._owned.pop(partition, None)
-            if revision is None:
-                continue
-            self._count("released", 1)
-            with contextlib.suppress(KeyWrongLastSequenceError, NatsError):
-                await self._kv.delete(buckets.partition_key(partition), last=revision)
+        released = {p: r for p in partitions if (r := self._owned.pop(p, None)) is not None}
+        if released:
+            self._count("released", len(released))
+        results = await asyncio.gather(
+            *(self._kv.delete(buckets.partition_key(p), last=r) for p, r in released.items()),
+            return_exceptions=True,
+        )
+        for partition, result in zip(released, results, strict=True):
+            # A compare-and-set that failed means the key moved on: not ours.
+            if isinstance(result, BaseException) and not isinstance(
+                result, KeyWrongLastSequenceError
+            ):
+                self._doubtful.add(partition)

@@ -22,6 +22,7 @@ goes at its next retry, at most `FAILOVER_POLL` later.
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import TypeGuard
 
@@ -204,9 +205,10 @@ class RoomCommands:
         self._echoes[cmd_id] = waiter
         return waiter
 
-    async def send(self, command: Command) -> Reply:
+    async def send(self, command: Command, *, deadline: float | None = None) -> Reply:
         """Send until a reply arrives. A `Rejected` reply that is not retryable is
-        returned to the caller, who maps it to a client error."""
+        returned to the caller, who maps it to a client error. ``deadline``
+        shortens the command deadline for this command."""
         subject = subjects.room_command(command.room_id)
         data = codec.encode(command)
         partition = subjects.partition_of(command.room_id)
@@ -235,7 +237,10 @@ class RoomCommands:
                     await asyncio.wait_for(waiting.wait(), max(delay, FAILOVER_POLL))
 
         try:
-            reply = await self._policy.run(request, sleep=pause)
+            policy = self._policy
+            if deadline is not None and deadline < self._deadline:
+                policy = dataclasses.replace(policy, deadline=deadline)
+            reply = await policy.run(request, sleep=pause)
         except NatsError as e:
             raise self._unavailable(command, _reason(e)) from None
         except codec.DecodeError:

@@ -5,7 +5,8 @@ new WebSockets are refused, so the load balancer stops sending clients here.
 After ``DRAIN_DELAY`` seconds uvicorn stops: it closes every socket with 1012
 (service restart; clients reconnect to another edge with the same token and
 resume without leave/join churn), waits up to 5 s for the handlers to finish
-(each tells its room the connection is gone), then closes NATS. A second signal
+(each tells its room the connection is gone, trying for at most 3.5 s), then
+closes NATS. A second signal
 skips the delay.
 """
 
@@ -16,7 +17,7 @@ import uvicorn
 from litestar import Litestar
 
 from edge.app import create_app, start_draining
-from edge.settings import EdgeSettings
+from edge.settings import SHUTDOWN_GRACE, EdgeSettings
 from edge.wsproto import LeanWebSocketProtocol
 
 
@@ -56,6 +57,6 @@ def build_server(settings: EdgeSettings) -> DrainingServer:
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     return DrainingServer(config, app, settings.drain_delay)

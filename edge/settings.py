@@ -17,6 +17,13 @@ from runtime.settings import (
 
 MIN_SECRET_BYTES = 32
 
+SHUTDOWN_GRACE = 5
+"""Seconds uvicorn gives the handlers, once it has closed every socket, to
+finish before it cancels them (and logs each as an ERROR)."""
+FAREWELL_WHILE_STOPPING = SHUTDOWN_GRACE - 1.5
+"""Seconds a socket closed by the edge's own stop tries to tell its room: a
+room without an owner then is left to the workers' edge-liveness sweep."""
+
 
 def _edge_id(name: str) -> str:
     """The configured name plus a per-process suffix: a restarted edge is a new

@@ -38,7 +38,7 @@ from edge.commands import CommandFailed
 from edge.connection import Close, Connection
 from edge.fanout import RoomFeed
 from edge.limits import AddressLimits, ConnectionLimits
-from edge.settings import EdgeSettings
+from edge.settings import FAREWELL_WHILE_STOPPING, EdgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -328,9 +328,11 @@ class ClientSession:
         )
 
     async def _farewell(self, command: Leave | Disconnect) -> bool:
-        """Tell the room; whether it acknowledged."""
+        """Tell the room; whether it acknowledged. While the edge stops, only
+        for as long as uvicorn lets the handlers run."""
+        deadline = FAREWELL_WHILE_STOPPING if self._bus.draining else None
         try:
-            await self._bus.commands.send(command)
+            await self._bus.commands.send(command, deadline=deadline)
         except CommandFailed:
             log.warning("conn %s: %s not acknowledged", self._conn.conn_id, type(command).__name__)
             return False

@@ -380,3 +380,33 @@ async def test_an_actor_cannot_make_a_stream_that_captures_other_roles_traffic(
         with pytest.raises(nats.js.errors.NotFoundError):
             await bus.js.stream_info(name)
     await bus.close()
+
+
+async def test_an_edge_stops_in_time_while_its_rooms_have_no_owner(
+    make_system: Callable[..., System],
+) -> None:
+    """Found in the node-partition test's logs: an edge stopped while the
+    room service could not answer. Its sockets' farewells were retried for the
+    whole command deadline (10 s), past the 5 s uvicorn gives the handlers, so
+    uvicorn cancelled them and logged an ERROR with a traceback. While the
+    edge stops, a farewell is tried only as long as the handlers have (the
+    workers' edge-liveness sweep does the rest)."""
+    system = make_system()
+    await system.start(edges=1)
+    edge = system.edges[0]
+    api = Api(edge.url)
+    room_id = await api.create_room("orphaned")
+    members = [await enter(api, edge.ws_url, room_id, f"m{i}") for i in range(2)]
+    for actor in system.actors:
+        actor.kill()
+    assert edge.process is not None
+    edge.process.terminate()
+    for member in members:
+        code, _ = await member.client.closed(timeout=15)
+        assert code == 1012
+    assert await asyncio.to_thread(edge.process.wait, 20) == 0
+    log = edge.log()
+    assert "not acknowledged" in log  # the farewells were tried, and gave up
+    assert '"level": "ERROR"' not in log, log
+    assert "Traceback" not in log, log
+    await api.close()

@@ -443,21 +443,27 @@ class Leases:
         self._doubtful.difference_update(ours)  # served, or the claim settles it
         pending = sorted(self._doubtful)
         results = await asyncio.gather(*map(self._settle_one, pending), return_exceptions=True)
-        settled = [p for p, r in zip(pending, results, strict=True) if r is None]
+        settled = [p for p, r in zip(pending, results, strict=True) if isinstance(r, bool)]
         self._doubtful.difference_update(settled)
+        handed = [p for p, r in zip(pending, results, strict=True) if r is True]
+        if handed:
+            log.info("worker %s handed partitions %s over again", self.worker_id, spans(handed))
         if len(settled) < len(pending):
             raise next(r for r in results if isinstance(r, BaseException))
 
-    async def _settle_one(self, partition: int) -> None:
+    async def _settle_one(self, partition: int) -> bool:
+        """Whether this worker's claim had to be deleted."""
         key = buckets.partition_key(partition)
         seen = await self._read(key)
         if seen.value is None or partition in self._owned:
-            return
+            return False
         if codec.partition_lease.decode(seen.value).worker_id != self.worker_id:
-            return
-        log.info("worker %s: handing over partition %d again", self.worker_id, partition)
-        with contextlib.suppress(KeyWrongLastSequenceError):
+            return False
+        try:
             await self._kv.delete(key, last=seen.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def _try_claim(self, partition: int) -> bool:
         """Claim a partition unless its owner is alive (it will hand it over)."""

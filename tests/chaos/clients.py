@@ -8,7 +8,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ import websockets
 
 RECONNECT = {1001, 1006, 1011, 1012, 1013}
 """Close codes after which a client reconnects (docs/protocol.md)."""
+NOT_IN_ROOM = 4003
 OP_BOUND = 30.0
 """Seconds within which every operation must end, in success or an explicit error."""
 
@@ -89,6 +90,12 @@ class Client:
     sent_offers: list[tuple[str, int, float]] = field(default_factory=list)
     drops: list[tuple[float, float | None]] = field(default_factory=list)
     """(dropped at, welcomed again at) of each drop the workload made."""
+    rejoin: Callable[[], Awaitable[tuple[str, str]]] | None = None
+    """If set: after a close saying it is no longer in the room (4003: its edge
+    was taken for dead, say), the client joins again over HTTP, as
+    docs/protocol.md tells a client to, with the (token, participant id) this
+    gives; tried again while it fails."""
+    rejoins: int = 0
     closed_for_good: int | None = None
     closed_at: float | None = None
     trace: list[tuple[float, str, Any, Any, Any]] = field(default_factory=list)
@@ -138,8 +145,21 @@ class Client:
             code = self.ws.close_code if self.ws is not None else None
             if self._resume_after or code in RECONNECT:
                 continue
+            if code == NOT_IN_ROOM and self.rejoin is not None:
+                await self._join_again(self.rejoin)
+                continue
             self.closed_for_good = code
             self.closed_at = time.monotonic()
+            return
+
+    async def _join_again(self, rejoin: Callable[[], Awaitable[tuple[str, str]]]) -> None:
+        while True:
+            try:
+                self.token, self.pid = await rejoin()
+            except Exception:  # the service is not answering yet (a 503, a refused connection)
+                await asyncio.sleep(0.2 + self.rng.random() * 0.3)
+                continue
+            self.rejoins += 1
             return
 
     def _ended(self) -> None:

@@ -139,8 +139,14 @@ async def role_connections(node: Node) -> list[str]:
 
 
 async def caller(api: Api, world: World, room_id: str) -> Client:
-    """A participant whose client reconnects as the web client does."""
+    """A participant whose client reconnects as docs/protocol.md says: with
+    the same token after 1012 or 1013, through a new join after 4003."""
     joined = await api.join(room_id)
+
+    async def join_again() -> tuple[str, str]:
+        again = await api.join(room_id)
+        return again["token"], again["participant_id"]
+
     client = Client(
         room_id,
         joined["participant_id"][:6],
@@ -148,6 +154,7 @@ async def caller(api: Api, world: World, room_id: str) -> Client:
         joined["participant_id"],
         world.edge_urls,
         random.Random(len(joined["token"])),
+        rejoin=join_again,
     ).start()
     await asyncio.wait_for(client.welcomed.wait(), 30)
     return client

@@ -131,6 +131,13 @@ class Leases:
         self._changed = asyncio.Event()
         self._synced = asyncio.Event()
         self._lock = asyncio.Lock()
+        """Held while partitions are claimed, released or dropped."""
+        self._lease_lock = asyncio.Lock()
+        """Held while this worker's lease key is written. Apart from ``_lock``
+        (taken after it, never before), so a rebalance waiting on the bus
+        (a request's timeout is 5 s) does not hold the renewals back past the
+        lease's TTL (found by a test on a real server: the worker lost its
+        lease to its own rebalance)."""
         self._tasks: list[asyncio.Task[None]] = []
         self.ownership_changes = 0
         self._heard = time.monotonic()
@@ -170,7 +177,7 @@ class Leases:
         self._leaving = True
         for task in self._tasks[2:]:
             task.cancel()
-        async with self._lock:
+        async with self._lease_lock, self._lock:
             with contextlib.suppress(Exception):
                 await self._write_worker()
             await self._release(list(self._owned))
@@ -197,9 +204,13 @@ class Leases:
     async def _put_with_ttl(self, key: str, value: bytes, last: int) -> int:
         """Write ``key`` with the lease TTL if its revision is still ``last``."""
         try:
+            # Given up after a quarter of the TTL, not nats-py's 5 s: the
+            # next renewal is due then, and one that hung longer would keep
+            # the next from being tried before the lease runs out.
             ack = await self._js.publish(
                 f"$KV.{buckets.LEASES}.{key}",
                 value,
+                timeout=self.ttl / 4,
                 msg_ttl=self.ttl,
                 headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
             )
@@ -252,7 +263,7 @@ class Leases:
         # as it was cancelled).
         while not self._leaving:
             await asyncio.sleep(self.ttl / 4)
-            async with self._lock:
+            async with self._lease_lock:
                 await self._renew()
 
     async def _renew(self) -> None:
@@ -264,12 +275,13 @@ class Leases:
                     raise
         except KeyWrongLastSequenceError:
             log.warning("worker %s lost its lease; dropping all partitions", self.worker_id)
-            lost = list(self._owned)
-            self._owned.clear()
-            self._valid_until = 0.0
-            if lost:
-                self._count("lost", len(lost))
-                await self._on_lost(lost)
+            self._valid_until = 0.0  # serves nothing from now on
+            async with self._lock:  # after a rebalance under way, with the old incarnation
+                lost = list(self._owned)
+                self._owned.clear()
+                if lost:
+                    self._count("lost", len(lost))
+                    await self._on_lost(lost)
             with contextlib.suppress(Exception):
                 await self._register()
             self._changed.set()
@@ -528,9 +540,17 @@ class Leases:
             *(self._kv.delete(buckets.partition_key(p), last=r) for p, r in released.items()),
             return_exceptions=True,
         )
-        for partition, result in zip(released, results, strict=True):
+        unanswered = [
+            partition
+            for partition, result in zip(released, results, strict=True)
             # A compare-and-set that failed means the key moved on: not ours.
-            if isinstance(result, BaseException) and not isinstance(
-                result, KeyWrongLastSequenceError
-            ):
-                self._doubtful.add(partition)
+            if isinstance(result, BaseException)
+            and not isinstance(result, KeyWrongLastSequenceError)
+        ]
+        if unanswered:
+            self._doubtful.update(unanswered)
+            log.info(
+                "worker %s: releases of partitions %s not answered; looking again",
+                self.worker_id,
+                spans(unanswered),
+            )

@@ -115,6 +115,8 @@ class Connection:
         self.frozen: list[Entry] | None = None
         self.fails: Callable[[str, str], bool] = lambda operation, key: False
         """Which calls (``update`` or ``delete`` of a key) time out unapplied."""
+        self.slow: dict[str, float] = {}
+        """Seconds the bus takes to answer a call (``delete``), by its name."""
         bucket.connections.append(self)
 
     def freeze(self) -> None:
@@ -143,7 +145,13 @@ class Connection:
 
     # JetStreamContext
     async def publish(
-        self, subject: str, payload: bytes, *, msg_ttl: float, headers: dict[str, str]
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float = 5.0,
+        msg_ttl: float,
+        headers: dict[str, str],
     ) -> Ack:
         self._reach()
         key = subject.removeprefix(f"$KV.{buckets.LEASES}.")
@@ -176,6 +184,7 @@ class Connection:
         self._reach()
         if self.fails("delete", key):
             raise nats.errors.TimeoutError
+        await asyncio.sleep(self.slow.get("delete", 0.0))
         self.bucket.write(key, b"", last=last, operation="DEL")
         return True
 
@@ -544,3 +553,22 @@ async def test_claims_that_landed_are_served_when_others_in_their_round_failed(
         timeout=10,
         message=lambda: (len(b.told), len(b.serving())),
     )
+
+
+async def test_renewals_go_on_while_a_rebalance_waits_on_the_bus(workers: Workers) -> None:
+    """Found by a test on a real server: the renewals waited for the lock a
+    rebalance held while its deletes waited for the bus (a request's timeout
+    is 5 s), so the worker's lease ran out because of its own hand-over. The
+    lease is written under a lock of its own."""
+    a = await workers.start("a")
+    await eventually(lambda: a.told == EVERY, timeout=5)
+    a.connection.slow["delete"] = TTL * 5
+    await workers.start("b")
+    await eventually(lambda: len(a.released) > 0, timeout=5, message="a released nothing")
+    key = buckets.worker_key("a")
+    renewed = workers.bucket.last(key)
+    for _ in range(12):  # 3 TTLs while the deletes hang
+        await asyncio.sleep(TTL / 4)
+        assert a.serving() == EVERY - set(a.released)
+    assert workers.bucket.last(key) >= renewed + 8
+    assert a.lost == []

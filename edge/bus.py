@@ -20,7 +20,7 @@ from edge.commands import RoomCommands
 from edge.fanout import Fanout
 from edge.settings import EdgeSettings
 from runtime.clock import iso_now
-from runtime.natsconn import connect
+from runtime.natsconn import close, connect
 from runtime.outage import Outage, transient
 from runtime.retry import Attempt, Backoff, Retry
 from runtime.services import MicroService, version
@@ -197,8 +197,7 @@ async def open_bus(settings: EdgeSettings) -> AsyncIterator[EdgeBus]:
                 await heartbeat
         await bus.fanout.close()
         await bus.commands.stop()
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        await close(nc)
 
 
 async def room_page(

@@ -17,10 +17,16 @@ from room_actors.registry import Registry
 from room_actors.settings import ActorSettings
 from room_actors.state import EdgesLost, Limits
 from room_actors.store import RoomStore, ensure_buckets, ensure_log_stream
-from runtime.natsconn import connect, until_ready
+from runtime.natsconn import close, connect, until_ready
 from runtime.services import MicroService
 
 log = logging.getLogger(__name__)
+
+
+HANDOVER_SECONDS = 8.0
+"""At most this long, on SIGTERM, to hand partitions over and finish the
+turns in flight: a worker that cannot reach NATS still exits well within an
+orchestrator's grace (30 s by default in Kubernetes)."""
 
 
 class Worker:
@@ -68,12 +74,22 @@ class Worker:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
-            await leases.stop()
-            await registry.close()
+            try:
+                async with asyncio.timeout(HANDOVER_SECONDS):
+                    await leases.stop()
+                    await registry.close()
+            except TimeoutError:
+                log.warning(
+                    "worker %s: hand-over not finished in %.0f s (is NATS unreachable?); "
+                    "its partitions move when its lease expires",
+                    settings.worker_id,
+                    HANDOVER_SECONDS,
+                )
         finally:
             if service is not None:
-                await service.stop()
-            await nc.drain()
+                with contextlib.suppress(Exception):
+                    await service.stop()
+            await close(nc)
 
     async def _assemble(self, nc: Client, service: MicroService) -> tuple[Registry, Leases]:
         """The buckets, the registry of room actors and the leases deciding what it serves."""

@@ -1,6 +1,7 @@
 """Connecting to NATS the same way in every process."""
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -160,6 +161,17 @@ async def keep_on_a_quorum(nc: Client) -> None:
             )
             misses = 0
             await nc.force_reconnect()
+
+
+async def close(nc: Client, *, drain_seconds: float = 3.0) -> None:
+    """Drain the connection for ``drain_seconds`` at most, then close it. A
+    connection that is down is closed at once (nats-py refuses to drain one
+    that is reconnecting; a process told to stop must not wait for NATS)."""
+    if nc.is_connected:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), drain_seconds)
+    with contextlib.suppress(Exception):
+        await nc.close()
 
 
 async def until_ready(

@@ -40,7 +40,7 @@ from prometheus_client import start_http_server
 from bus_schema import codec, subjects
 from bus_schema.log import DEAD_LETTER_STREAM, LOG_STREAM, LogEntry, log_entry
 from bus_schema.status import DispatcherStatus
-from runtime.natsconn import connect, until_ready
+from runtime.natsconn import close, connect, until_ready
 from runtime.services import MicroService, version
 from runtime.streams import ensure_stream
 from webhooks import metrics, signing
@@ -371,7 +371,4 @@ class _Stopping(Exception):
 async def _close(nc: Client) -> None:
     """Drain the connection, for a few seconds at most (what we held is
     given back already), then close it."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), _DRAIN_SECONDS)
-    with contextlib.suppress(Exception):
-        await nc.close()
+    await close(nc, drain_seconds=_DRAIN_SECONDS)

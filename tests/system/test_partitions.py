@@ -90,7 +90,31 @@ async def test_a_worker_cut_off_past_its_lease_is_fenced_and_its_rooms_go_on_els
             await member.client.close()
     finally:
         await api.close()
+        await asyncio.to_thread(cut_off.stop)  # while it still reaches NATS: a hand-over
         await link.close()
+
+
+async def test_a_worker_cut_off_from_nats_still_stops_when_told(
+    make_system: Callable[..., System],
+) -> None:
+    """Found by the slowest teardowns (15 s each): a worker told to stop
+    (SIGTERM) while it could not reach NATS tried to hand its partitions over
+    (each delete waiting 5 s, each turn in flight 20 s) and to drain a
+    connection that was not there, until it was killed. It gives the hand-over
+    a bounded time, then exits 0: its partitions move when its lease expires."""
+    system = make_system()
+    await system.start(actors=1, edges=1)
+    link = await link_to_nats(system)
+    cut_off = system.start_actor(NATS_URL=f"nats://127.0.0.1:{link.port}")
+    bus = await system.bus()
+    await bus.balanced([cut_off.env["WORKER_ID"], system.actors[0].env["WORKER_ID"]])
+    await link.close()  # connections reset, new ones refused
+    await eventually(
+        lambda: "Connection refused" in cut_off.log(), timeout=10, message="never lost NATS"
+    )
+    assert await asyncio.to_thread(cut_off.stop, 20) == 0  # not killed
+    assert "hand-over not finished" in cut_off.log()
+    await bus.balanced([system.actors[0].env["WORKER_ID"]])
 
 
 async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room_dropped(

@@ -15,8 +15,9 @@ import pytest
 
 from tests.chaos.clients import Client
 from tests.chaos.world import Node, World
-from tests.harness import Api, Member, System, enter
+from tests.harness import Api, Member, Proc, System, enter
 from tests.links import edge_behind, link_to_nats
+from tests.system.test_webhooks import SECRET
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -115,6 +116,31 @@ async def test_a_worker_cut_off_from_nats_still_stops_when_told(
     assert await asyncio.to_thread(cut_off.stop, 20) == 0  # not killed
     assert "hand-over not finished" in cut_off.log()
     await bus.balanced([system.actors[0].env["WORKER_ID"]])
+
+
+@pytest.mark.parametrize("role", ["edge", "dispatcher"])
+async def test_an_edge_or_dispatcher_cut_off_from_nats_still_stops_when_told(
+    make_system: Callable[..., System], role: str
+) -> None:
+    """As the worker above: SIGTERM while NATS is unreachable ends the
+    process with 0 before it would be killed (the other roles hold no
+    partitions; they must not wait for NATS either)."""
+    system = make_system()
+    await system.start(actors=1, edges=1)
+    link = await link_to_nats(system)
+    url = f"nats://127.0.0.1:{link.port}"
+    if role == "edge":
+        child: Proc = await edge_behind(system, link)
+    else:
+        child = system.start_webhooks(
+            NATS_URL=url, WEBHOOK_URL="http://127.0.0.1:9/hooks", WEBHOOK_SECRET=SECRET
+        )
+        await eventually(lambda: "delivering to" in child.log(), timeout=30)
+    await link.close()
+    await eventually(
+        lambda: "Connection refused" in child.log(), timeout=10, message="never lost NATS"
+    )
+    assert await asyncio.to_thread(child.stop, 20) == 0, child.log()[-3000:]
 
 
 async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room_dropped(

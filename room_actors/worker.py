@@ -184,15 +184,20 @@ class Worker:
             )
 
     async def _watch_edges(self, registry: Registry, liveness: EdgeLiveness) -> None:
-        """Participants connected through a dead edge leave their rooms."""
+        """Participants connected through a dead edge leave their rooms (told
+        again at each sweep while they are still there: a turn may fail while
+        the bus is down; logged once)."""
+        told: set[str] = set()
         while True:
             await asyncio.sleep(min(1.0, liveness.timeout / 4))
             edges = registry.edges_in_use()
             dead = liveness.dead(set(edges))
-            for edge_id in dead:
+            for edge_id in dead - told:
                 log.info(
                     "edge %s is gone; its participants leave %d rooms", edge_id, len(edges[edge_id])
                 )
+            told = set(dead)
+            for edge_id in dead:
                 for room_id in edges[edge_id]:
                     registry.actor(room_id).submit(EdgesLost(frozenset({edge_id})))
             liveness.forget_stale()

@@ -81,6 +81,10 @@ UNLOGGED_MAX = 1024
 `RoomActor._turn`), beyond which its next turn waits for the log, whether it
 logs anything or not (their events ride in every save's outbox meanwhile)."""
 
+LAPSE_POLL = 0.25
+"""Seconds between two looks at the lease while unconfirmed log entries wait
+for it to come back (or for the room to be let go)."""
+
 OUTBOX_REPLAY_SECONDS = LOG_DUPLICATE_WINDOW / 2
 """How long after a save a new owner replays its outbox. An owner that lives
 on after a save publishes its events at once and has the log confirm their
@@ -414,13 +418,16 @@ class RoomActor:
         try:
             while self._unlogged:
                 sent, _ = self._unlogged[0]
-                try:
-                    self._log_last = await self._store.confirm_log(sent, owned=self._ours)
-                except Fenced:  # what is left is the new owner's to append
+                if not await self._until_ours():  # the new actor appends the saved outbox
                     self._unlogged.clear()
                     self._unlogged_entries = 0
                     self._log_last = None
                     break
+                try:
+                    self._log_last = await self._store.confirm_log(sent, owned=self._ours)
+                except Fenced:  # the lease lapsed meanwhile: wait again
+                    self._log_last = None
+                    continue
                 except Exception:
                     log.exception("event log append failed", extra={"room_id": self.room_id})
                     self._log_last = None
@@ -428,6 +435,24 @@ class RoomActor:
                 self._unlogged_entries -= len(sent.entries)
         finally:
             self._confirming = None
+
+    async def _until_ours(self) -> bool:
+        """Whether the room's unconfirmed entries are still this actor's to
+        append: it waits while the worker's lease has lapsed (the bus is down
+        a while) and the room is not yet let go. False once the worker has let
+        the actor go: whoever owns the room next appends the entries from the
+        outbox of the last save. (Found by the nemesis: a lapse that ended
+        with the lease kept left the entries to a new owner that never came,
+        so the log missed a leave and a join.)"""
+        while not self._ours():
+            if self._retired:
+                log.info(
+                    "the room was let go: its unconfirmed log entries are its next owner's",
+                    extra={"room_id": self.room_id},
+                )
+                return False
+            await asyncio.sleep(LAPSE_POLL)
+        return True
 
     async def logged(self) -> None:
         """Wait until the log confirmed every entry sent so far."""

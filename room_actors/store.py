@@ -295,8 +295,9 @@ class RoomStore:
         entry: its own entry, stored without an acknowledgement, or another's
         (a previous owner's late entry, or a stale ``after``) to append after.
 
-        Nothing is sent once ``owned()`` turns false: the new owner appends a
-        recent save's entries itself (its outbox); then `Fenced`."""
+        Nothing is sent while ``owned()`` is false: then `Fenced`, and the
+        caller waits for its lease to come back, or leaves the entries to the
+        room's next owner (who appends a recent save's outbox)."""
         js = self._js
         if js is None:
             return batch.after
@@ -316,11 +317,7 @@ class RoomStore:
                     )
                     last = None
                     continue
-                except Fenced:
-                    log.info(
-                        "no longer the room's owner: its unconfirmed log entries are left",
-                        extra={"room_id": entry.room_id},
-                    )
+                except Fenced:  # the caller decides: wait for the lease, or leave them
                     raise
                 except (nats.errors.Error, TimeoutError) as e:
                     metrics.LOG_FAILED.inc()

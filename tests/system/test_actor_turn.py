@@ -706,8 +706,9 @@ async def test_an_owner_that_lost_the_room_sends_no_late_log_entry(
 ) -> None:
     """Found by the nemesis: a worker paused past its lease woke up and sent
     its unacknowledged entries again, after the new owner's. Once the room is
-    no longer its own, an entry is not sent again (the new owner appends a
-    recent save's entries from its outbox)."""
+    no longer its own (its lease lapsed, and the worker let the actor go), an
+    entry is not sent again (the new owner appends a recent save's entries
+    from its outbox)."""
     room = await talking_room(nats)
     real = room.store._js
     try:
@@ -716,11 +717,39 @@ async def test_an_owner_that_lost_the_room_sends_no_late_log_entry(
         room.lease[:] = [True] + [False] * 20  # the turn is ours; then the lease lapses
         room.submit(toggle(0, "audio", False))
         await asyncio.wait_for(room.actor.wait_idle(), 5)
+        room.actor.retire()  # the partition is lost: the worker lets the actor go
         await asyncio.wait_for(room.actor.logged(), 5)  # no 20 s of retries
         assert unsendable.reached == []
     finally:
         room.store._js = real
         room.actor.cancel_timers()
+
+
+async def test_entries_wait_out_a_lapse_of_the_lease_that_ends_with_the_room_still_ours(
+    tmp_path: Path,
+) -> None:
+    """Found by the nemesis: a node's death stalled JetStream for longer than
+    the lease, so the worker's lease lapsed while an entry was unconfirmed;
+    the actor left it to a new owner. But the lease was kept (the server had
+    not expired it either), no new owner came, and the log never had the
+    room's leave and join. Entries wait while the lease has lapsed and are
+    appended once it is back."""
+    async with serving(tmp_path) as nats:  # the log's repeat detection holds no other test's ids
+        room = await talking_room(nats)
+        real = room.store._js
+        try:
+            unsendable = Unsendable(real, lost=1)
+            room.store._js = unsendable  # type: ignore[assignment]
+            room.lease[:] = [True] + [False] * 6  # the turn is ours; a lapse; then ours again
+            room.submit(toggle(0, "audio", False))
+            await asyncio.wait_for(room.actor.wait_idle(), 5)
+            await asyncio.wait_for(room.actor.logged(), 10)
+            assert room.lease == []  # the lapse was waited out
+            [*_, last] = await room_log(nats[0])
+            assert (last.event, last.room_seq) == ("track_state_changed", room.published()[-1].seq)
+        finally:
+            room.store._js = real
+            room.actor.cancel_timers()
 
 
 class Holding:
@@ -782,6 +811,7 @@ async def test_an_entry_a_fenced_owner_sent_is_refused_after_the_new_owners(
             old.lease[:] = [True] + [False] * 20  # the turn is ours; then the lease lapses
             old.submit(toggle(0, "audio", False))
             await asyncio.wait_for(old.actor.wait_idle(), 5)
+            old.actor.retire()  # the partition moves: the worker lets the actor go
             await asyncio.wait_for(old.actor.logged(), 5)
             [(subject, payload, headers)] = holding.held
             late = log_entry.decode(payload)

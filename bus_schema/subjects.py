@@ -95,6 +95,12 @@ def peer(room_id: str, participant_id: str) -> str:
     return f"{PREFIX}.room.{_uuid(room_id)}.peer.{_uuid(participant_id)}"
 
 
+PEER_SENT_AT = "Signal-Sent-At"
+"""Header of a targeted frame between edges: when the sending edge sent it
+(Unix seconds). A frame the network held is not delivered to a connection
+opened after it was sent (it was meant for an earlier one)."""
+
+
 def room_peers(room_id: str) -> str:
     """Targeted messages for every participant of a room: what an edge with
     clients in the room subscribes to (one subscription per room, not per socket)."""

@@ -63,12 +63,16 @@ class Connection:
         "identity",
         "on_abandon",
         "on_congestion",
+        "opened_at",
         "start_seq",
     )
 
     def __init__(self, identity: protocol.Identity, *, limit_bytes: int) -> None:
         self.conn_id = ids.new_command_id()
         self.identity = identity
+        self.opened_at = time.time()
+        """When the socket was accepted (Unix seconds): targeted frames sent
+        before it were meant for an earlier connection of the participant."""
         self.start_seq = 0
         """Room events with a higher seq than this are delivered; the rest are in
         the client's ``welcome`` already."""

@@ -62,6 +62,10 @@ BACKPRESSURE_STALL = 2.0
 cut as a slow consumer (close 4008)."""
 _STALL_CHECK = 0.25
 """How often a held-back sender looks for connections past the stall."""
+PEER_CLOCK_MARGIN = 0.25
+"""Seconds by which the edges' clocks may disagree (NTP keeps them far
+closer): a targeted frame is taken for older than a connection only if it was
+sent this much before the connection was opened."""
 WAITING_PEER_FRAMES = 256
 """Targeted frames a feed keeps while it cannot check their sender yet (no
 snapshot yet, or resyncing); more are dropped."""
@@ -85,7 +89,7 @@ class RoomFeed:
         self._commands_order: deque[str] = deque(maxlen=RECENT_EVENTS)
         self._commands_seen: set[str] = set()
         self._buffer: list[Event] = []
-        self._waiting_peers: list[tuple[str, bytes]] = []
+        self._waiting_peers: list[tuple[str, bytes, float | None]] = []
         """Targeted frames that came before the feed could check their sender."""
         self._request_resync = request_resync
         self.resyncing = False
@@ -216,23 +220,30 @@ class RoomFeed:
         """The participant's newest socket is on this edge."""
         return participant_id in self._by_participant
 
-    def on_peer(self, participant_id: str, data: bytes) -> None:
-        """A targeted message for a participant of this room (maybe not local).
+    def on_peer(self, participant_id: str, data: bytes, sent_at: float | None = None) -> None:
+        """A targeted message for a participant of this room (maybe not local),
+        sent at ``sent_at`` (Unix seconds; ``None``: just now, or not said).
         Until the feed knows the room's members (before its first snapshot,
         while resyncing) it is kept, and checked once they are known."""
         if participant_id not in self._by_participant:
             return  # someone on another edge: not ours to check or deliver
         if self.seq is None or self.resyncing:
             if len(self._waiting_peers) < WAITING_PEER_FRAMES:
-                self._waiting_peers.append((participant_id, data))
+                self._waiting_peers.append((participant_id, data, sent_at))
             else:
                 _dropped_peer_frame(self.room_id, "overflow")
             return
-        self._deliver_peer(participant_id, data)
+        self._deliver_peer(participant_id, data, sent_at)
 
-    def _deliver_peer(self, participant_id: str, data: bytes) -> None:
+    def _deliver_peer(self, participant_id: str, data: bytes, sent_at: float | None) -> None:
         connection = self._by_participant.get(participant_id)
         if connection is None:
+            return
+        if sent_at is not None and sent_at < connection.opened_at - PEER_CLOCK_MARGIN:
+            # Sent before this connection was opened, and held by the network
+            # (found by the nemesis: a node paused 5 s): the participant's
+            # earlier connection had it, or it is lost (at most once).
+            metrics.child(metrics.PEER_FRAMES_DROPPED, "sent_before_connection").inc()
             return
         try:
             text = protocol.peer_frame(data, participant_id, self.members)
@@ -244,8 +255,8 @@ class RoomFeed:
     def _release_waiting_peers(self) -> None:
         """The members are known again: check and deliver what was kept."""
         waiting, self._waiting_peers = self._waiting_peers, []
-        for participant_id, data in waiting:
-            self._deliver_peer(participant_id, data)
+        for participant_id, data, sent_at in waiting:
+            self._deliver_peer(participant_id, data, sent_at)
 
     def give_up(self) -> None:
         """The room's state could not be had: forget what waited for it."""
@@ -350,6 +361,18 @@ class _Throttled:
 
 
 _peer_warnings = _Throttled(10.0)
+
+
+def _sent_at(msg: Msg) -> float | None:
+    """When the sending edge sent a targeted frame (``None``: not said, as by
+    an edge of an earlier version, or not a number)."""
+    value = (msg.headers or {}).get(subjects.PEER_SENT_AT)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def _dropped_peer_frame(room_id: str, reason: str) -> None:
@@ -472,7 +495,7 @@ class Fanout:
         if self._feeds.get(feed.room_id) is not feed:
             return
         participant_id = msg.subject.rsplit(".", 1)[1]
-        feed.on_peer(participant_id, msg.data)
+        feed.on_peer(participant_id, msg.data, _sent_at(msg))
 
     async def _on_control(self, msg: Msg) -> None:
         try:

@@ -23,7 +23,8 @@ ERRORS = Counter("signaling_edge_errors_total", "Errors sent to clients, by code
 PEER_FRAMES_DROPPED = Counter(
     "signaling_edge_peer_frames_dropped_total",
     "Targeted frames from other edges not delivered: malformed, a type or sender an edge "
-    "never relays, a server-only field, or too many while the room's members were unknown",
+    "never relays, a server-only field, too many while the room's members were unknown, "
+    "or sent before the connection it would go to was opened (held by the network)",
     ["reason"],
 )
 RELAY_SECONDS = Histogram(

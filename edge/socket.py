@@ -461,7 +461,11 @@ class ClientSession:
                     # NATS (the same checks), without the trip.
                     feed.on_peer(to, inbound.frame)
                 else:
-                    await self._bus.nc.publish(subjects.peer(identity.room_id, to), inbound.frame)
+                    await self._bus.nc.publish(
+                        subjects.peer(identity.room_id, to),
+                        inbound.frame,
+                        headers={subjects.PEER_SENT_AT: f"{time.time():.3f}"},
+                    )
                 metrics.child(metrics.RELAY_SECONDS, "direct").observe(time.monotonic() - arrived)
                 return
             case protocol.SessionFrame(session_id=session_id, tracks=tracks):

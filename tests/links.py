@@ -51,6 +51,11 @@ class Link:
         if both_ways:
             self._down.clear()
 
+    def hold_back(self) -> None:
+        """Keep only what comes back to the connecting side from here on, in
+        order (what it sends goes through)."""
+        self._down.clear()
+
     def release(self) -> None:
         self._up.set()
         self._down.set()

@@ -5,6 +5,7 @@ its lease (issue 18, "Partitions specifically")."""
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import nats
 import nats.errors
 import pytest
 
+from edge.fanout import PEER_CLOCK_MARGIN
 from tests.chaos.clients import Client
 from tests.chaos.world import Node, World
-from tests.harness import Api, Member, Proc, System, enter
+from tests.harness import Api, Member, Proc, System, WsClient, enter, opened
 from tests.links import edge_behind, link_to_nats
 from tests.system.test_webhooks import SECRET
 from tests.waiting import eventually
@@ -176,6 +178,56 @@ async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room
         for member in (ben, again):
             await member.client.close()
     finally:
+        await api.close()
+        await link.close()
+
+
+async def test_a_targeted_frame_the_network_held_does_not_reach_the_next_connection(
+    make_system: Callable[..., System],
+) -> None:
+    """Found by the nemesis (a node paused 5 s): Ben's `offer` reached Ann on
+    edge A; its copy to edge B, where no one it was for was yet, was held in
+    the network. Ann moved to edge B (a new connection, same token), and the
+    held copy, let through, was delivered to her again. A targeted frame
+    carries when it was sent; one sent before the connection it would go to
+    was opened was meant for an earlier one and is dropped."""
+    system = make_system(EDGE_TIMEOUT="30")  # the held link must not make B look dead
+    await system.start(actors=1, edges=1)
+    edge_a = system.edges[0]
+    link = await link_to_nats(system)
+    edge_b = await edge_behind(system, link)
+    api = Api(edge_a.url)
+    bus = await system.bus()
+    try:
+        room_id = await api.create_room("held offer")
+        ann = await enter(api, edge_a.ws_url, room_id, "Ann")
+        ben = await enter(api, edge_b.ws_url, room_id, "Ben")
+        await ann.recv_type("join")
+        link.hold_back()  # what reaches edge B waits; what it sends goes
+        await ben.send({"type": "offer", "to": ann.participant_id, "n": 1, "sdp": "v=0"})
+        first = await ann.recv_type("offer")
+        assert first["n"] == 1
+        sent = time.time()
+        await eventually(lambda: time.time() > sent + PEER_CLOCK_MARGIN, timeout=5)
+        before = await bus.room_state(room_id)
+        assert before is not None
+        old_conn = before.participants[ann.participant_id].conn_id
+        ann.client.ws.transport.abort()  # no Close frame: she resumes elsewhere
+        again = opened(await WsClient.connect(edge_b.ws_url, ann.token))
+
+        async def resumed() -> bool:
+            state = await bus.room_state(room_id)
+            return state is not None and state.participants[ann.participant_id].conn_id != old_conn
+
+        await eventually(resumed, timeout=10, message="the resume never reached the room")
+        link.release()  # the held copy of offer 1 first, then the join's answer
+        await again.recv_type("welcome")
+        await ben.send({"type": "offer", "to": ann.participant_id, "n": 2, "sdp": "v=0"})
+        assert (await again.recv_type("offer"))["n"] == 2  # not 1 a second time
+        await again.close()
+        await ben.client.close()
+    finally:
+        await bus.close()
         await api.close()
         await link.close()
 

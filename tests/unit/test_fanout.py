@@ -5,6 +5,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
+from bus_schema import subjects
 from bus_schema.commands import Snapshot
 from bus_schema.events import Broadcasted, Event, ParticipantJoined
 from bus_schema.state import Participant
@@ -201,9 +202,10 @@ async def test_the_bound_counts_bytes_not_characters() -> None:
 class PeerMsg:
     """What a subscription hands `Fanout._on_peer`: a subject and the frame."""
 
-    def __init__(self, to: str, data: bytes) -> None:
+    def __init__(self, to: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.subject = f"signal.room.{ROOM}.peer.{to}"
         self.data = data
+        self.headers = headers
 
 
 async def test_a_released_feeds_subscription_delivers_nothing_to_its_successor(
@@ -221,3 +223,35 @@ async def test_a_released_feeds_subscription_delivers_nothing_to_its_successor(
     await fanout._on_peer(released, PeerMsg(ANN, frame))  # type: ignore[arg-type]
     await fanout._on_peer(successor, PeerMsg(ANN, frame))  # type: ignore[arg-type]
     assert drained(ann) == [msgspec.json.decode(frame)]
+
+
+async def test_a_targeted_frame_sent_before_the_connection_was_opened_is_dropped(
+    feed_and_ann,  # type: ignore[no-untyped-def]
+) -> None:
+    """A frame the network held past a reconnection was meant for the
+    participant's earlier connection: dropped, also after waiting for the
+    room's members. A frame that does not say when it was sent (an edge of an
+    earlier version), or says it unreadably, is delivered."""
+    feed, ann, _ = feed_and_ann
+    fanout = Fanout(None, None, "e")  # type: ignore[arg-type]
+    fanout._feeds[ROOM] = feed
+
+    def frame(n: int) -> bytes:
+        return msgspec.json.encode({"type": "offer", "to": ANN, "from": BEN, "sdp": "v=0", "n": n})
+
+    def sent(seconds_before_open: float) -> dict[str, str]:
+        return {subjects.PEER_SENT_AT: f"{ann.opened_at - seconds_before_open:.3f}"}
+
+    await fanout._on_peer(feed, PeerMsg(ANN, frame(1), sent(5.0)))  # type: ignore[arg-type]
+    await fanout._on_peer(feed, PeerMsg(ANN, frame(2), sent(0.1)))  # type: ignore[arg-type]
+    await fanout._on_peer(feed, PeerMsg(ANN, frame(3)))  # type: ignore[arg-type]
+    bad = {subjects.PEER_SENT_AT: "yesterday"}
+    await fanout._on_peer(feed, PeerMsg(ANN, frame(4), bad))  # type: ignore[arg-type]
+    feed.resyncing = True  # the members are unknown a while: frames wait
+    await fanout._on_peer(feed, PeerMsg(ANN, frame(5), sent(5.0)))  # type: ignore[arg-type]
+    await fanout._on_peer(feed, PeerMsg(ANN, frame(6), sent(-1.0)))  # type: ignore[arg-type]
+    feed.resyncing = False
+    before = dropped("sent_before_connection")
+    feed._release_waiting_peers()
+    assert [m["n"] for m in drained(ann)] == [2, 3, 4, 6]
+    assert dropped("sent_before_connection") == before + 1

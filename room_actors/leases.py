@@ -128,6 +128,8 @@ class Leases:
         self._incarnation = ""
         """Set by each registration (`WorkerLease.incarnation`)."""
         self._leaving = False
+        self._stopped = False
+        """Set once a stopping worker has handed everything over: renewals end."""
         self._changed = asyncio.Event()
         self._synced = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -177,10 +179,17 @@ class Leases:
         self._leaving = True
         for task in self._tasks[2:]:
             task.cancel()
-        async with self._lease_lock, self._lock:
+        async with self._lease_lock:
             with contextlib.suppress(Exception):
-                await self._write_worker()
+                await self._write_worker()  # others see it leaving
+        # The lease is renewed while the partitions are handed over (the turns
+        # in flight to finish, the log to confirm them): it may take longer
+        # than the TTL, and an owner whose lease lapsed would leave its rooms'
+        # log entries waiting (found by a CI run: every stop took 8 s).
+        async with self._lock:
             await self._release(list(self._owned))
+        self._stopped = True
+        async with self._lease_lock:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._key, last=self._revision)
         for task in self._tasks:
@@ -256,15 +265,17 @@ class Leases:
         log.info("worker %s registered (lease TTL %.1fs)", self.worker_id, self.ttl)
 
     async def _renew_loop(self) -> None:
-        # Each loop ends on `_leaving` as well as on cancellation: Python 3.11's
+        # Each loop ends on a flag as well as on cancellation (this one once the
+        # partitions are handed over, the others once leaving): Python 3.11's
         # `asyncio.wait_for` (and nats-py's requests) can swallow a cancellation
         # that arrives with their result, and the loop would run on, holding
         # `stop` (found: a change `stop` itself caused woke the balancing loop
         # as it was cancelled).
-        while not self._leaving:
+        while not self._stopped:
             await asyncio.sleep(self.ttl / 4)
             async with self._lease_lock:
-                await self._renew()
+                if not self._stopped:
+                    await self._renew()
 
     async def _renew(self) -> None:
         try:
@@ -282,8 +293,9 @@ class Leases:
                 if lost:
                     self._count("lost", len(lost))
                     await self._on_lost(lost)
-            with contextlib.suppress(Exception):
-                await self._register()
+            if not self._leaving:
+                with contextlib.suppress(Exception):
+                    await self._register()
             self._changed.set()
         except (NatsError, TimeoutError) as e:
             self._renewals.failed(e)

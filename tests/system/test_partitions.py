@@ -179,6 +179,7 @@ async def test_an_edge_cut_off_past_the_edge_timeout_closes_the_sockets_the_room
             await member.client.close()
     finally:
         await api.close()
+        await asyncio.to_thread(edge_a.stop)  # while it still reaches NATS
         await link.close()
 
 
@@ -229,6 +230,7 @@ async def test_a_targeted_frame_the_network_held_does_not_reach_the_next_connect
     finally:
         await bus.close()
         await api.close()
+        await asyncio.to_thread(edge_b.stop)  # while it still reaches NATS
         await link.close()
 
 

@@ -210,6 +210,9 @@ class Worker:
     lost: list[int] = field(default_factory=list)
     told: set[int] = field(default_factory=set)
     """What the callbacks say this worker serves (the registry's view)."""
+    release_takes: float = 0.0
+    """Seconds a release takes (the registry finishing turns, the log confirming)."""
+    owned_while_releasing: list[bool] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -233,6 +236,9 @@ class Workers:
             worker.told.update(partitions)
 
         async def release(partitions: list[int]) -> None:
+            if worker.release_takes:
+                await asyncio.sleep(worker.release_takes)
+                worker.owned_while_releasing.append(all(map(worker.leases.owns, partitions)))
             worker.released += partitions
             worker.told.difference_update(partitions)
 
@@ -572,3 +578,20 @@ async def test_renewals_go_on_while_a_rebalance_waits_on_the_bus(workers: Worker
         assert a.serving() == EVERY - set(a.released)
     assert workers.bucket.last(key) >= renewed + 8
     assert a.lost == []
+
+
+async def test_a_stopping_worker_keeps_its_lease_until_it_has_handed_over(
+    workers: Workers,
+) -> None:
+    """Found by a CI run's slowest teardown (8 s, the hand-over's bound): a
+    stopping worker stopped renewing its lease before it handed its
+    partitions over, so a hand-over longer than the TTL (turns to finish, log
+    entries to confirm) found the rooms no longer its own, and their log
+    entries waited for a lease that would not come back. Renewals go on until
+    the partitions are handed over."""
+    a = await workers.start("a")
+    await eventually(lambda: a.told == EVERY, timeout=5)
+    a.release_takes = TTL * 3
+    await asyncio.wait_for(a.leases.stop(), 10)
+    assert a.owned_while_releasing == [True]
+    assert workers.bucket.value(buckets.worker_key("a")) is None

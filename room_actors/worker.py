@@ -74,13 +74,20 @@ class Worker:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+            if not nc.is_connected:
+                log.warning(
+                    "worker %s: NATS unreachable, no hand-over; "
+                    "its partitions move when its lease expires",
+                    settings.worker_id,
+                )
+                return
             try:
                 async with asyncio.timeout(HANDOVER_SECONDS):
                     await leases.stop()
                     await registry.close()
             except TimeoutError:
                 log.warning(
-                    "worker %s: hand-over not finished in %.0f s (is NATS unreachable?); "
+                    "worker %s: hand-over not finished in %.0f s; "
                     "its partitions move when its lease expires",
                     settings.worker_id,
                     HANDOVER_SECONDS,

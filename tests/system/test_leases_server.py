@@ -17,9 +17,10 @@ from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(90)]
 
-TTL = 10.0
-"""Longer than a request's timeout (5 s): the lease outlives the lost deletes
-(renewals are given up after TTL/4 and tried again)."""
+TTL = 6.0
+"""Longer than a request's timeout (2 s here): the lease outlives the lost
+deletes (renewals are given up after TTL/4 and tried again)."""
+REQUEST_TIMEOUT = 2.0
 EVERY = set(range(subjects.PARTITIONS))
 
 
@@ -57,7 +58,7 @@ async def test_a_release_the_network_lost_is_made_again(
         async def lose(partitions: list[int]) -> None:
             told[worker_id].difference_update(partitions)
 
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=REQUEST_TIMEOUT)
         return Leases(
             js,
             kv,  # type: ignore[arg-type]
@@ -68,8 +69,8 @@ async def test_a_release_the_network_lost_is_made_again(
             on_lost=lose,
         )
 
-    a_kv = await open_leases_bucket(a_conn.jetstream(), replicas=1)
-    b_kv = await open_leases_bucket(b_conn.jetstream(), replicas=1)
+    a_kv = await open_leases_bucket(a_conn.jetstream(timeout=REQUEST_TIMEOUT), replicas=1)
+    b_kv = await open_leases_bucket(b_conn.jetstream(timeout=REQUEST_TIMEOUT), replicas=1)
     a = worker("a", a_conn, a_kv)
     b = worker("b", b_conn, b_kv)
     caplog.set_level("INFO", logger="room_actors.leases")
@@ -78,7 +79,7 @@ async def test_a_release_the_network_lost_is_made_again(
         await eventually(lambda: told["a"] == EVERY, timeout=20, message="a never served all")
         await b.start()
         await asyncio.wait_for(releasing.wait(), 20)
-        # The deletes' requests time out (5 s); then the link drops the
+        # The deletes' requests time out (2 s); then the link drops the
         # connection and what it held: none of them reached the server.
         await eventually(
             lambda: any("not answered" in r.getMessage() for r in caplog.records),

@@ -103,8 +103,9 @@ async def test_a_worker_cut_off_from_nats_still_stops_when_told(
     """Found by the slowest teardowns (15 s each): a worker told to stop
     (SIGTERM) while it could not reach NATS tried to hand its partitions over
     (each delete waiting 5 s, each turn in flight 20 s) and to drain a
-    connection that was not there, until it was killed. It gives the hand-over
-    a bounded time, then exits 0: its partitions move when its lease expires."""
+    connection that was not there, until it was killed. Without NATS it does
+    not try (and a hand-over has 8 s at most); it exits 0, and its partitions
+    move when its lease expires."""
     system = make_system()
     await system.start(actors=1, edges=1)
     link = await link_to_nats(system)
@@ -116,7 +117,7 @@ async def test_a_worker_cut_off_from_nats_still_stops_when_told(
         lambda: "Connection refused" in cut_off.log(), timeout=10, message="never lost NATS"
     )
     assert await asyncio.to_thread(cut_off.stop, 20) == 0  # not killed
-    assert "hand-over not finished" in cut_off.log()
+    assert "its partitions move when its lease expires" in cut_off.log()
     await bus.balanced([system.actors[0].env["WORKER_ID"]])
 
 

@@ -5,6 +5,11 @@ from for ``EDGE_TIMEOUT`` is dead, and so is an edge this worker has never heard
 from once the worker itself has listened for ``EDGE_TIMEOUT`` (participants left
 behind by an edge that died before this worker started). The worker then makes
 the connected participants of dead edges leave the rooms it owns.
+
+Silence is evidence only if the worker could hear: while it hears no edge at
+all (its own node paused or cut off), no edge is taken for dead, and once it
+hears again every edge gets a whole ``EDGE_TIMEOUT`` from then (found by the
+nemesis: a worker on a paused node took all three edges for dead at once).
 """
 
 import logging
@@ -22,6 +27,8 @@ class EdgeLiveness:
         self.timeout = timeout
         self._started = time.monotonic()
         self._last_seen: dict[str, float] = {}
+        self._heard = self._started
+        """When any edge was last heard (or the worker started listening)."""
 
     async def on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -29,11 +36,20 @@ class EdgeLiveness:
         except codec.DecodeError:
             log.warning("dropped an undecodable heartbeat on %s", msg.subject)
             return
-        self._last_seen[heartbeat.edge_id] = time.monotonic()
+        now = time.monotonic()
+        if now - self._heard > self.timeout:
+            # Deaf until now: the silence was this worker's, not the edges'.
+            log.info("edge heartbeats heard again; every edge gets %.1f s from now", self.timeout)
+            self._started = now
+            self._last_seen = dict.fromkeys(self._last_seen, now)
+        self._heard = now
+        self._last_seen[heartbeat.edge_id] = now
 
     def dead(self, edge_ids: set[str]) -> frozenset[str]:
         """Those of ``edge_ids`` that are dead."""
         now = time.monotonic()
+        if now - self._heard > self.timeout:
+            return frozenset()  # this worker hears no edge at all: it cannot tell
         if now - self._started < self.timeout:
             return frozenset(
                 e

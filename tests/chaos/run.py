@@ -365,8 +365,11 @@ def check_clients(workload: Any, windows: list[Window], report: Report) -> None:
             # grace, or after a fault that made the room drop it (edge_lost).
             last = client.last_seen() or 0.0
             away = client.closed_at - last
+            # Its own edge's fault counts: an edge paused or cut off past
+            # EDGE_TIMEOUT has its participants leave (docs/reliability.md).
+            edges = {client.segments[-1].edge} if client.segments else set()
             if away >= GRACE - 1.0 or _excused(
-                windows, last - EDGE_TIMEOUT, client.closed_at, set()
+                windows, last - EDGE_TIMEOUT, client.closed_at, edges
             ):
                 report.deliveries["resumes refused after the grace or a fault"] += 1
             else:

@@ -116,6 +116,22 @@ def test_a_client_closed_for_good_is_a_violation() -> None:
     assert report.deliveries["error frames unavailable"] == 2
 
 
+def test_a_refusal_to_a_connected_client_is_excused_only_by_its_own_edges_fault() -> None:
+    """Found in a 300-second run: a client's edge was paused 3.4 s (past
+    EDGE_TIMEOUT), the room made its participants leave, and when the edge
+    woke up the client was closed with 4003 (documented behaviour). The check
+    took no edge fault into account."""
+    a = client("a", (0.0, 70.0))
+    a.closed_for_good, a.closed_at = 4003, 70.0
+    assert "clients stay connected" in checked(Run({"room": [a]})).violations
+    other_edge = [window("edge", 66.7, 70.1, edge_url="http://edge-1")]
+    assert "clients stay connected" in checked(Run({"room": [a]}), other_edge).violations
+    own_edge = [window("edge", 66.7, 70.1, edge_url="http://edge-0")]
+    report = checked(Run({"room": [a]}), own_edge)
+    assert report.violation_count == 0
+    assert report.deliveries["resumes refused after the grace or a fault"] == 1
+
+
 def test_a_fresh_welcome_on_the_same_connection_begins_a_new_stretch() -> None:
     """Found in the nemesis's own bookkeeping: a resync's welcome left the
     previous stretch open, so a client that had left still counted as present."""
